@@ -1,0 +1,129 @@
+"""Every configuration field of idlm_jax, with its default and meaning.
+
+Other config files start from `base.get_config()` and override values; nothing else in the
+project may invent a field (an unknown key is an error, see `idlm_jax/config.py`). Paper
+setups live in their own files (`mdlm_owt.py`, `mdlm_lm1b.py`, ...), each with `:tiny` and
+`:smoke` variants.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+
+  c.seed = 0  # root PRNG seed: parameters, dropout, diffusion noise, sampling.
+  # What main.py does: "train" (train, validate, sample), "eval" (validation NELBO of the
+  # latest checkpoint), "sample" (write samples from the latest checkpoint).
+  c.mode = "train"
+  c.objective = "diffusion"  # which objective trains: "diffusion" (teacher pretraining).
+
+  # ---------------------------------------------------------------- data
+  c.data = d = ml_collections.ConfigDict()
+  # Where text comes from: "embedded" (public-domain corpus shipped in the package),
+  # "text_files" (local .txt/.txt.gz/.jsonl files or folders, see data.path),
+  # "tfds_lm1b" (TFDS lm1b, MDLM conventions), "owt" (OpenWebText from local files or
+  # the Hugging Face hub, last 100k documents are validation).
+  d.source = "embedded"
+  d.path = ""  # text_files/owt: file, folder or glob; owt also accepts "hf:openwebtext".
+  # Embedded corpora to use (comma separated): austen, shakespeare_milton, devil, jargon.
+  d.embedded_corpora = "austen,shakespeare_milton,devil,jargon"
+  # Tokenizer: "bert-base-uncased", "gpt2", "demo-bpe-2048" (shipped) or a tokenizer.json path.
+  d.tokenizer = "demo-bpe-2048"
+  d.seq_len = 64  # L: tokens per training sequence.
+  # True: concatenate documents and cut into [BOS] + (L-2) tokens + [EOS] rows (OWT style).
+  # False: one line/sentence per row with special tokens, padded/truncated to L (LM1B style).
+  d.wrap = True
+  d.shuffle = True  # reshuffle the training rows every epoch (deterministic from d.seed).
+  d.seed = 0  # data-order seed, independent of the model seed.
+  d.cache_dir = "~/.cache/idlm_jax"  # tokenized arrays are cached here (memmapped .npy).
+  d.tfds_data_dir = ""  # TFDS data_dir ("" = the TFDS default, ~/tensorflow_datasets).
+  d.owt_val_docs = 100_000  # OWT: the last this-many documents form the validation split.
+  d.max_train_docs = 0  # >0: use only the first N training documents/lines (quick runs).
+  d.max_val_rows = 0  # >0: evaluate on at most N validation rows (quick runs).
+
+  # ---------------------------------------------------------------- model
+  c.model = m = ml_collections.ConfigDict()
+  m.name = "dit"  # the DDiT denoiser of MDLM/SEDD/Duo (reference/teachers.md §1.4).
+  m.hidden_size = 768
+  m.n_blocks = 12
+  m.n_heads = 12
+  m.cond_dim = 128
+  m.mlp_ratio = 4
+  m.dropout = 0.1  # residual dropout (attention dropout is always 0).
+  m.dtype = "float32"  # compute dtype of matmuls: "float32" or "bfloat16" (params stay fp32).
+  # Attention kernel for jax.nn.dot_product_attention: "auto" (cuDNN on GPU where possible),
+  # "xla" or "cudnn".
+  m.attention = "auto"
+  m.time_conditioning = False  # MDLM feeds sigma = 0 (its network ignores t).
+
+  # ---------------------------------------------------------------- diffusion
+  c.diffusion = f = ml_collections.ConfigDict()
+  f.process = "absorbing"  # forward process; MDLM uses the absorbing ([MASK]) state.
+  f.parameterization = "subs"  # MDLM SUBS: zero mask logit, carry-over unmasking.
+  f.schedule = "loglinear"  # alpha_t = 1 - (1 - eps) t.
+  f.eps = 1e-3  # schedule eps; training samples t in [eps, 1].
+  f.antithetic = True  # low-discrepancy t over the global batch.
+
+  # ---------------------------------------------------------------- optimisation
+  c.optim = o = ml_collections.ConfigDict()
+  o.lr = 3e-4
+  o.warmup_steps = 2500  # linear warm-up, then constant (MDLM); see o.decay.
+  o.decay = "constant"  # "constant" or "cosine" (to o.final_lr_fraction * lr at train.steps).
+  o.final_lr_fraction = 0.1
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.adam_eps = 1e-8
+  o.weight_decay = 0.0
+  o.grad_clip = 1.0  # global-norm clipping; 0 disables.
+  o.ema = 0.9999  # EMA decay, with warm-up decay min(ema, (1+n)/(10+n)); 0 disables EMA.
+
+  # ---------------------------------------------------------------- training loop
+  c.train = t = ml_collections.ConfigDict()
+  t.steps = 1_000_000  # total optimiser steps.
+  t.global_batch_size = 512  # sequences per step, over all hosts and devices.
+  t.max_minutes = 0.0  # >0: stop (with a checkpoint) after this many minutes of training.
+  t.log_every = 100  # steps between train-metric logs.
+  t.eval_every = 10_000  # steps between validation runs (0: only at the end).
+  t.sample_every = 10_000  # steps between sample dumps (0: only at the end).
+  t.check_finite = True  # stop with the step and metric name on a NaN/Inf loss or gradient.
+
+  # ---------------------------------------------------------------- parallelism
+  c.parallel = p = ml_collections.ConfigDict()
+  p.strategy = "pjit"  # "pjit": jit with NamedSharding over the mesh.
+  # Mesh sizes over ('data', 'fsdp', 'tensor') within a slice (ICI) and across slices (DCN);
+  # -1 is filled with the remaining devices.
+  p.ici_mesh = (1, -1, 1)
+  p.dcn_mesh = (-1, 1, 1)
+
+  # ---------------------------------------------------------------- checkpoints
+  c.ckpt = k = ml_collections.ConfigDict()
+  k.every = 5000  # steps between checkpoints (the last step is always saved).
+  k.keep = 3  # keep the latest N checkpoints.
+  k.async_save = True  # orbax asynchronous saving.
+  k.resume = True  # resume from the latest checkpoint in the workdir if there is one.
+
+  # ---------------------------------------------------------------- evaluation
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 64  # global validation batch size.
+  e.use_ema = True  # evaluate and sample with the EMA weights.
+
+  # ---------------------------------------------------------------- sampling
+  c.sample = s = ml_collections.ConfigDict()
+  s.num_samples = 16  # samples written per dump.
+  s.batch_size = 16  # global sampling batch size.
+  s.steps = 128  # N: reverse steps on linspace(1, eps, N + 1).
+  s.eps = 1e-5  # final time of the sampling grid.
+  s.cache = True  # MDLM cache: no network call when no token changed.
+  # Categorical draws: "float64" (Gumbel noise and posterior in float64, x64 scoped to the
+  # sampler), "exact32" (float32 arithmetic with 64-bit uniforms: the same tail, fast on TPU),
+  # "float32" (the naive draw of the MDLM repo, kept for comparison).
+  s.precision = "float64"
+  s.noise_removal = "argmax"  # final step at t = eps: "argmax" (MDLM) or "ancestral".
+
+  # ---------------------------------------------------------------- logging
+  c.log = g = ml_collections.ConfigDict()
+  g.tensorboard = True  # TensorBoard event files in the workdir (plus metrics.jsonl always).
+  g.progress_every_s = 30.0  # seconds between progress lines (steps/s, ETA).
+  return c

@@ -1,0 +1,497 @@
+"""Tokenized, cached row arrays and the deterministic train / validation iterators.
+
+Every split is tokenized once into a 2-D array of rows [N, L] (uint16 when the model
+vocabulary fits, else int32), saved as .npy under `data.cache_dir` with a key that hashes
+everything that affects the rows, and memory-mapped afterwards:
+
+* wrap=True (MDLM `_group_texts`): each document is tokenized without special tokens and
+  followed by EOS; the stream is cut into chunks of L-2 tokens and each row is
+  [BOS] + chunk + [EOS]. The stream is concatenated over the whole split (MDLM drops the
+  remainder of every 1000-document map batch; here only the final remainder is dropped).
+* wrap=False (LM1B style): one document per row, [BOS] + tokens[:L-2] + [EOS], padded on the
+  right with pad_id; the row lengths are stored so that the attention mask can be rebuilt.
+
+`TrainIterator` is infinite and deterministic (epoch e uses the permutation of
+np.random.default_rng([seed, e])), resumable through get_state/set_state, and independent of
+the number of hosts. `EvalSplit` walks the whole validation split once, padding the last
+batch with weight-0 dummy rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import os
+import pathlib
+import tempfile
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from idlm_jax.data import sources
+from idlm_jax.data.tokenizers import Tokenizer, get_tokenizer
+
+CACHE_FORMAT_VERSION = 1
+DEFAULT_CACHE_DIR = "~/.cache/idlm_jax"
+TOKENIZE_BATCH_DOCS = 2048
+_FINGERPRINT_SAMPLES = 64
+_COUNT_CHUNK_ROWS = 1 << 16
+
+log = logging.getLogger(__name__)
+
+
+def row_dtype(model_vocab_size: int) -> np.dtype:
+  """uint16 when every model id fits in 16 bits, else int32."""
+  return np.dtype(np.uint16 if model_vocab_size <= 1 << 16 else np.int32)
+
+
+# ------------------------------------------------------------------ row building
+
+
+def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+  """Consecutive lists of up to `size` items."""
+  it = iter(items)
+  while batch := list(itertools.islice(it, size)):
+    yield batch
+
+
+def _concat_with_eos(ids: list[list[int]], eos: int) -> np.ndarray:
+  """The token stream doc0 + [EOS] + doc1 + [EOS] + ... as int64."""
+  total = sum(len(x) for x in ids) + len(ids)
+  stream = itertools.chain.from_iterable(itertools.chain(x, (eos,)) for x in ids)
+  return np.fromiter(stream, dtype=np.int64, count=total)
+
+
+class WrapPacker:
+  """Cuts the EOS-separated document stream into [BOS] + (L-2 tokens) + [EOS] rows."""
+
+  def __init__(self, tokenizer: Tokenizer, seq_len: int):
+    self.tokenizer, self.seq_len = tokenizer, seq_len
+    self.carry = np.zeros(0, np.int64)  # tokens after the last full row (dropped at the end)
+
+  def pack(self, texts: list[str]) -> np.ndarray:
+    """Rows completed by adding `texts` to the stream."""
+    tok, body = self.tokenizer, self.seq_len - 2
+    stream = np.concatenate([self.carry,
+                             _concat_with_eos(tok.encode_batch(texts), tok.eos_id)])
+    n = len(stream) // body
+    rows = np.empty((n, self.seq_len), np.int64)
+    rows[:, 0] = tok.bos_id
+    rows[:, 1:-1] = stream[:n * body].reshape(n, body)
+    rows[:, -1] = tok.eos_id
+    self.carry = stream[n * body:]
+    return rows
+
+
+def padded_rows(texts: list[str], tokenizer: Tokenizer,
+                seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Rows [BOS] + tokens[:L-2] + [EOS] right-padded with pad_id, and their lengths."""
+  rows = np.full((len(texts), seq_len), tokenizer.pad_id, np.int64)
+  lengths = np.empty(len(texts), np.int32)
+  for i, ids in enumerate(tokenizer.encode_batch(texts)):
+    row = [tokenizer.bos_id, *ids[:seq_len - 2], tokenizer.eos_id]
+    rows[i, :len(row)] = row
+    lengths[i] = len(row)
+  return rows, lengths
+
+
+class _NpyWriter:
+  """Appends row blocks to a raw temp file, then writes them as one .npy atomically."""
+
+  def __init__(self, path: pathlib.Path, dtype: np.dtype, row_shape: tuple[int, ...]):
+    self.path, self.dtype, self.row_shape = path, np.dtype(dtype), row_shape
+    fd, raw = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".raw")
+    self._raw_path = pathlib.Path(raw)
+    self._raw = os.fdopen(fd, "wb")
+    self.num_rows = 0
+
+  def append(self, block: np.ndarray) -> None:
+    """Appends rows (checked to fit the dtype)."""
+    if block.size and (block.min() < 0 or block.max() > np.iinfo(self.dtype).max):
+      raise ValueError(f"token id out of range for {self.dtype} in {self.path.name}")
+    self._raw.write(np.ascontiguousarray(block, self.dtype).tobytes())
+    self.num_rows += len(block)
+
+  def finish(self) -> None:
+    """Writes header + data to a temp .npy and renames it into place."""
+    self._raw.close()
+    tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+    try:
+      with open(tmp, "wb") as out, open(self._raw_path, "rb") as raw:
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.num_rows, *self.row_shape)}
+        np.lib.format.write_array_header_2_0(out, header)
+        while chunk := raw.read(1 << 24):
+          out.write(chunk)
+      os.replace(tmp, self.path)
+    finally:
+      self.discard()
+      tmp.unlink(missing_ok=True)
+
+  def discard(self) -> None:
+    """Removes the raw temp file."""
+    self._raw.close()
+    self._raw_path.unlink(missing_ok=True)
+
+
+def _atomic_write_json(path: pathlib.Path, obj: dict) -> None:
+  """Writes JSON to a temp file and renames it into place."""
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+  tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def _content_fingerprint(rows: np.ndarray, lengths: np.ndarray | None) -> str:
+  """A hash of the shape and of evenly spaced rows (cheap, independent of file paths)."""
+  h = hashlib.sha256(repr((rows.shape, str(rows.dtype))).encode())
+  picks = np.unique(np.linspace(0, len(rows) - 1, _FINGERPRINT_SAMPLES).astype(np.int64))
+  h.update(np.ascontiguousarray(rows[picks]).tobytes())
+  if lengths is not None:
+    h.update(np.ascontiguousarray(lengths).tobytes())
+  return h.hexdigest()[:32]
+
+
+# ------------------------------------------------------------------ cached splits
+
+
+@dataclasses.dataclass
+class TokenRows:
+  """One tokenized split: memory-mapped rows [N, L] and (wrap=False) row lengths."""
+  rows: np.ndarray
+  lengths: np.ndarray | None
+  pad_id: int
+  model_vocab_size: int
+  fingerprint: str
+  counts_path: pathlib.Path | None = None
+  info: dict = dataclasses.field(default_factory=dict)  # cache metadata (docs, tokens, ...)
+
+  @property
+  def num_rows(self) -> int:
+    """Number of rows N."""
+    return len(self.rows)
+
+  @property
+  def seq_len(self) -> int:
+    """Row length L."""
+    return self.rows.shape[1]
+
+  def attention_mask(self, index: np.ndarray) -> np.ndarray:
+    """int32 [len(index), L] mask, 1 on real tokens."""
+    if self.lengths is None:
+      return np.ones((len(index), self.seq_len), np.int32)
+    return (np.arange(self.seq_len) < self.lengths[index][:, None]).astype(np.int32)
+
+  def gather(self, index: np.ndarray) -> dict:
+    """input_ids and attention_mask (int32) of the rows `index`, read in sorted order."""
+    index = np.asarray(index, np.int64)
+    order = np.argsort(index, kind="stable")
+    ids = np.empty((len(index), self.seq_len), np.int32)
+    ids[order] = self.rows[index[order]]
+    return {"input_ids": ids, "attention_mask": self.attention_mask(index)}
+
+  def _count(self, num_rows: int) -> np.ndarray:
+    """Counts of each model id over non-pad tokens of the first `num_rows` rows."""
+    counts = np.zeros(self.model_vocab_size, np.int64)
+    for start in range(0, num_rows, _COUNT_CHUNK_ROWS):
+      index = np.arange(start, min(start + _COUNT_CHUNK_ROWS, num_rows))
+      chunk = np.asarray(self.rows[start:index[-1] + 1])
+      if self.lengths is not None:
+        chunk = chunk[self.attention_mask(index).astype(bool)]
+      counts += np.bincount(chunk.ravel(), minlength=self.model_vocab_size)
+    return counts
+
+  def token_counts(self, num_rows: int | None = None) -> np.ndarray:
+    """int64 [model_vocab_size] counts of non-pad tokens (cached on disk for all rows)."""
+    if num_rows is not None and num_rows < self.num_rows:
+      return self._count(num_rows)
+    if self.counts_path is not None and self.counts_path.is_file():
+      return np.load(self.counts_path)
+    counts = self._count(self.num_rows)
+    if self.counts_path is not None:
+      tmp = self.counts_path.with_name(f"{self.counts_path.name}.{os.getpid()}.tmp.npy")
+      np.save(tmp, counts)
+      os.replace(tmp, self.counts_path)
+    return counts
+
+
+def cache_key(doc_identity: dict, tokenizer: Tokenizer, seq_len: int, wrap: bool) -> str:
+  """Hash of everything that determines the rows of a split."""
+  material = {"format": CACHE_FORMAT_VERSION, "docs": doc_identity,
+              "tokenizer": tokenizer.fingerprint, "seq_len": seq_len, "wrap": wrap}
+  return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _cache_paths(cache_dir: pathlib.Path, stem: str) -> dict:
+  """Paths of the files of one cached split."""
+  return {k: cache_dir / f"{stem}.{k}.npy" for k in ("rows", "lengths", "counts")} | {
+      "meta": cache_dir / f"{stem}.meta.json"}
+
+
+def _build_split(docs: sources.DocSource, tokenizer: Tokenizer, seq_len: int, wrap: bool,
+                 paths: dict, describe: str) -> dict:
+  """Tokenizes a split into the cache files and returns its metadata."""
+  dtype = row_dtype(tokenizer.model_vocab_size)
+  rows_out = _NpyWriter(paths["rows"], dtype, (seq_len,))
+  lengths_out = None if wrap else _NpyWriter(paths["lengths"], np.int32, ())
+  packer = WrapPacker(tokenizer, seq_len)
+  start, last_log, num_docs, num_tokens = time.time(), time.time(), 0, 0
+  try:
+    for texts in _batched(docs, TOKENIZE_BATCH_DOCS):
+      num_docs += len(texts)
+      if wrap:
+        block = packer.pack(texts)
+        rows_out.append(block)
+        num_tokens += block.size
+      else:
+        block, lengths = padded_rows(texts, tokenizer, seq_len)
+        rows_out.append(block)
+        lengths_out.append(lengths)
+        num_tokens += int(lengths.sum())
+      if time.time() - last_log > 30:
+        last_log = time.time()
+        log.info("tokenizing %s: %d docs, %d rows so far", describe, num_docs,
+                 rows_out.num_rows)
+    if rows_out.num_rows == 0:
+      raise ValueError(f"{describe}: {num_docs} documents gave no rows of length "
+                       f"{seq_len}; use more data or a smaller data.seq_len")
+    rows_out.finish()
+    if lengths_out is not None:
+      lengths_out.finish()
+  except BaseException:
+    rows_out.discard()
+    if lengths_out is not None:
+      lengths_out.discard()
+    raise
+  return {"num_docs": num_docs, "num_rows": rows_out.num_rows, "num_tokens": num_tokens,
+          "seconds": round(time.time() - start, 3)}
+
+
+
+def _resolve_cache_dir(cache_dir: str) -> pathlib.Path:
+  """The expanded cache folder (created if needed)."""
+  path = pathlib.Path(os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR))
+  path.mkdir(parents=True, exist_ok=True)
+  return path
+
+
+def _read_meta(paths: dict, wrap: bool) -> dict | None:
+  """The metadata of a complete cached split, or None when it must be (re)built."""
+  needed = [paths["meta"], paths["rows"]] + ([] if wrap else [paths["lengths"]])
+  if not all(p.is_file() for p in needed):
+    return None
+  return json.loads(paths["meta"].read_text())
+
+
+def load_split(data_cfg, tokenizer: Tokenizer, split: str) -> TokenRows:
+  """The cached rows of `split` ("train"/"validation"), tokenizing them on a cache miss."""
+  seq_len, wrap = int(data_cfg.seq_len), bool(data_cfg.wrap)
+  if seq_len < 3:
+    raise ValueError(f"data.seq_len={seq_len} is too short: rows need [BOS], a token, [EOS]")
+  docs = sources.get_doc_source(data_cfg, split)
+  key = cache_key(docs.identity, tokenizer, seq_len, wrap)
+  stem = f"{data_cfg.source}-{split}-L{seq_len}-{'wrap' if wrap else 'pad'}-{key}"
+  paths = _cache_paths(_resolve_cache_dir(data_cfg.cache_dir), stem)
+  meta = _read_meta(paths, wrap)
+  if meta is None:
+    describe = f"{data_cfg.source}/{split} ({tokenizer.name}, L={seq_len}, wrap={wrap})"
+    log.info("tokenizing %s into %s", describe, paths["rows"])
+    stats = _build_split(docs, tokenizer, seq_len, wrap, paths, describe)
+    rows = np.load(paths["rows"], mmap_mode="r")
+    lengths = None if wrap else np.load(paths["lengths"], mmap_mode="r")
+    meta = {"key": key, "identity": docs.identity, "tokenizer": tokenizer.name,
+            "seq_len": seq_len, "wrap": wrap, **stats,
+            "fingerprint": _content_fingerprint(rows, lengths)}
+    _atomic_write_json(paths["meta"], meta)
+    log.info("%s: %d docs -> %d rows, %d tokens in %.1f s", describe, stats["num_docs"],
+             stats["num_rows"], stats["num_tokens"], stats["seconds"])
+  rows = np.load(paths["rows"], mmap_mode="r")
+  lengths = None if wrap else np.load(paths["lengths"], mmap_mode="r")
+  return TokenRows(rows, lengths, tokenizer.pad_id, tokenizer.model_vocab_size,
+                   meta["fingerprint"], paths["counts"], info=meta)
+
+
+# ------------------------------------------------------------------ iterators
+
+
+def _host_slice(batch_size: int, process_index: int, process_count: int,
+                what: str) -> slice:
+  """This host's contiguous slice of a global batch."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"bad process_index={process_index} / process_count={process_count}")
+  if batch_size < 1 or batch_size % process_count:
+    raise ValueError(f"{what}={batch_size} must be a positive multiple of the "
+                     f"process count {process_count}")
+  local = batch_size // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
+class TrainIterator:
+  """Infinite, deterministic, resumable training batches (this host's slice).
+
+  Epoch e visits the rows in the order np.random.default_rng([seed, e]).permutation(N)
+  (identity without shuffle); global batch b is perm[b*G:(b+1)*G] (the last partial batch
+  is dropped) and host p of P gets its rows [p*G/P, (p+1)*G/P).
+  """
+
+  def __init__(self, rows: TokenRows, *, global_batch_size: int, seed: int = 0,
+               shuffle: bool = True, process_index: int = 0, process_count: int = 1):
+    self.rows = rows
+    self.global_batch_size = int(global_batch_size)
+    self.seed, self.shuffle = int(seed), bool(shuffle)
+    self._slice = _host_slice(self.global_batch_size, process_index, process_count,
+                              "global_batch_size")
+    if rows.num_rows < self.global_batch_size:
+      raise ValueError(f"the training split has {rows.num_rows} rows, fewer than one global "
+                       f"batch of {self.global_batch_size}")
+    self.epoch, self.batch_index = 0, 0
+    self._perm_epoch, self._perm = None, None
+
+  @property
+  def num_rows(self) -> int:
+    """Rows in the training split."""
+    return self.rows.num_rows
+
+  @property
+  def seq_len(self) -> int:
+    """Tokens per row."""
+    return self.rows.seq_len
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """Full global batches per epoch."""
+    return self.num_rows // self.global_batch_size
+
+  @property
+  def local_batch_size(self) -> int:
+    """Rows per batch on this host."""
+    return self._slice.stop - self._slice.start
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    """Row order of `epoch` (cached for the current epoch)."""
+    if self._perm_epoch != epoch:
+      if self.shuffle:
+        self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+      else:
+        self._perm = np.arange(self.num_rows)
+      self._perm_epoch = epoch
+    return self._perm
+
+  def global_batch_indices(self, epoch: int, batch_index: int) -> np.ndarray:
+    """Row indices of global batch `batch_index` of `epoch` (all hosts)."""
+    g = self.global_batch_size
+    return self.permutation(epoch)[batch_index * g:(batch_index + 1) * g]
+
+  def __iter__(self) -> "TrainIterator":
+    return self
+
+  def __next__(self) -> dict:
+    """The next batch: input_ids and attention_mask, int32 [G/P, L]."""
+    index = self.global_batch_indices(self.epoch, self.batch_index)[self._slice]
+    self.batch_index += 1
+    if self.batch_index == self.steps_per_epoch:
+      self.epoch, self.batch_index = self.epoch + 1, 0
+    return self.rows.gather(index)
+
+  def _identity(self) -> dict:
+    """What must match for a saved position to be meaningful."""
+    return {"fingerprint": self.rows.fingerprint, "num_rows": self.num_rows,
+            "global_batch_size": self.global_batch_size, "seed": self.seed,
+            "shuffle": self.shuffle}
+
+  def get_state(self) -> dict:
+    """JSON-serializable position (epoch, batch) plus the dataset identity."""
+    return {"epoch": self.epoch, "batch": self.batch_index, **self._identity()}
+
+  def set_state(self, state: dict) -> None:
+    """Restores a position saved by get_state; errors if the data or order differ."""
+    mismatch = {k: (state.get(k), v) for k, v in self._identity().items()
+                if state.get(k) != v}
+    if mismatch:
+      details = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in mismatch.items())
+      raise ValueError(f"cannot resume the data iterator on different data/order: {details}")
+    epoch, batch = int(state["epoch"]), int(state["batch"])
+    if epoch < 0 or not 0 <= batch < self.steps_per_epoch:
+      raise ValueError(f"invalid data iterator state: epoch={epoch}, batch={batch}")
+    self.epoch, self.batch_index = epoch, batch
+
+  def token_counts(self) -> np.ndarray:
+    """Counts of each model id over the non-pad training tokens."""
+    return self.rows.token_counts()
+
+
+class EvalSplit:
+  """The whole validation split in fixed order, last batch padded with weight-0 rows."""
+
+  def __init__(self, rows: TokenRows, *, batch_size: int, max_rows: int = 0,
+               process_index: int = 0, process_count: int = 1):
+    self.rows = rows
+    self.batch_size = int(batch_size)
+    self._slice = _host_slice(self.batch_size, process_index, process_count,
+                              "eval_batch_size")
+    self.num_rows = min(rows.num_rows, max_rows) if max_rows > 0 else rows.num_rows
+
+  @property
+  def num_batches(self) -> int:
+    """Global batches needed to cover every row once."""
+    return -(-self.num_rows // self.batch_size)
+
+  @property
+  def local_batch_size(self) -> int:
+    """Rows per batch on this host."""
+    return self._slice.stop - self._slice.start
+
+  @property
+  def seq_len(self) -> int:
+    """Tokens per row."""
+    return self.rows.seq_len
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def batch(self, b: int) -> dict:
+    """Batch b: input_ids, attention_mask (int32 [rows, L]) and weight (float32, 0 = dummy)."""
+    index = (b * self.batch_size + np.arange(self.batch_size))[self._slice]
+    valid = index < self.num_rows
+    n, shape = int(valid.sum()), (self.local_batch_size, self.seq_len)
+    out = {"input_ids": np.full(shape, self.rows.pad_id, np.int32),
+           "attention_mask": np.zeros(shape, np.int32),
+           "weight": valid.astype(np.float32)}
+    real = self.rows.gather(index[:n])  # valid rows are a prefix: indices increase.
+    out["input_ids"][:n] = real["input_ids"]
+    out["attention_mask"][:n] = real["attention_mask"]
+    return out
+
+  def __iter__(self) -> Iterator[dict]:
+    return (self.batch(b) for b in range(self.num_batches))
+
+  def token_counts(self) -> np.ndarray:
+    """Counts of each model id over the non-pad tokens of the evaluated rows."""
+    return self.rows.token_counts(self.num_rows)
+
+
+def unigram_baseline(train, val) -> float:
+  """Cross-entropy (nats/token) of the validation tokens under the add-one-smoothed train
+  unigram over the model vocabulary, non-pad tokens only (the corpus unigram baseline)."""
+  train_counts, val_counts = train.token_counts(), val.token_counts()
+  log_p = np.log(train_counts + 1.0) - np.log(train_counts.sum() + len(train_counts))
+  return float(-(val_counts * log_p).sum() / val_counts.sum())
+
+
+def get_datasets(data_cfg, tokenizer: Tokenizer | str, *, global_batch_size: int,
+                 eval_batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> tuple[TrainIterator, EvalSplit]:
+  """The training iterator and validation split described by `config.data`."""
+  if isinstance(tokenizer, str):
+    tokenizer = get_tokenizer(tokenizer)
+  train = TrainIterator(load_split(data_cfg, tokenizer, "train"),
+                        global_batch_size=global_batch_size, seed=data_cfg.seed,
+                        shuffle=data_cfg.shuffle, process_index=process_index,
+                        process_count=process_count)
+  val = EvalSplit(load_split(data_cfg, tokenizer, "validation"), batch_size=eval_batch_size,
+                  max_rows=int(data_cfg.max_val_rows), process_index=process_index,
+                  process_count=process_count)
+  return train, val

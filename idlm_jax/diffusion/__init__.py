@@ -1,0 +1,1 @@
+"""The maths of discrete diffusion as pure functions of arrays (no Flax)."""

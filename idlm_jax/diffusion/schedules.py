@@ -1,0 +1,46 @@
+"""Noise schedules alpha_t (probability that a token is still clean at time t)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class LogLinear:
+  """alpha_t = 1 - (1 - eps) t; sigma_t = -log alpha_t (MDLM/Duo `LogLinear`)."""
+
+  eps: float = 1e-3
+
+  def alpha(self, t: jax.Array) -> jax.Array:
+    return 1.0 - (1.0 - self.eps) * t
+
+  def dalpha(self, t: jax.Array) -> jax.Array:
+    """d alpha_t / dt."""
+    return jnp.full_like(t, -(1.0 - self.eps))
+
+  def sigma(self, t: jax.Array) -> jax.Array:
+    """Total noise sigma(t) = -log alpha_t = -log1p(-(1 - eps) t)."""
+    return -jnp.log1p(-(1.0 - self.eps) * t)
+
+
+def get_schedule(name: str, eps: float) -> LogLinear:
+  """Schedule by config name."""
+  if name == "loglinear":
+    return LogLinear(eps=eps)
+  raise ValueError(f"diffusion.schedule: unknown schedule {name!r} (known: 'loglinear')")
+
+
+def sample_t(key: jax.Array, n: int, eps: float, antithetic: bool = True) -> jax.Array:
+  """Training times in [eps, 1]; antithetic: t_i = ((u + i) / n mod 1)(1 - eps) + eps."""
+  if antithetic:
+    u = jax.random.uniform(key, ())
+    t = jnp.mod(u / n + jnp.arange(n) / n, 1.0)
+  else:
+    t = jax.random.uniform(key, (n,))
+  return t * (1.0 - eps) + eps
+
+
+def sampling_grid(num_steps: int, eps: float) -> jax.Array:
+  """The reverse-time grid linspace(1, eps, N + 1) of the MDLM/Duo samplers."""
+  return jnp.linspace(1.0, eps, num_steps + 1)

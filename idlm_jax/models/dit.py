@@ -1,0 +1,290 @@
+"""The DDiT denoiser of MDLM/SEDD/Duo/UDLM (MDLM `models/dit.py`; reference/teachers.md §1.4-1.5).
+
+Module attributes mirror the PyTorch names, so a PyTorch state_dict converts by a mechanical
+rename and transpose (`to_torch_state_dict` / `from_torch_state_dict`):
+
+  torch                                   nnx path                                 transpose
+  vocab_embed.embedding          [V, d]   vocab_embed.embedding          [V, d]      no
+  sigma_map.mlp.{0,2}.weight     [o, i]   sigma_map.mlp_{0,2}.kernel     [i, o]      yes
+  blocks.{i}.norm1.weight        [d]      blocks.{i}.norm1.scale         [d]         no
+  blocks.{i}.mlp.{0,2}.bias      [o]      blocks.{i}.mlp_{0,2}.bias      [o]         no
+  output_layer.linear.weight     [V, d]   output_layer.linear.kernel     [d, V]      yes
+  rotary_emb.inv_freq            [hd/2]   (a constant buffer, recomputed; not a parameter)
+
+Logical sharding names per parameter (`nnx.get_partition_spec`):
+  vocab_embed.embedding ('vocab', 'embed'); sigma_map.mlp_{0,2}.kernel (None, 'cond'), bias
+  ('cond',); norm*.scale ('embed',); attn_qkv.kernel ('embed', 'heads'); attn_out.kernel
+  ('heads', 'embed'); mlp_0.kernel ('embed', 'mlp'), bias ('mlp',); mlp_2.kernel ('mlp',
+  'embed'), bias ('embed',); adaLN_modulation.kernel ('cond', 'adaln'), bias ('adaln',);
+  output_layer.linear.kernel ('embed', 'vocab'), bias ('vocab',).
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from idlm_jax.models import layers
+
+ROPE_BASE = 10000.0
+ROTARY_BUFFER = "rotary_emb.inv_freq"
+# PyTorch module registration order, which is the order of `DIT.parameters()` and so of the
+# Lightning EMA `shadow_params` list (teachers.md §1.5).
+_REGISTRATION_ORDER = (
+    "vocab_embed", "sigma_map", "blocks", "output_layer", "norm1", "attn_qkv", "attn_out",
+    "norm2", "mlp_0", "mlp_2", "norm_final", "linear", "adaLN_modulation", "embedding",
+    "kernel", "scale", "bias")
+
+
+class EmbeddingLayer(nnx.Module):
+  """Raw [V, d] input embedding, untied from the output (MDLM EmbeddingLayer)."""
+
+  def __init__(self, hidden_size: int, vocab_size: int, *, rngs: nnx.Rngs):
+    init = nnx.with_partitioning(layers.torch_uniform(hidden_size), ("vocab", "embed"))
+    self.embedding = nnx.Param(init(rngs.params(), (vocab_size, hidden_size), jnp.float32))
+
+  def __call__(self, x: jax.Array, dtype) -> jax.Array:
+    """E[ids] for int ids [B, L]; the expected embedding x @ E for probabilities [B, L, V]."""
+    table = self.embedding[...]
+    if jnp.issubdtype(x.dtype, jnp.integer):
+      return jnp.take(table, x, axis=0)
+    if jnp.dtype(dtype) == jnp.float32:
+      return jnp.matmul(x.astype(jnp.float32), table, precision=jax.lax.Precision.HIGHEST)
+    return jnp.matmul(x.astype(dtype), table.astype(dtype), preferred_element_type=jnp.float32)
+
+
+class TimestepEmbedder(nnx.Module):
+  """sigma -> MLP([cos, sin] sinusoid of size 256): Linear(256, cond) SiLU Linear(cond, cond)."""
+
+  def __init__(self, cond_dim: int, *, rngs: nnx.Rngs):
+    freq = layers.FREQ_EMBED_SIZE
+    self.mlp_0 = layers.linear(freq, cond_dim, axes=(None, "cond"), rngs=rngs)
+    self.mlp_2 = layers.linear(cond_dim, cond_dim, axes=(None, "cond"), rngs=rngs)
+
+  def __call__(self, sigma: jax.Array) -> jax.Array:
+    """Float32 [B, cond] embedding (MDLM runs it outside autocast)."""
+    return self.mlp_2(nnx.silu(self.mlp_0(layers.timestep_embedding(sigma))))
+
+
+class DDiTBlock(nnx.Module):
+  """adaLN-zero transformer block with RoPE attention and a GELU(tanh) MLP (MDLM DDiTBlock)."""
+
+  def __init__(self, hidden_size: int, n_heads: int, cond_dim: int, mlp_ratio: int = 4,
+               dropout: float = 0.0, dtype=jnp.float32, attention: str = "auto", *,
+               rngs: nnx.Rngs):
+    if hidden_size % n_heads:
+      raise ValueError(f"hidden_size {hidden_size} is not divisible by n_heads {n_heads}")
+    d, hidden = hidden_size, mlp_ratio * hidden_size
+    self.n_heads, self.dropout, self.dtype, self.attention = n_heads, dropout, dtype, attention
+    self.norm1 = layers.layer_norm(d, rngs=rngs)
+    self.attn_qkv = layers.linear(d, 3 * d, axes=("embed", "heads"), use_bias=False,
+                                  dtype=dtype, rngs=rngs)
+    self.attn_out = layers.linear(d, d, axes=("heads", "embed"), use_bias=False, dtype=dtype,
+                                  rngs=rngs)
+    self.norm2 = layers.layer_norm(d, rngs=rngs)
+    self.mlp_0 = layers.linear(d, hidden, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.mlp_2 = layers.linear(hidden, d, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.adaLN_modulation = layers.linear(cond_dim, 6 * d, axes=("cond", "adaln"),
+                                          zero_init=True, dtype=dtype, rngs=rngs)
+
+  def _attention(self, h: jax.Array, rope) -> jax.Array:
+    """qkv projection, 'b s (three h d)' split, RoPE on q and k, attention, output projection."""
+    b, s, d = h.shape
+    qkv = self.attn_qkv(h).reshape(b, s, 3, self.n_heads, d // self.n_heads)
+    q = layers.apply_rope(qkv[:, :, 0], *rope)
+    k = layers.apply_rope(qkv[:, :, 1], *rope)
+    impl = layers.attention_implementation(self.attention, self.dtype, d // self.n_heads)
+    out = layers.self_attention(q, k, qkv[:, :, 2], impl)
+    return self.attn_out(out.reshape(b, s, d))
+
+  def __call__(self, x: jax.Array, c: jax.Array, rope, *,
+               dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    """x [B, L, d] float32 residual stream, c [B, cond] = SiLU(sigma_map(sigma))."""
+    mods = self.adaLN_modulation(c)[:, None, :].astype(jnp.float32)
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mods, 6, axis=-1)
+    key_attn, key_mlp = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+
+    h = layers.modulate(self.norm1(x), shift_msa, scale_msa).astype(self.dtype)
+    x = layers.gated_residual(x, gate_msa, self._attention(h, rope), self.dropout, key_attn)
+
+    h = layers.modulate(self.norm2(x), shift_mlp, scale_mlp).astype(self.dtype)
+    h = self.mlp_2(nnx.gelu(self.mlp_0(h), approximate=True))
+    return layers.gated_residual(x, gate_mlp, h, self.dropout, key_mlp)
+
+
+class DDitFinalLayer(nnx.Module):
+  """adaLN(shift, scale) -> LayerNorm -> zero-initialised Linear(d, V) (MDLM DDitFinalLayer)."""
+
+  def __init__(self, hidden_size: int, vocab_size: int, cond_dim: int, dtype=jnp.float32, *,
+               rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.norm_final = layers.layer_norm(hidden_size, rngs=rngs)
+    self.linear = layers.linear(hidden_size, vocab_size, axes=("embed", "vocab"),
+                                zero_init=True, dtype=dtype,
+                                preferred_element_type=jnp.float32, rngs=rngs)
+    self.adaLN_modulation = layers.linear(cond_dim, 2 * hidden_size, axes=("cond", "adaln"),
+                                          zero_init=True, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    """Float32 logits [B, L, V]."""
+    mods = self.adaLN_modulation(c)[:, None, :].astype(jnp.float32)
+    shift, scale = jnp.split(mods, 2, axis=-1)
+    h = layers.modulate(self.norm_final(x), shift, scale).astype(self.dtype)
+    return self.linear(h).astype(jnp.float32)
+
+
+class DIT(nnx.Module):
+  """The DDiT denoiser: logits = DIT(x_t, sigma) (MDLM `DIT.forward`, teachers.md §1.4).
+
+  `dtype` is the matmul compute dtype (float32 or bfloat16); parameters are float32, and the
+  residual stream, LayerNorm and modulation stay in float32 (MDLM under bf16 autocast).
+  `attention` picks jax.nn.dot_product_attention's kernel: "auto" (cuDNN on GPU in 16-bit,
+  else JAX's default), "xla" or "cudnn".
+  """
+
+  def __init__(self, *, vocab_size: int, hidden_size: int, n_blocks: int, n_heads: int,
+               cond_dim: int, mlp_ratio: int = 4, dropout: float = 0.0, dtype=jnp.float32,
+               attention: str = "auto", time_conditioning: bool = True, rngs: nnx.Rngs):
+    if attention not in layers.ATTENTION_KINDS:
+      raise ValueError(f"attention must be one of {layers.ATTENTION_KINDS}, got {attention!r}")
+    if (hidden_size // max(n_heads, 1)) % 2:
+      raise ValueError(f"head_dim {hidden_size // n_heads} must be even for RoPE")
+    self.vocab_size, self.hidden_size, self.n_heads = vocab_size, hidden_size, n_heads
+    self.dtype, self.dropout, self.time_conditioning = dtype, dropout, time_conditioning
+    self.vocab_embed = EmbeddingLayer(hidden_size, vocab_size, rngs=rngs)
+    self.sigma_map = TimestepEmbedder(cond_dim, rngs=rngs)
+    self.blocks = nnx.List([
+        DDiTBlock(hidden_size, n_heads, cond_dim, mlp_ratio, dropout, dtype, attention,
+                  rngs=rngs) for _ in range(n_blocks)])
+    self.output_layer = DDitFinalLayer(hidden_size, vocab_size, cond_dim, dtype, rngs=rngs)
+
+  @property
+  def head_dim(self) -> int:
+    """Per-head width d / n_heads."""
+    return self.hidden_size // self.n_heads
+
+  def __call__(self, x: jax.Array, sigma: jax.Array, *,
+               dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    """Float32 logits [B, L, V] for ids [B, L] (or probabilities [B, L, V]) and sigma [B].
+
+    dropout_key=None is evaluation (no dropout); a PRNG key enables residual dropout.
+    """
+    if x.ndim == 3 and x.shape[-1] != self.vocab_size:
+      raise ValueError(f"probability input has {x.shape[-1]} classes, expected {self.vocab_size}")
+    if not self.time_conditioning:
+      sigma = jnp.zeros_like(sigma)  # MDLM: the network ignores t, adaLN sees c(0).
+    h = layers.constrain(self.vocab_embed(x, self.dtype))
+    c = nnx.silu(self.sigma_map(sigma))
+    rope = layers.rope_cos_sin(h.shape[1], self.head_dim, ROPE_BASE)
+    keys = [None] * len(self.blocks)
+    if dropout_key is not None and self.dropout > 0.0:
+      keys = list(jax.random.split(dropout_key, len(self.blocks)))
+    for block, key in zip(self.blocks, keys):
+      h = layers.constrain(block(h, c, rope, dropout_key=key))
+    return self.output_layer(h, c)
+
+
+# ---------------------------------------------------------------------------- torch mapping
+
+
+def rotary_inv_freq(head_dim: int) -> np.ndarray:
+  """The `rotary_emb.inv_freq` buffer of MDLM's Rotary: 1/10000^(arange(0, hd, 2)/hd), float32."""
+  exponent = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+  return (1.0 / (np.float32(ROPE_BASE) ** exponent)).astype(np.float32)
+
+
+def _torch_key(path: tuple) -> tuple[str, bool]:
+  """nnx path -> (PyTorch state_dict key, whether the array is transposed)."""
+  modules = [{"mlp_0": "mlp.0", "mlp_2": "mlp.2"}.get(str(p), str(p)) for p in path[:-1]]
+  leaf = str(path[-1])
+  name, transpose = {"kernel": ("weight", True), "scale": ("weight", False)}.get(
+      leaf, (leaf, False))
+  return ".".join(modules + [name]), transpose
+
+
+def _as_state(tree) -> nnx.State:
+  """nnx.State of a Module, or the State itself."""
+  return nnx.state(tree) if isinstance(tree, nnx.Module) else tree
+
+
+def _leaf_value(v):
+  """Raw array (or ShapeDtypeStruct) of a Variable or plain leaf."""
+  return v.get_value() if isinstance(v, nnx.Variable) else v
+
+
+def _registration_rank(path: tuple) -> tuple[int, ...]:
+  """Sort key putting nnx paths in PyTorch `parameters()` order (block indices numerically)."""
+  return tuple(p if isinstance(p, int) else _REGISTRATION_ORDER.index(str(p)) for p in path)
+
+
+def torch_param_names(state) -> dict[str, tuple[tuple, bool]]:
+  """PyTorch key -> (nnx path, transpose) for every DIT parameter, in `parameters()` order."""
+  paths = sorted((tuple(path) for path, _ in nnx.to_flat_state(_as_state(state))),
+                 key=_registration_rank)
+  return {_torch_key(path)[0]: (path, _torch_key(path)[1]) for path in paths}
+
+
+def to_torch_state_dict(state, *, head_dim: Optional[int] = None) -> dict[str, np.ndarray]:
+  """float32 NumPy arrays under PyTorch keys and layouts; adds the RoPE buffer if head_dim given."""
+  flat = dict(nnx.to_flat_state(_as_state(state)))
+  out = {}
+  for key, (path, transpose) in torch_param_names(state).items():
+    value = np.asarray(jax.device_get(_leaf_value(flat[path])))
+    out[key] = value.T if transpose else value
+  if head_dim is not None:
+    out[ROTARY_BUFFER] = rotary_inv_freq(head_dim)
+  return out
+
+
+def _check_buffer(value, head_dim: Optional[int]) -> list[str]:
+  """Problems with a `rotary_emb.inv_freq` buffer found in a checkpoint (it is not loaded)."""
+  if head_dim is None:
+    return []
+  expected = rotary_inv_freq(head_dim)
+  value = np.asarray(value)
+  if value.shape != expected.shape:
+    return [f"key '{ROTARY_BUFFER}': checkpoint shape {value.shape} != model shape "
+            f"{expected.shape}"]
+  if not np.allclose(value, expected, rtol=1e-6, atol=0.0):
+    return [f"key '{ROTARY_BUFFER}': values differ from 1/10000^(arange(0, {head_dim}, 2)/"
+            f"{head_dim})"]
+  return []
+
+
+def from_torch_state_dict(state_dict, abstract_state, *,
+                          head_dim: Optional[int] = None) -> nnx.State:
+  """A DIT nnx.State (host NumPy values, dtypes and sharding metadata of abstract_state).
+
+  `state_dict` maps PyTorch keys (no `backbone.` prefix) to arrays in PyTorch layout;
+  `abstract_state` is e.g. `nnx.state(nnx.eval_shape(lambda: DIT(...)))`. A missing or
+  unexpected key, or a shape mismatch, raises ValueError naming the key and both shapes.
+  The `rotary_emb.inv_freq` buffer may be present; it is checked when head_dim is given.
+  """
+  abstract_state = _as_state(abstract_state)
+  flat = dict(nnx.to_flat_state(abstract_state))
+  names = torch_param_names(abstract_state)
+  problems = [f"unexpected key '{k}' with shape {tuple(np.shape(v))}"
+              for k, v in state_dict.items() if k not in names and k != ROTARY_BUFFER]
+  if ROTARY_BUFFER in state_dict:
+    problems += _check_buffer(state_dict[ROTARY_BUFFER], head_dim)
+  leaves = []
+  for key, (path, transpose) in names.items():
+    var = flat[path]
+    model_shape = tuple(_leaf_value(var).shape)
+    torch_shape = model_shape[::-1] if transpose else model_shape
+    if key not in state_dict:
+      problems.append(f"missing key '{key}' (model shape {torch_shape} in torch layout)")
+      continue
+    value = np.asarray(state_dict[key])
+    if value.shape != torch_shape:
+      problems.append(f"key '{key}': checkpoint shape {value.shape} != model shape "
+                      f"{torch_shape} (torch layout)")
+      continue
+    value = value.T if transpose else value
+    value = np.ascontiguousarray(value, dtype=_leaf_value(var).dtype)
+    leaves.append((path, var.replace(value)))
+  if problems:
+    raise ValueError("PyTorch state_dict does not match the DIT:\n  " + "\n  ".join(problems))
+  return nnx.from_flat_state(leaves)

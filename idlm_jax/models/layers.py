@@ -1,0 +1,156 @@
+"""Building blocks of the DDiT denoiser (MDLM `models/dit.py`, reference/teachers.md §1.4).
+
+Pure functions (timestep sinusoid, rotate-half RoPE, modulation, residual dropout, attention,
+activation sharding hints) and constructors for the NNX layers with PyTorch-matching inits and
+logical sharding names. Numerics follow MDLM under bf16 autocast: LayerNorm, modulation and the
+residual stream in float32, matmuls in the compute dtype.
+"""
+
+import math
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.core import spmd as core_spmd
+from jax.sharding import PartitionSpec
+
+FREQ_EMBED_SIZE = 256  # TimestepEmbedder frequency_embedding_size (MDLM default).
+ATTENTION_KINDS = ("auto", "xla", "cudnn")
+# Logical names of the [B, L, d] residual stream, for optional activation sharding hints.
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+# ---------------------------------------------------------------------------- initialisers
+
+
+def torch_uniform(fan_in: int) -> nnx.Initializer:
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch kaiming_uniform_(a=sqrt(5)) and nn.Linear's bias."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def linear(in_features: int, out_features: int, *, axes: tuple, use_bias: bool = True,
+           zero_init: bool = False, dtype=jnp.float32, preferred_element_type=None,
+           rngs: nnx.Rngs) -> nnx.Linear:
+  """torch nn.Linear(in, out) as an NNX Linear (kernel [in, out]), float32 params, logical axes."""
+  w_init = nnx.initializers.zeros_init() if zero_init else torch_uniform(in_features)
+  b_init = nnx.initializers.zeros_init() if zero_init else torch_uniform(in_features)
+  return nnx.Linear(
+      in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=nnx.with_partitioning(w_init, axes),
+      bias_init=nnx.with_partitioning(b_init, (axes[1],)),
+      preferred_element_type=preferred_element_type, rngs=rngs)
+
+
+def layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """MDLM LayerNorm: weight only (no bias), eps 1e-5, two-pass statistics, computed in float32."""
+  return nnx.LayerNorm(
+      dim, epsilon=1e-5, use_bias=False, use_fast_variance=False, dtype=jnp.float32,
+      param_dtype=jnp.float32,
+      scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",)), rngs=rngs)
+
+
+# ---------------------------------------------------------------------------- pure functions
+
+
+def timestep_embedding(sigma: jax.Array, dim: int = FREQ_EMBED_SIZE,
+                       max_period: float = 10000.0) -> jax.Array:
+  """Sinusoid [cos, sin] of sigma with freqs exp(-ln(max_period) k / (dim/2)) (GLIDE/DiT/MDLM)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = sigma.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def rope_cos_sin(seq_len: int, head_dim: int, base: float = 10000.0):
+  """cos/sin [L, 1, head_dim/2] of RoPE with inv_freq = 1/base^(arange(0, hd, 2)/hd) (MDLM Rotary)."""
+  inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  return jnp.cos(freqs)[:, None, :], jnp.sin(freqs)[:, None, :]
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Non-interleaved (GPT-NeoX rotate_half) RoPE on [B, L, H, hd] in float32, back to x.dtype.
+
+  Equals x*cat(cos,cos) + rotate_half(x)*cat(sin,sin) with rotate_half(x) = cat(-x2, x1).
+  """
+  xf = x.astype(jnp.float32)
+  x1, x2 = jnp.split(xf, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """adaLN modulation x * (1 + scale) + shift (DiT), shift/scale broadcast over the sequence."""
+  return x * (1.0 + scale) + shift
+
+
+def dropout(x: jax.Array, rate: float, key: Optional[jax.Array]) -> jax.Array:
+  """Inverted dropout with an explicit key; identity when key is None or rate == 0 (eval)."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+def gated_residual(x: jax.Array, gate: jax.Array, update: jax.Array, rate: float,
+                   key: Optional[jax.Array]) -> jax.Array:
+  """x + gate * dropout(update) in float32 (MDLM bias_dropout_add_scale)."""
+  return x + gate * dropout(update, rate, key).astype(jnp.float32)
+
+
+def attention_implementation(attention: str, dtype, head_dim: int) -> Optional[str]:
+  """The `implementation` for jax.nn.dot_product_attention.
+
+  "xla"/"cudnn" are passed through. "auto" picks cuDNN flash attention on GPU for 16-bit
+  compute with a head_dim it supports, else None (JAX's default, XLA).
+  """
+  if attention not in ATTENTION_KINDS:
+    raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+  if attention != "auto":
+    return attention
+  sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  if jax.default_backend() == "gpu" and sixteen_bit and head_dim % 8 == 0 and head_dim <= 128:
+    return "cudnn"
+  return None
+
+
+def self_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                   implementation: Optional[str]) -> jax.Array:
+  """Full bidirectional softmax attention on [B, L, H, hd], scale 1/sqrt(hd), no mask."""
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+
+
+def constrain(x: jax.Array, names: Sequence[Optional[str]] = ACTIVATION_AXES) -> jax.Array:
+  """Sharding hint on an activation from logical names; a no-op without rules and a mesh.
+
+  The logical names are mapped with the rules of `flax.core.spmd.logical_axis_rules` (as
+  `nnx.get_partition_spec` does); names without a rule, or mapped to axes that the current
+  mesh (`jax.set_mesh`) lacks, stay unconstrained. Nothing happens unless at least one dim
+  is mapped, so an unrelated rule set never forces replication.
+  """
+  rules = dict(core_spmd.get_logical_axis_rules())
+  if not rules:
+    return x
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  spec, used = [], set()
+  for name in names:
+    target = rules.get(name) if name is not None else None
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    axes = tuple(a for a in axes if a in mesh.axis_names and a not in used)
+    used.update(axes)
+    spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  if all(s is None for s in spec):
+    return x
+  pspec = PartitionSpec(*spec)
+  if mesh.are_all_axes_explicit:
+    return jax.sharding.reshard(x, pspec)
+  return jax.lax.with_sharding_constraint(x, pspec)

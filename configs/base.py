@@ -127,3 +127,38 @@ def get_config(arg=None):
   g.tensorboard = True  # TensorBoard event files in the workdir (plus metrics.jsonl always).
   g.progress_every_s = 30.0  # seconds between progress lines (steps/s, ETA).
   return c
+
+
+def smoke(c):
+  """`:smoke`: the same pipeline end to end in well under a minute on a CPU."""
+  c.model.update(hidden_size=32, n_blocks=1, n_heads=2, cond_dim=32, dropout=0.0)
+  c.data.update(seq_len=32, max_train_docs=3000, max_val_rows=64)
+  c.train.update(steps=12, global_batch_size=16, log_every=4, eval_every=0, sample_every=0)
+  c.optim.update(warmup_steps=4)
+  c.ckpt.update(every=6, keep=2)
+  c.eval.update(batch_size=16)
+  c.sample.update(num_samples=8, batch_size=8, steps=16)
+  c.log.progress_every_s = 5.0
+  return c
+
+
+def tiny(c):
+  """`:tiny`: a small model that trains for real on a CPU in minutes."""
+  c.model.update(hidden_size=128, n_blocks=2, n_heads=4, cond_dim=64, dropout=0.0)
+  c.train.update(steps=2000, global_batch_size=32, log_every=50, eval_every=500,
+                 sample_every=1000)
+  c.optim.update(warmup_steps=100, ema=0.999)
+  c.ckpt.update(every=500)
+  c.eval.update(batch_size=32)
+  c.sample.update(num_samples=8, batch_size=8, steps=64)
+  return c
+
+
+def apply_variant(c, arg, variants=None):
+  """Apply `--config=file.py:<arg>`; every config knows 'smoke' and 'tiny' plus its own."""
+  table = {"smoke": smoke, "tiny": tiny, **(variants or {})}
+  if arg in (None, ""):
+    return c
+  if arg not in table:
+    raise ValueError(f"unknown config variant {arg!r}; known: {sorted(table)}")
+  return table[arg](c)

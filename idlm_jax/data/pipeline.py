@@ -270,7 +270,6 @@ def _build_split(docs: sources.DocSource, tokenizer: Tokenizer, seq_len: int, wr
           "seconds": round(time.time() - start, 3)}
 
 
-
 def _resolve_cache_dir(cache_dir: str) -> pathlib.Path:
   """The expanded cache folder (created if needed)."""
   path = pathlib.Path(os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR))

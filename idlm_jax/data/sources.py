@@ -251,7 +251,7 @@ def import_tfds():
 
 
 def _iter_lm1b(data_dir: pathlib.Path, tfds_split: str) -> Iterator[str]:
-  """Detokenized LM1B sentences of one TFDS split, in file order."""
+  """Detokenized LM1B sentences of one TFDS split, in TFDS's fixed (unshuffled) order."""
   tfds = import_tfds()
   builder = tfds.builder("lm1b", data_dir=str(data_dir))
   try:

@@ -54,10 +54,15 @@ def build_model(model_cfg, vocab_size: int, rngs: nnx.Rngs) -> DIT:
   )
 
 
+def _param_size(leaf) -> int:
+  """Element count of a Param (0 for other Variables) or of a plain array / ShapeDtypeStruct."""
+  if isinstance(leaf, nnx.Variable):
+    return math.prod(leaf.get_value().shape) if isinstance(leaf, nnx.Param) else 0
+  return math.prod(leaf.shape)
+
+
 def count_params(tree) -> int:
   """Number of parameters in a module or state (concrete or abstract, e.g. from nnx.eval_shape)."""
   state = nnx.state(tree) if isinstance(tree, nnx.Module) else tree
   leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return sum(math.prod(leaf.get_value().shape) if isinstance(leaf, nnx.Variable)
-             else math.prod(leaf.shape)
-             for leaf in leaves if isinstance(leaf, nnx.Param) or not isinstance(leaf, nnx.Variable))
+  return sum(_param_size(leaf) for leaf in leaves)

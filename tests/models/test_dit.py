@@ -369,3 +369,17 @@ def test_build_model_from_config():
   cfg.dtype, cfg.name = "float32", "transformer"
   with pytest.raises(ValueError, match="name"):
     build_model(cfg, 11, nnx.Rngs(0))
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_attention_matches_xla():
+  models = {a: make(hidden_size=128, n_heads=2, dtype=jnp.bfloat16, attention=a)
+            for a in ("xla", "cudnn", "auto")}
+  randomize(models["xla"])
+  for a in ("cudnn", "auto"):
+    nnx.update(models[a], nnx.state(models["xla"]))
+  ids, sigma = inputs()
+  ref = np.asarray(models["xla"](ids, sigma))
+  for a in ("cudnn", "auto"):
+    np.testing.assert_allclose(np.asarray(models[a](ids, sigma)), ref, rtol=0.0,
+                               atol=0.03 * np.abs(ref).max())

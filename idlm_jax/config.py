@@ -1,0 +1,181 @@
+"""Loading and validating ml_collections configs (every field is defined in configs/base.py).
+
+An unknown key, a wrong type or an invalid value raises `ConfigError` naming the field,
+before any work starts.
+"""
+
+import ast
+import importlib
+import importlib.util
+import pathlib
+import sys
+
+import ml_collections
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+CHOICES = {
+    "mode": ("train", "eval", "sample"),
+    "objective": ("diffusion",),
+    "data.source": ("embedded", "text_files", "tfds_lm1b", "owt"),
+    "model.name": ("dit",),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.attention": ("auto", "xla", "cudnn"),
+    "diffusion.process": ("absorbing",),
+    "diffusion.parameterization": ("subs",),
+    "diffusion.schedule": ("loglinear",),
+    "optim.decay": ("constant", "cosine"),
+    "parallel.strategy": ("pjit",),
+    "sample.precision": ("float64", "exact32", "float32"),
+    "sample.noise_removal": ("argmax", "ancestral"),
+}
+
+# field -> (predicate, what it must be)
+RULES = {
+    "data.seq_len": (lambda v: v >= 4, "an integer >= 4"),
+    "model.hidden_size": (lambda v: v > 0, "positive"),
+    "model.n_blocks": (lambda v: v > 0, "positive"),
+    "model.n_heads": (lambda v: v > 0, "positive"),
+    "model.cond_dim": (lambda v: v > 0, "positive"),
+    "model.mlp_ratio": (lambda v: v > 0, "positive"),
+    "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "diffusion.eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "optim.lr": (lambda v: v > 0, "positive"),
+    "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "optim.final_lr_fraction": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "optim.b1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "optim.b2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "optim.adam_eps": (lambda v: v > 0, "positive"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.grad_clip": (lambda v: v >= 0, ">= 0 (0 disables)"),
+    "optim.ema": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0 disables)"),
+    "train.steps": (lambda v: v > 0, "positive"),
+    "train.global_batch_size": (lambda v: v > 0, "positive"),
+    "train.max_minutes": (lambda v: v >= 0, ">= 0"),
+    "train.log_every": (lambda v: v > 0, "positive"),
+    "train.eval_every": (lambda v: v >= 0, ">= 0"),
+    "train.sample_every": (lambda v: v >= 0, ">= 0"),
+    "ckpt.every": (lambda v: v > 0, "positive"),
+    "ckpt.keep": (lambda v: v >= 1, ">= 1"),
+    "eval.batch_size": (lambda v: v > 0, "positive"),
+    "sample.num_samples": (lambda v: v > 0, "positive"),
+    "sample.batch_size": (lambda v: v > 0, "positive"),
+    "sample.steps": (lambda v: v > 0, "positive"),
+    "sample.eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "data.max_train_docs": (lambda v: v >= 0, ">= 0"),
+    "data.max_val_rows": (lambda v: v >= 0, ">= 0"),
+    "data.owt_val_docs": (lambda v: v > 0, "positive"),
+    "log.progress_every_s": (lambda v: v > 0, "positive"),
+}
+
+
+class ConfigError(ValueError):
+  """A config field is unknown, of the wrong type, or has an invalid value."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """configs/base.py: the definition of every field."""
+  return _load_module(REPO_ROOT / "configs" / "base.py").get_config()
+
+
+def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
+  """Load `path/to/config.py[:arg]`, apply "a.b=value" overrides, validate, lock."""
+  path, _, arg = spec.partition(":")
+  module = _load_module(pathlib.Path(path))
+  config = module.get_config(arg or None)
+  config.lock()
+  for item in overrides:
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise ConfigError(f"override {item!r} is not of the form field=value")
+    _set(config, key.strip(), _parse(raw.strip()))
+  validate(config)
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Check fields against configs/base.py (names and types) and the value rules."""
+  base = base_config()
+  flat, flat_base = _flatten(config), _flatten(base)
+  for key in flat:
+    if key not in flat_base:
+      raise ConfigError(f"config.{key}: unknown field (every field is defined in configs/base.py)")
+  for key in flat_base:
+    if key not in flat:
+      raise ConfigError(f"config.{key}: missing (start configs from base.get_config())")
+  for key, value in flat.items():
+    expected = flat_base[key]
+    if not _same_type(value, expected):
+      raise ConfigError(f"config.{key}: expected {type(expected).__name__}, "
+                        f"got {type(value).__name__} {value!r}")
+  for key, options in CHOICES.items():
+    if flat[key] not in options:
+      raise ConfigError(f"config.{key}: {flat[key]!r} is not one of {options}")
+  for key, (ok, what) in RULES.items():
+    if not ok(flat[key]):
+      raise ConfigError(f"config.{key}: must be {what}, got {flat[key]!r}")
+  m = config.model
+  if m.hidden_size % m.n_heads or (m.hidden_size // m.n_heads) % 2:
+    raise ConfigError(f"config.model.hidden_size: {m.hidden_size} must split into "
+                      f"{m.n_heads} heads of even size (rotary embedding)")
+  for key in ("parallel.ici_mesh", "parallel.dcn_mesh"):
+    mesh = flat[key]
+    if len(mesh) != 3 or list(mesh).count(-1) > 1 or any(s == 0 or s < -1 for s in mesh):
+      raise ConfigError(f"config.{key}: needs 3 sizes for ('data', 'fsdp', 'tensor'), each "
+                        f">= 1 or one -1 (fill), got {mesh!r}")
+
+
+def _load_module(path: pathlib.Path):
+  if not path.is_file():
+    raise ConfigError(f"config file not found: {path}")
+  # config files import their siblings as `configs.<name>`: put their parent folder on the path
+  root = str(path.resolve().parents[1])
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  spec = importlib.util.spec_from_file_location(f"_idlm_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _flatten(config, prefix=""):
+  out = {}
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def _same_type(value, expected) -> bool:
+  if isinstance(expected, bool) or isinstance(value, bool):
+    return type(value) is type(expected)
+  if isinstance(expected, float):
+    return isinstance(value, (int, float))
+  if isinstance(expected, (tuple, list)):
+    return isinstance(value, (tuple, list)) and all(isinstance(v, int) for v in value)
+  return isinstance(value, type(expected))
+
+
+def _parse(raw: str):
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def _set(config, key: str, value) -> None:
+  node = config
+  parts = key.split(".")
+  for part in parts[:-1]:
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise ConfigError(f"config.{key}: unknown field")
+    node = node[part]
+  if parts[-1] not in node:
+    raise ConfigError(f"config.{key}: unknown field")
+  try:
+    node[parts[-1]] = value
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config.{key}: cannot set {value!r}: {e}") from None

@@ -1,0 +1,1 @@
+"""Evaluation: validation likelihood bounds, samples, and (later) Gen PPL and entropy."""

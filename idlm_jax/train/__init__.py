@@ -1,0 +1,1 @@
+"""Training: state, parallelism, checkpoints, metrics and the loop."""

@@ -1,0 +1,114 @@
+"""Metric writers (JSONL + TensorBoard), finiteness checks and progress with ETA."""
+
+import json
+import math
+import pathlib
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+import logging
+
+log = logging.getLogger("idlm_jax")
+
+
+class NonFiniteError(FloatingPointError):
+  """A NaN/Inf appeared in a training metric; the message names the step and the metric."""
+
+
+class MetricWriter:
+  """Scalars to <workdir>/metrics.jsonl and TensorBoard events; texts to <workdir>/samples/.
+
+  Only process 0 writes.
+  """
+
+  def __init__(self, workdir, tensorboard: bool = True):
+    self.workdir = pathlib.Path(workdir)
+    self.active = jax.process_index() == 0
+    self._tb = None
+    if self.active:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = open(self.workdir / "metrics.jsonl", "a")
+      if tensorboard:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+
+  def scalars(self, step: int, values: dict) -> None:
+    if not self.active:
+      return
+    values = {k: float(v) for k, v in values.items()}
+    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in values.items():
+        self._tb.add_scalar(k, v, int(step))
+
+  def texts(self, step: int, name: str, texts: list[str], extra: Optional[dict] = None) -> pathlib.Path:
+    """Write samples as <workdir>/samples/<name>_step<step>.txt (+ .jsonl with metadata)."""
+    out = self.workdir / "samples" / f"{name}_step{int(step)}.txt"
+    if not self.active:
+      return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sep = "\n" + "=" * 80 + "\n"
+    out.write_text(sep.join(texts) + "\n")
+    with open(out.with_suffix(".jsonl"), "w") as f:
+      for i, text in enumerate(texts):
+        f.write(json.dumps({"index": i, "text": text, **(extra or {})}) + "\n")
+    if self._tb is not None:
+      self._tb.add_text(name, "\n\n---\n\n".join(texts[:8]), int(step))
+    return out
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self.active:
+      self._jsonl.close()
+      if self._tb is not None:
+        self._tb.close()
+
+
+def check_finite(history: list[tuple[int, dict]]) -> None:
+  """Raise NonFiniteError naming the first step and metric that is NaN or Inf."""
+  for step, metrics in history:
+    for name, value in metrics.items():
+      if not np.all(np.isfinite(value)):
+        raise NonFiniteError(f"non-finite {name} = {float(value)} at step {step}; training "
+                             f"stopped (the last checkpoint before it is intact)")
+
+
+def mean_metrics(history: list[tuple[int, dict]]) -> dict:
+  """Average of fetched per-step metrics (host numpy)."""
+  keys = history[0][1].keys()
+  return {k: float(np.mean([m[k] for _, m in history])) for k in keys}
+
+
+class Progress:
+  """Logs steps/s and ETA at most every `every_s` seconds."""
+
+  def __init__(self, start_step: int, total_steps: int, every_s: float):
+    self.total, self.every_s = total_steps, every_s
+    self._t0 = self._last = time.time()
+    self._step0 = start_step
+
+  def maybe_log(self, step: int, extra: str = "", force: bool = False) -> None:
+    now = time.time()
+    if not force and now - self._last < self.every_s:
+      return
+    self._last = now
+    rate = (step - self._step0) / max(now - self._t0, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else math.inf
+    log.info("step %d/%d  %.2f steps/s  ETA %s  %s", step, self.total, rate, _fmt(eta), extra)
+
+  def elapsed_minutes(self) -> float:
+    return (time.time() - self._t0) / 60.0
+
+
+def _fmt(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

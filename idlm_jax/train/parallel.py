@@ -1,0 +1,114 @@
+"""Device mesh, logical-axis sharding rules and global batches (pjit = jit with shardings)."""
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over data and fsdp
+# logical parameter axis -> mesh axis (FSDP over 'embed', tensor parallel over the rest)
+LOGICAL_RULES = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("adaln", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("vocab", "tensor"),
+    ("cond", None),
+    ("length", None),
+)
+
+
+def fill_mesh_shape(shape: Sequence[int], n: int, what: str) -> tuple[int, ...]:
+  """Replace one -1 in `shape` with whatever makes the product equal to n."""
+  shape = list(shape)
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if n % known:
+      raise ValueError(f"parallel.{what}: {tuple(shape)} cannot fill {n} devices")
+    shape[shape.index(-1)] = n // known
+  if math.prod(shape) != n:
+    raise ValueError(f"parallel.{what}: {tuple(shape)} uses {math.prod(shape)} devices, "
+                     f"but {n} are available")
+  return tuple(shape)
+
+
+def make_mesh(parallel_cfg, devices=None) -> Mesh:
+  """Mesh over ('data', 'fsdp', 'tensor'); DCN sizes across slices, ICI sizes within one."""
+  devices = list(jax.devices() if devices is None else devices)
+  num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+  dcn = fill_mesh_shape(parallel_cfg.dcn_mesh, num_slices, "dcn_mesh")
+  ici = fill_mesh_shape(parallel_cfg.ici_mesh, len(devices) // num_slices, "ici_mesh")
+  if num_slices > 1:
+    from jax.experimental import mesh_utils  # multi-slice TPU pods
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  else:
+    try:
+      from jax.experimental import mesh_utils
+      grid = mesh_utils.create_device_mesh(ici, devices)
+    except (ValueError, NotImplementedError, AssertionError):
+      grid = np.asarray(devices).reshape(ici)
+  axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  return Mesh(grid, MESH_AXES, axis_types=axis_types)
+
+
+def logical_to_mesh(spec: Sequence[Any], rules=LOGICAL_RULES) -> P:
+  """A logical PartitionSpec (names like 'embed') -> a mesh PartitionSpec."""
+  table = dict(rules)
+  out = []
+  for name in spec:
+    if name is None:
+      out.append(None)
+    elif name not in table:
+      raise KeyError(f"no sharding rule for logical axis {name!r}; known: {sorted(table)}")
+    else:
+      out.append(table[name])
+  return P(*out)
+
+
+def param_shardings(abstract_state: nnx.State, mesh: Mesh) -> dict:
+  """NamedShardings (pure dict) for a model's parameters from their logical axis names.
+
+  A mesh axis of size > 1 shards a dimension only if it divides it; otherwise that dimension
+  stays replicated (e.g. a 2048-row vocab on 3 devices).
+  """
+  specs = nnx.get_partition_spec(abstract_state)
+  specs, shapes = nnx.to_pure_dict(specs), nnx.to_pure_dict(abstract_state)
+
+  def one(spec, shape):
+    mesh_spec = logical_to_mesh(tuple(spec) + (None,) * (len(shape.shape) - len(spec)))
+    fixed = [ax if _divides(mesh, ax, dim) else None for ax, dim in zip(mesh_spec, shape.shape)]
+    return NamedSharding(mesh, P(*fixed))
+
+  return jax.tree.map(one, specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def _divides(mesh: Mesh, axes, dim: int) -> bool:
+  if axes is None:
+    return True
+  axes = axes if isinstance(axes, tuple) else (axes,)
+  return dim % math.prod(mesh.shape[a] for a in axes) == 0
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows over ('data', 'fsdp'), the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+  """Assemble this host's numpy rows into global arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def batch_divisor(mesh: Mesh) -> int:
+  """Global batch sizes must be multiples of this (devices along the batch axes)."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)

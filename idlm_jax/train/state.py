@@ -1,0 +1,105 @@
+"""The train state pytree, the optimizer, EMA and sharded state creation."""
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from idlm_jax.train import parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; model structure and optimizer stay outside."""
+
+  step: jax.Array  # int32 [], optimizer steps taken
+  params: Any  # pure dict of float32 arrays (nnx.to_pure_dict of the model's Params)
+  opt_state: Any
+  ema_params: Any  # EMA of params (same tree; equals params when EMA is off)
+  rng: jax.Array  # uint32 raw key data; step keys are fold_in(key, step)
+
+  def key(self) -> jax.Array:
+    return jax.random.wrap_key_data(self.rng)
+
+
+def learning_rate(optim_cfg, total_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0, then constant (MDLM) or cosine to final_lr_fraction * lr."""
+  lr, warm = optim_cfg.lr, optim_cfg.warmup_steps
+  if optim_cfg.decay == "constant":
+    after = optax.constant_schedule(lr)
+  else:
+    after = optax.cosine_decay_schedule(lr, max(total_steps - warm, 1), optim_cfg.final_lr_fraction)
+  if warm == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
+
+
+def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+  """AdamW with global-norm clipping (MDLM: lr 3e-4, betas (0.9, 0.999), clip 1.0)."""
+  adamw = optax.adamw(learning_rate(optim_cfg, total_steps), b1=optim_cfg.b1, b2=optim_cfg.b2,
+                      eps=optim_cfg.adam_eps, weight_decay=optim_cfg.weight_decay)
+  if optim_cfg.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), adamw)
+  return adamw
+
+
+def ema_update(ema, params, step: jax.Array, decay: float):
+  """EMA with warm-up decay min(decay, (1 + n) / (10 + n)), n = updates so far (MDLM ema.py)."""
+  if decay == 0:
+    return params
+  n = step.astype(jnp.float32)
+  d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+  return jax.tree.map(lambda e, p: e * d + (1.0 - d) * p, ema, params)
+
+
+def split_params(model: nnx.Module):
+  """(graphdef, pure-dict params) of a model; everything non-Param stays in the graphdef."""
+  graphdef, params = nnx.split(model, nnx.Param)
+  return graphdef, nnx.to_pure_dict(params)
+
+
+def create_state(build_model: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
+                 seed: int, mesh) -> tuple[Any, TrainState, Any]:
+  """(graphdef, state, state_shardings): the state is created directly sharded, under jit."""
+  root = jax.random.key(seed)
+  k_params, k_train = jax.random.split(root)
+
+  def init():
+    model = build_model(nnx.Rngs(params=k_params))
+    _, params = split_params(model)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema_params=params, rng=jax.random.key_data(k_train))
+
+  abstract_model = nnx.eval_shape(lambda: build_model(nnx.Rngs(params=k_params)))
+  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+  shardings = state_shardings(tx, abstract_params, mesh)
+  state = jax.jit(init, out_shardings=shardings)()
+  return graphdef, state, shardings
+
+
+def state_shardings(tx, abstract_params: nnx.State, mesh) -> TrainState:
+  """Shardings of every TrainState leaf: optimizer moments follow their parameters."""
+  p_sh = parallel.param_shardings(abstract_params, mesh)
+  rep = parallel.replicated(mesh)
+  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params))
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_sh,
+                                 transform_non_params=lambda _: rep)
+  return TrainState(step=rep, params=p_sh, opt_state=opt_sh, ema_params=p_sh, rng=rep)
+
+
+def abstract_state(state: TrainState, shardings: TrainState) -> TrainState:
+  """ShapeDtypeStructs with shardings, the restore target for checkpoints."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
+                      shardings)
+
+
+def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
+                    ema_decay: float) -> TrainState:
+  """One optimizer step plus the EMA update; increments `step`."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = ema_update(state.ema_params, params, state.step, ema_decay)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)

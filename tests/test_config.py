@@ -1,0 +1,61 @@
+"""Configs: every shipped config and variant validates; bad input fails naming the field."""
+
+import pathlib
+
+import pytest
+
+from idlm_jax import config as config_lib
+
+CONFIGS = sorted(p.name for p in pathlib.Path("configs").glob("*.py")
+                 if p.name not in ("__init__.py", "base.py"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("variant", ["", ":smoke", ":tiny"])
+def test_shipped_configs_validate(name, variant):
+  config_lib.load_config(f"configs/{name}{variant}")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lrr=1.0", r"config\.optim\.lrr: unknown field"),
+    ("nosuch.field=1", r"config\.nosuch\.field: unknown field"),
+    ("train.steps='many'", r"config\.train\.steps"),
+    ("optim.lr=-1.0", r"config\.optim\.lr: must be positive"),
+    ("sample.precision='float16'", r"config\.sample\.precision: 'float16' is not one of"),
+    ("model.n_heads=5", r"config\.model\.hidden_size: .* heads"),
+    ("parallel.ici_mesh=(1, -1, -1)", r"config\.parallel\.ici_mesh"),
+    ("data.source='wikipedia'", r"config\.data\.source"),
+])
+def test_bad_overrides_fail_naming_the_field(override, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.load_config("configs/demo.py", [override])
+
+
+def test_unknown_field_added_by_a_config_file(tmp_path):
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "bad.py").write_text(
+      "from configs import base\n"
+      "def get_config(arg=None):\n"
+      "  c = base.get_config()\n"
+      "  c.model.unlock()\n"
+      "  c.model.n_layers = 3\n"
+      "  return c\n")
+  with pytest.raises(config_lib.ConfigError, match=r"config\.model\.n_layers: unknown field"):
+    config_lib.load_config(str(tmp_path / "configs" / "bad.py"))
+
+
+def test_unknown_variant_and_missing_file():
+  with pytest.raises(ValueError, match="unknown config variant 'huge'"):
+    config_lib.load_config("configs/demo.py:huge")
+  with pytest.raises(config_lib.ConfigError, match="config file not found"):
+    config_lib.load_config("configs/nope.py")
+
+
+def test_cli_rejects_unknown_override(tmp_path):
+  import subprocess
+  import sys
+  out = subprocess.run([sys.executable, "-m", "idlm_jax.main", "--config=configs/demo.py",
+                        f"--workdir={tmp_path}", "--config.optim.lrr=1"], capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode != 0
+  assert "lrr" in out.stderr

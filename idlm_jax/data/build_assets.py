@@ -11,9 +11,10 @@ Run it as a module (`-m`): run as a script, this folder's tokenizers.py would sh
    vocab.bpe) and the four public-domain corpora byte for byte, checking their sha256;
 2. write LICENSES.md;
 3. train `demo-bpe-2048.json`: a byte-level BPE with exactly 2048 ids ([PAD], [BOS], [EOS],
-   [MASK] = 0..3, the 256 byte symbols, then merges) on the TRAIN split of the embedded
-   corpus (the same crc32 line split as the data pipeline). The `tokenizers` BPE trainer is
-   deterministic for a fixed input order, so the file is byte-identical on every rebuild.
+   [MASK] = 0..3, the 256 byte symbols, then merges) on the TRAIN passages of the embedded
+   corpus (the same passages and crc32 split as the data pipeline). The `tokenizers` BPE
+   trainer is deterministic for a fixed input order, so the file is byte-identical on every
+   rebuild.
 """
 
 from __future__ import annotations
@@ -118,9 +119,9 @@ def copy_verified(source_dir: pathlib.Path, out_dir: pathlib.Path, verify: bool)
 
 
 def train_demo_tokenizer(corpora_dir: pathlib.Path) -> hf_tokenizers.Tokenizer:
-  """Byte-level BPE with exactly 2048 ids, trained on the embedded corpus's train split."""
+  """Byte-level BPE with exactly 2048 ids, trained on the embedded corpus's train passages."""
   paths = sources.embedded_paths(sources.EMBEDDED_CORPORA, corpora_dir)
-  lines = list(sources.iter_split_lines(paths, "train"))
+  passages = list(sources.iter_split_passages(paths, "train"))
   tokenizer = hf_tokenizers.Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
@@ -128,7 +129,7 @@ def train_demo_tokenizer(corpora_dir: pathlib.Path) -> hf_tokenizers.Tokenizer:
                                 special_tokens=list(DEMO_SPECIAL_TOKENS),
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                 show_progress=False)
-  tokenizer.train_from_iterator(lines, trainer=trainer, length=len(lines))
+  tokenizer.train_from_iterator(passages, trainer=trainer, length=len(passages))
   tokenizer.post_processor = processors.TemplateProcessing(
       single="[BOS] $A [EOS]", pair="[BOS] $A [EOS] $B [EOS]",
       special_tokens=[(t, tokenizer.token_to_id(t)) for t in ("[BOS]", "[EOS]")])

@@ -4,14 +4,19 @@ Each source yields the documents of one split ("train" or "validation") in a fix
 describes itself with a JSON-able `identity` (everything that changes the documents: files
 with sizes and mtimes, split rule, limits) that keys the token cache.
 
-* "embedded": the public-domain corpus shipped in `assets/corpora` (one line = one doc).
-* "text_files": local .txt/.txt.gz (one line = one doc) and .jsonl/.jsonl.gz (field "text").
+* "embedded": the public-domain corpus shipped in `assets/corpora`. Its files are hard-wrapped
+  prose (~70 characters a line), so one doc is a PASSAGE: PASSAGE_LINES consecutive non-empty
+  lines of one file (the last passage of a file may be shorter), stripped and joined with
+  single spaces. One line per doc would put an [EOS] mid-sentence every ~20 tokens.
+* "text_files": local .txt/.txt.gz (one line = one doc, unlike "embedded") and
+  .jsonl/.jsonl.gz (field "text").
 * "tfds_lm1b": TFDS lm1b (validation = its "test" split), with MDLM's LM1B detokenizer.
 * "owt": OpenWebText from local files or "hf:openwebtext"; the last `owt_val_docs`
   documents are the validation split (MDLM's openwebtext-split).
 
-Embedded and text_files documents go to validation when crc32(text) % 100 < 5: a fixed rule,
-never random per run, so a line and all its duplicates are always on the same side.
+Embedded passages and text_files documents go to validation when crc32(text) % 100 < 5: a
+fixed rule, never random per run, so a document and all its duplicates are always on the same
+side (a line belongs to exactly one passage, so no line is on both sides).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Callable, Iterable, Iterator
 
 SPLITS = ("train", "validation")
 VALIDATION_PERCENT = 5
+PASSAGE_LINES = 16  # lines per embedded-corpus document (part of the cache key)
 CORPORA_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "corpora"
 EMBEDDED_CORPORA = ("austen", "shakespeare_milton", "devil", "jargon")
 TEXT_FILE_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz")
@@ -157,21 +163,28 @@ def embedded_paths(names: str | Iterable[str],
   return paths
 
 
-def iter_split_lines(paths: Iterable[pathlib.Path], split: str) -> Iterator[str]:
-  """Lines of .txt(.gz) files that fall in `split` under the hash rule."""
+def iter_passages(path: pathlib.Path, passage_lines: int) -> Iterator[str]:
+  """Runs of `passage_lines` consecutive non-empty stripped lines, joined with spaces."""
+  lines = iter_text_lines(path)
+  while chunk := list(itertools.islice(lines, passage_lines)):
+    yield " ".join(chunk)
+
+
+def iter_split_passages(paths: Iterable[pathlib.Path], split: str,
+                        passage_lines: int = PASSAGE_LINES) -> Iterator[str]:
+  """Passages of .txt(.gz) files that fall in `split` under the hash rule."""
   for path in paths:
-    for line in iter_text_lines(path):
-      if in_split(line, split):
-        yield line
+    yield from (p for p in iter_passages(path, passage_lines) if in_split(p, split))
 
 
 def embedded_source(names: str, split: str, max_docs: int = 0) -> DocSource:
-  """The shipped public-domain corpus, split by line hash."""
+  """The shipped public-domain corpus as passages, split by passage hash."""
   _check_split(split)
-  paths = embedded_paths(names)
+  paths, passage_lines = embedded_paths(names), PASSAGE_LINES
   identity = {"source": "embedded", "split": split, "files": _file_stats(paths),
-              "max_docs": max_docs}
-  return DocSource(identity, lambda: _limit(iter_split_lines(paths, split), max_docs))
+              "passage_lines": passage_lines, "max_docs": max_docs}
+  return DocSource(identity, lambda: _limit(
+      iter_split_passages(paths, split, passage_lines), max_docs))
 
 
 def _iter_file_docs(path: pathlib.Path) -> Iterator[str]:

@@ -94,21 +94,54 @@ def test_row_dtype():
 # ------------------------------------------------------------------ sources
 
 
+def test_passages_join_runs_of_non_empty_lines(tmp_path):
+  (tmp_path / "p.txt").write_text("  one \n\ntwo\n   \nthree\nfour  five\n\n")
+  assert list(sources.iter_passages(tmp_path / "p.txt", 3)) == ["one two three", "four  five"]
+
+
+@pytest.mark.parametrize("name", sources.EMBEDDED_CORPORA)
+def test_embedded_passages_are_the_file_lines_and_no_line_crosses_the_split(name):
+  path = sources.embedded_paths(name)[0]
+  lines, n = list(sources.iter_text_lines(path)), sources.PASSAGE_LINES
+  passages = [" ".join(lines[i:i + n]) for i in range(0, len(lines), n)]
+  assert list(sources.iter_passages(path, n)) == passages
+  train = list(sources.embedded_source(name, "train"))
+  val = list(sources.embedded_source(name, "validation"))
+  # Each passage (hence each of its lines) is wholly on one side, in file order.
+  assert [p for p in passages if not sources.is_validation_text(p)] == train
+  assert [p for p in passages if sources.is_validation_text(p)] == val
+
+
 def test_embedded_split_is_fixed_and_disjoint():
   train = list(sources.embedded_source(sources.EMBEDDED_CORPORA, "train"))
   val = list(sources.embedded_source(",".join(sources.EMBEDDED_CORPORA), "validation"))
   assert not set(val) & set(train)
-  assert all(sources.is_validation_text(line) for line in val)
-  # Pinned counts: a change of the split rule or of the shipped corpus shows up here.
-  assert (len(train), len(val)) == (122996, 6541)
+  assert all(sources.is_validation_text(p) for p in val)
+  assert not any(sources.is_validation_text(p) for p in train)
+  # Pinned counts: a change of the passage/split rule or of the shipped corpus shows up here.
+  assert (len(train), len(val)) == (7708, 390)
   assert 0.04 < len(val) / (len(train) + len(val)) < 0.06
 
 
-def test_embedded_rows_and_unigram_baseline(embedded):
+def test_embedded_wrap_rows_are_the_train_passage_stream(embedded):
   _, tok, train_rows, val_rows = embedded
-  assert train_rows.info["num_docs"] == 122996 and train_rows.num_rows > 50_000
+  assert train_rows.info["num_docs"] == 7708 and train_rows.lengths is None
+  ids, body = np.asarray(train_rows.rows), train_rows.seq_len - 2
+  stream = token_stream(tok, sources.embedded_source(sources.EMBEDDED_CORPORA, "train"))
+  assert len(ids) == len(stream) // body
+  assert ids[:, 1:-1].ravel().tolist() == stream[:len(ids) * body]
   baseline = unigram_baseline(train_rows, val_rows)
   assert 3.0 < baseline < math.log(tok.model_vocab_size)
+
+
+def test_embedded_cache_key_includes_the_passage_rule(tmp_path, monkeypatch):
+  cfg = make_cfg(tmp_path / "cache", embedded_corpora="devil", seq_len=32)
+  tok = get_tokenizer(cfg.tokenizer)
+  before = load_split(cfg, tok, "train").info
+  monkeypatch.setattr(sources, "PASSAGE_LINES", 8)
+  after = load_split(cfg, tok, "train").info
+  assert after["key"] != before["key"]
+  assert after["identity"]["passage_lines"] == 8 and after["num_docs"] > before["num_docs"]
 
 
 def test_unigram_baseline_formula(tmp_path):

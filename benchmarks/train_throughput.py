@@ -79,7 +79,7 @@ def bench_train(cfg, L: int, B: int, steps: int, warmup: int) -> dict:
   holder = {"state": state}
 
   def one():
-    with jax.set_mesh(mesh):
+    with parallel.mesh_context(mesh):
       holder["state"], m = step(holder["state"], None, batch)
     return m["loss"]
 

@@ -41,7 +41,7 @@ def generate(config, graphdef, params, tokenizer, mesh, *, seed: int, num_steps=
                          batch_size=batch)
   tokens, nfes = [], []
   start = time.time()
-  with categorical.x64_scope(s.precision), jax.set_mesh(mesh):
+  with categorical.x64_scope(s.precision), parallel.mesh_context(mesh):
     for i in range(-(-s.num_samples // batch)):
       out = sampler(params, jax.random.fold_in(jax.random.key(seed), i))
       tokens.append(out.tokens)

@@ -50,7 +50,7 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
     del frozen  # teacher pretraining reads no other network
     key = jax.random.fold_in(state.key(), state.step)
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": sums["tokens"]}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": sums["tokens"]}
     return apply_gradients(state, grads, tx, ema_decay), metrics
 
   def eval_step(params, frozen, batch: dict, key: jax.Array) -> dict:

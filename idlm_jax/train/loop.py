@@ -109,7 +109,7 @@ def eval_params(run: Run):
 def validate_now(run: Run, step: int) -> dict:
   """Validation NELBO/PPL bound on the whole split (EMA weights by default)."""
   t0 = time.time()
-  with jax.set_mesh(run.mesh):
+  with parallel.mesh_context(run.mesh):
     res = likelihood.evaluate_split(run.p_eval_step, eval_params(run), None, run.val_split,
                                     run.mesh, seed=run.config.seed + 1)
   res["unigram_nelbo"] = run.unigram_nats
@@ -161,7 +161,7 @@ def train(run: Run, until: Optional[int] = None) -> dict:
       metrics.check_finite(done)
     history.extend(done)
 
-  with jax.set_mesh(run.mesh):
+  with parallel.mesh_context(run.mesh):
     while step < total:
       batch = parallel.global_batch(next(run.train_iter), run.mesh)
       run.state, step_metrics = run.p_train_step(run.state, None, batch)

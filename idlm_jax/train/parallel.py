@@ -1,5 +1,6 @@
 """Device mesh, logical-axis sharding rules and global batches (pjit = jit with shardings)."""
 
+import contextlib
 import math
 from typing import Any, Sequence
 
@@ -20,7 +21,18 @@ LOGICAL_RULES = (
     ("vocab", "tensor"),
     ("cond", None),
     ("length", None),
+    # activations (models/layers.py `constrain`): the residual stream is split by batch
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
 )
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh):
+  """The mesh and logical axis rules under which steps are traced and run."""
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(LOGICAL_RULES):
+    yield
 
 
 def fill_mesh_shape(shape: Sequence[int], n: int, what: str) -> tuple[int, ...]:

@@ -40,7 +40,7 @@ def get_config(arg=None):
   d.cache_dir = "~/.cache/idlm_jax"  # tokenized arrays are cached here (memmapped .npy).
   d.tfds_data_dir = ""  # TFDS data_dir ("" = the TFDS default, ~/tensorflow_datasets).
   d.owt_val_docs = 100_000  # OWT: the last this-many documents form the validation split.
-  d.max_train_docs = 0  # >0: use only the first N training documents/lines (quick runs).
+  d.max_train_docs = 0  # >0: only the first N training documents (embedded: passages).
   d.max_val_rows = 0  # >0: evaluate on at most N validation rows (quick runs).
 
   # ---------------------------------------------------------------- model
@@ -152,6 +152,17 @@ def tiny(c):
   c.eval.update(batch_size=32)
   c.sample.update(num_samples=8, batch_size=8, steps=64)
   return c
+
+
+def offline(variant):
+  """A small variant of a paper config that keeps its tokenizer and wrapping/padding but reads
+  the embedded corpus (LM1B/OWT cannot be downloaded offline) in float32."""
+  def apply(c):
+    c = variant(c)
+    c.data.update(source="embedded", path="")
+    c.model.dtype = "float32"
+    return c
+  return apply
 
 
 def apply_variant(c, arg, variants=None):

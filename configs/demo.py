@@ -14,7 +14,7 @@ def get_config(arg=None):
                  time_conditioning=False)
   c.optim.update(lr=2e-3, warmup_steps=100, decay="cosine", final_lr_fraction=0.1,
                  b2=0.98, weight_decay=0.01, ema=0.99)
-  c.train.update(steps=1200, global_batch_size=64, log_every=50, eval_every=400,
+  c.train.update(steps=1000, global_batch_size=64, log_every=50, eval_every=500,
                  sample_every=0, max_minutes=0.0)
   c.ckpt.update(every=200, keep=2)
   c.eval.update(batch_size=64)

@@ -17,7 +17,7 @@ def get_config(arg=None):
                  sample_every=10_000)
   c.eval.update(batch_size=512)
   c.sample.update(num_samples=64, batch_size=64, steps=1000)
-  variants = {"smoke": _offline(base.smoke), "tiny": _offline(base.tiny),
+  variants = {"smoke": base.offline(base.smoke), "tiny": base.offline(base.tiny),
               "wrap": _wrap}
   return base.apply_variant(c, arg, variants)
 
@@ -27,12 +27,3 @@ def _wrap(c):
   c.data.wrap = True
   return c
 
-
-def _offline(variant):
-  """Small variants keep bert-base-uncased and padding but read the embedded corpus."""
-  def apply(c):
-    c = variant(c)
-    c.data.update(source="embedded", path="")
-    c.model.dtype = "float32"
-    return c
-  return apply

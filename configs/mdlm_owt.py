@@ -18,15 +18,6 @@ def get_config(arg=None):
                  sample_every=10_000)
   c.eval.update(batch_size=16 * 8)
   c.sample.update(num_samples=64, batch_size=16, steps=1000)
-  variants = {"smoke": _offline(base.smoke), "tiny": _offline(base.tiny)}
+  variants = {"smoke": base.offline(base.smoke), "tiny": base.offline(base.tiny)}
   return base.apply_variant(c, arg, variants)
 
-
-def _offline(variant):
-  """Small variants keep the GPT-2 tokenizer and wrapping but read the embedded corpus."""
-  def apply(c):
-    c = variant(c)
-    c.data.update(source="embedded", path="")
-    c.model.dtype = "float32"
-    return c
-  return apply

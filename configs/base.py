@@ -43,6 +43,17 @@ def get_config(arg=None):
   d.max_train_docs = 0  # >0: only the first N training documents (embedded: passages).
   d.max_val_rows = 0  # >0: evaluate on at most N validation rows (quick runs).
 
+  # --- data.source "synthetic_hmm": a seeded random unifilar HMM (probabilistic automaton)
+  # over `vocab_size` symbols with exact likelihoods and entropies (evals/synthetic.py).
+  d.synthetic = y = ml_collections.ConfigDict()
+  y.seed = 0
+  y.num_states = 256  # hidden states
+  y.vocab_size = 32  # emitted symbols
+  y.branching = 3  # symbols each state can emit (sparse emissions)
+  y.concentration = 0.5  # Dirichlet concentration of the emission probabilities
+  y.num_train_docs = 20_000  # sequences of data.seq_len - 2 symbols each
+  y.num_val_docs = 1_000
+
   # ---------------------------------------------------------------- model
   c.model = m = ml_collections.ConfigDict()
   m.name = "dit"  # the DDiT denoiser of MDLM/SEDD/Duo (reference/teachers.md §1.4).
@@ -57,6 +68,8 @@ def get_config(arg=None):
   # "xla" or "cudnn".
   m.attention = "auto"
   m.time_conditioning = False  # MDLM feeds sigma = 0 (its network ignores t).
+  # --- model.name "gpt2" only (causal LM of the "ar" objective): learned positions ---
+  m.n_positions = 1024
 
   # ---------------------------------------------------------------- diffusion
   c.diffusion = f = ml_collections.ConfigDict()
@@ -65,6 +78,24 @@ def get_config(arg=None):
   f.schedule = "loglinear"  # alpha_t = 1 - (1 - eps) t.
   f.eps = 1e-3  # schedule eps; training samples t in [eps, 1].
   f.antithetic = True  # low-discrepancy t over the global batch.
+  # --- teachers (issue #3): which teacher the "diffusion" objective trains ---------------
+  # "mdlm" (absorbing, SUBS, NELBO), "sedd" (score entropy; process absorbing or uniform,
+  # parameterization "score"), "udlm" (uniform state, mean parameterization "mean", closed-form
+  # NELBO), "duo" (UDLM's NELBO with the Gaussian-guided curriculum below). process and
+  # parameterization must match the algo (config.py says which); sedd/udlm/duo need
+  # model.time_conditioning=True. teachers.md §1-§4, §8.
+  f.algo = "mdlm"
+  # Duo curriculum (algo "duo"): active for train steps in [curriculum_start, curriculum_end),
+  # plain UDLM NELBO after. gamma_t = gamma_min + t (gamma_max - gamma_min); the network sees
+  # softmax(w_t / tau) with w_t = alpha~ onehot(x) + sigma~ eps, the NELBO is taken at
+  # z_t = argmax w_t with alpha_t = T(alpha~) (diffusion/duo_integral.py, table cached in
+  # data.cache_dir/duo_integral with `duo_table_points` gamma points).
+  f.curriculum_start = 0
+  f.curriculum_end = 500_000
+  f.gamma_min = -3.55
+  f.gamma_max = -1.85
+  f.tau = 1e-3
+  f.duo_table_points = 4001
 
   # ---------------------------------------------------------------- optimisation
   c.optim = o = ml_collections.ConfigDict()
@@ -108,6 +139,19 @@ def get_config(arg=None):
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 64  # global validation batch size.
   e.use_ema = True  # evaluate and sample with the EMA weights.
+  # --- sample-quality evaluation (mode "eval_samplers", idlm_jax/evals/evaluate.py) ---
+  # Comma-separated samplers to compare ("" = the configured sampler only) and step counts.
+  e.samplers = ""
+  e.sampling_steps = "8,16,32,64,128"
+  e.num_samples = 64  # samples per (sampler, steps) cell; fixed seed e.seed.
+  e.seed = 1234
+  # Gen PPL evaluator: "embedded" (the GPT-2-architecture LM shipped in evals/assets, trained
+  # by configs/ar_embedded.py), a HF GPT-2 name ("gpt2-large", needs internet) or a local
+  # folder with config.json + model.safetensors (+ tokenizer, see evals/genppl.py), or ""
+  # (no Gen PPL, e.g. on the synthetic source where exact likelihoods are used).
+  e.evaluator = "embedded"
+  e.evaluator_batch_size = 8  # Duo/MDLM eval.perplexity_batch_size.
+  e.evaluator_max_length = 1024  # retokenized samples are truncated to this (Duo: 1024).
 
   # ---------------------------------------------------------------- sampling
   c.sample = s = ml_collections.ConfigDict()
@@ -121,6 +165,14 @@ def get_config(arg=None):
   # "float32" (the naive draw of the MDLM repo, kept for comparison).
   s.precision = "float64"
   s.noise_removal = "argmax"  # final step at t = eps: "argmax" (MDLM) or "ancestral".
+  # --- teachers (issue #3) ------------------------------------------------------------
+  # Reverse sampler: "ancestral" (MDLM with cache; udlm/duo: the Duo posterior, no cache),
+  # "analytic" (SEDD Tweedie tau-leaping; sedd, or mdlm through the score conversion) or
+  # "euler" (SEDD Euler; same models). noise_removal for udlm/duo: "argmax" is Duo's greedy
+  # tail, "ancestral" one more posterior step; for analytic/euler: the final denoise step is
+  # sampled ("ancestral", SEDD) or its argmax taken ("argmax"). Both cost one more NFE.
+  s.sampler = "ancestral"
+  s.top_p = 1.0  # udlm/duo ancestral: nucleus on x_theta before the posterior (1 = off).
 
   # ---------------------------------------------------------------- logging
   c.log = g = ml_collections.ConfigDict()

@@ -15,14 +15,16 @@ import ml_collections
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CHOICES = {
-    "mode": ("train", "eval", "sample"),
-    "objective": ("diffusion",),
-    "data.source": ("embedded", "text_files", "tfds_lm1b", "owt"),
-    "model.name": ("dit",),
+    "mode": ("train", "eval", "sample", "eval_samplers"),
+    "objective": ("diffusion", "ar",),
+    "data.source": ("embedded", "text_files", "tfds_lm1b", "owt", "synthetic_hmm"),
+    "model.name": ("dit", "gpt2",),
     "model.dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "xla", "cudnn"),
-    "diffusion.process": ("absorbing",),
-    "diffusion.parameterization": ("subs",),
+    "diffusion.process": ("absorbing", "uniform"),
+    "diffusion.parameterization": ("subs", "score", "mean"),
+    "diffusion.algo": ("mdlm", "sedd", "udlm", "duo"),  # teachers (issue #3)
+    "sample.sampler": ("ancestral", "analytic", "euler"),
     "diffusion.schedule": ("loglinear",),
     "optim.decay": ("constant", "cosine"),
     "parallel.strategy": ("pjit",),
@@ -66,6 +68,24 @@ RULES = {
     "data.max_val_rows": (lambda v: v >= 0, ">= 0"),
     "data.owt_val_docs": (lambda v: v > 0, "positive"),
     "log.progress_every_s": (lambda v: v > 0, "positive"),
+    # teachers (issue #3)
+    "diffusion.tau": (lambda v: v > 0, "positive"),
+    "diffusion.curriculum_start": (lambda v: v >= 0, ">= 0"),
+    "diffusion.curriculum_end": (lambda v: v >= 0, ">= 0"),
+    "diffusion.duo_table_points": (lambda v: v >= 3, ">= 3"),
+    "sample.top_p": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "eval.num_samples": (lambda v: v > 0, "positive"),
+    "eval.evaluator_batch_size": (lambda v: v > 0, "positive"),
+    "eval.evaluator_max_length": (lambda v: v >= 2, ">= 2"),
+    "eval.sampling_steps": (lambda v: all(s.strip().isdigit() and int(s) > 0
+                                          for s in v.split(",")), "comma-separated positive ints"),
+    "model.n_positions": (lambda v: v > 0, "positive"),
+    "data.synthetic.num_states": (lambda v: v >= 1, ">= 1"),
+    "data.synthetic.vocab_size": (lambda v: v >= 2, ">= 2"),
+    "data.synthetic.branching": (lambda v: v >= 1, ">= 1"),
+    "data.synthetic.concentration": (lambda v: v > 0, "positive"),
+    "data.synthetic.num_train_docs": (lambda v: v > 0, "positive"),
+    "data.synthetic.num_val_docs": (lambda v: v > 0, "positive"),
 }
 
 
@@ -118,11 +138,52 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if m.hidden_size % m.n_heads or (m.hidden_size // m.n_heads) % 2:
     raise ConfigError(f"config.model.hidden_size: {m.hidden_size} must split into "
                       f"{m.n_heads} heads of even size (rotary embedding)")
+  _validate_teacher(config)
   for key in ("parallel.ici_mesh", "parallel.dcn_mesh"):
     mesh = flat[key]
     if len(mesh) != 3 or list(mesh).count(-1) > 1 or any(s == 0 or s < -1 for s in mesh):
       raise ConfigError(f"config.{key}: needs 3 sizes for ('data', 'fsdp', 'tensor'), each "
                         f">= 1 or one -1 (fill), got {mesh!r}")
+
+
+# teachers (issue #3): what each diffusion.algo needs, and which samplers run it
+TEACHERS = {  # algo -> (processes, parameterization, time-conditioned, samplers)
+    "mdlm": (("absorbing",), "subs", None, ("ancestral", "analytic", "euler")),
+    "sedd": (("absorbing", "uniform"), "score", True, ("analytic", "euler")),
+    "udlm": (("uniform",), "mean", True, ("ancestral",)),
+    "duo": (("uniform",), "mean", True, ("ancestral",)),
+}
+
+
+def _validate_teacher(config) -> None:
+  """Consistency of diffusion.algo with process, parameterization, time conditioning, sampler."""
+  if config.objective != "diffusion":
+    return
+  f, s = config.diffusion, config.sample
+  processes, param, time_cond, samplers = TEACHERS[f.algo]
+  if f.process not in processes:
+    raise ConfigError(f"config.diffusion.process: {f.process!r} does not work with "
+                      f"diffusion.algo={f.algo!r} (use one of {processes})")
+  if f.parameterization != param:
+    raise ConfigError(f"config.diffusion.parameterization: diffusion.algo={f.algo!r} needs "
+                      f"{param!r}, got {f.parameterization!r}")
+  if time_cond is not None and config.model.time_conditioning != time_cond:
+    raise ConfigError(f"config.model.time_conditioning: diffusion.algo={f.algo!r} needs a "
+                      f"time-conditioned network (set it to True)")
+  if s.sampler not in samplers:
+    raise ConfigError(f"config.sample.sampler: {s.sampler!r} cannot sample a "
+                      f"diffusion.algo={f.algo!r} model (use one of {samplers}; analytic/euler "
+                      f"need an absorbing-state or SEDD model, ancestral an MDLM/UDLM/Duo one)")
+  if s.top_p < 1.0 and f.algo not in ("udlm", "duo"):
+    raise ConfigError(f"config.sample.top_p: nucleus sampling is implemented for the "
+                      f"udlm/duo ancestral sampler, not diffusion.algo={f.algo!r}")
+  if f.algo == "duo":
+    if f.curriculum_end < f.curriculum_start:
+      raise ConfigError(f"config.diffusion.curriculum_end: {f.curriculum_end} is before "
+                        f"curriculum_start {f.curriculum_start}")
+    if not f.gamma_min < f.gamma_max:
+      raise ConfigError(f"config.diffusion.gamma_min: must be < gamma_max, got "
+                        f"{f.gamma_min} >= {f.gamma_max}")
 
 
 def _load_module(path: pathlib.Path):

@@ -403,5 +403,8 @@ def get_doc_source(data_cfg, split: str) -> DocSource:
     return tfds_lm1b_source(data_cfg.tfds_data_dir, split, max_docs)
   if source == "owt":
     return owt_source(data_cfg.path, split, int(data_cfg.owt_val_docs), max_docs)
+  if source == "synthetic_hmm":  # seeded HMM with exact likelihoods (evals/synthetic.py)
+    from idlm_jax.evals import synthetic
+    return synthetic.doc_source(data_cfg, split)
   raise ValueError(f"unknown data.source {source!r}: expected one of "
                    "'embedded', 'text_files', 'tfds_lm1b', 'owt'")

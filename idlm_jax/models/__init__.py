@@ -35,6 +35,9 @@ __all__ = [
 
 def build_model(model_cfg, vocab_size: int, rngs: nnx.Rngs) -> DIT:
   """The denoiser named by the `model` config section (configs/base.py)."""
+  if model_cfg.name == "gpt2":  # causal LM for the "ar" objective (Gen PPL evaluator)
+    from idlm_jax.models import gpt2
+    return gpt2.build(model_cfg, vocab_size, model_cfg.n_positions, rngs)
   if model_cfg.name != "dit":
     raise ValueError(f"model.name must be 'dit', got {model_cfg.name!r}")
   if model_cfg.dtype not in DTYPES:

@@ -21,4 +21,7 @@ def get_objective(config, graphdef, tx, mask_id: int) -> Objective:
   if config.objective == "diffusion":
     from idlm_jax.objectives import diffusion
     return diffusion.make_objective(config, graphdef, tx, mask_id)
+  if config.objective == "ar":  # causal LM (the GPT-2 Gen PPL evaluator), evals/genppl.py
+    from idlm_jax.objectives import ar
+    return ar.make_objective(config, graphdef, tx, mask_id)
   raise ValueError(f"objective: unknown {config.objective!r}")

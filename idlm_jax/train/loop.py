@@ -89,7 +89,10 @@ def restore_latest(run: Run) -> Optional[int]:
     return None
   target = state_lib.abstract_state(run.state, run.shardings)
   run.state, data_state, meta = run.ckpt.restore(step, target)
-  run.train_iter.set_state(data_state)
+  if data_state:
+    run.train_iter.set_state(data_state)
+  else:  # e.g. a converted teacher (idlm_jax.convert): no data position was saved
+    log.info("the checkpoint holds no data position: the data iterator starts from scratch")
   log.info("resumed from %s at step %d (saved %s)", run.ckpt.directory, step,
                meta.get("saved_at", "?"))
   return step
@@ -213,10 +216,13 @@ def run(config, workdir, devices=None) -> Run:
       if step is None:
         raise FileNotFoundError(f"mode={config.mode!r} needs a checkpoint in "
                                 f"{r.ckpt.directory}, found none")
-    if "preempted_at" not in r.results.get("train", {}):
+    if config.mode == "eval_samplers":  # sample-quality table/plots (evals/evaluate.py)
+      from idlm_jax.evals import evaluate
+      r.results["eval_samplers"] = evaluate.run_eval(r, step)
+    elif "preempted_at" not in r.results.get("train", {}):
       if config.mode in ("train", "eval"):
         r.results["val"] = validate_now(r, step)
-      if config.mode in ("train", "sample"):
+      if config.mode in ("train", "sample") and config.objective != "ar":
         r.results["samples"] = sample_now(r, step)
       _write_summary(r, step)
   finally:

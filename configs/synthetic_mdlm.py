@@ -1,0 +1,35 @@
+"""An MDLM teacher on the synthetic HMM language (exact likelihoods: evals/synthetic.py).
+
+python -m idlm_jax.main --config=configs/synthetic_mdlm.py --workdir=/tmp/syn_mdlm
+python -m idlm_jax.main --config=configs/synthetic_mdlm.py --workdir=/tmp/syn_mdlm \
+    --config.mode=eval_samplers
+
+Rows are [BOS] + 62 symbols + [EOS] (data.wrap=False, no padding); samples are scored by their
+exact source NLL against the exact source entropy (no learned evaluator). The tokenizer file
+is derived from data.synthetic.vocab_size when this config loads (override vocab_size through
+the config argument, not --config.data.synthetic.vocab_size, or also set data.tokenizer).
+Variants: `:smoke`, `:tiny`.
+"""
+
+from configs import base
+from idlm_jax.evals import synthetic
+
+
+def get_config(arg=None):
+  c = base.get_config()
+  c.data.update(source="synthetic_hmm", seq_len=64, wrap=False, max_val_rows=512)
+  c.data.synthetic.update(seed=0, num_states=256, vocab_size=32, branching=3,
+                          concentration=0.5, num_train_docs=20_000, num_val_docs=1_000)
+  c.model.update(hidden_size=128, n_blocks=2, n_heads=4, cond_dim=64, dropout=0.0,
+                 time_conditioning=False)
+  c.optim.update(lr=2e-3, warmup_steps=100, decay="cosine", final_lr_fraction=0.1,
+                 b2=0.98, weight_decay=0.01, ema=0.99)
+  c.train.update(steps=2000, global_batch_size=64, log_every=50, eval_every=500,
+                 sample_every=0, max_minutes=15.0)
+  c.ckpt.update(every=250, keep=2)
+  c.eval.update(batch_size=64, evaluator="", num_samples=128, sampling_steps="4,8,16,32,64,128")
+  c.sample.update(num_samples=16, batch_size=16, steps=128)
+  c.log.progress_every_s = 30.0
+  c = base.apply_variant(c, arg)
+  c.data.tokenizer = synthetic.tokenizer_path(c.data.synthetic.vocab_size, c.data.cache_dir)
+  return c

@@ -1,0 +1,152 @@
+"""CLI: convert a published PyTorch teacher into an idlm_jax checkpoint.
+
+  python -m idlm_jax.convert --config=configs/mdlm_owt.py \\
+      --source=/path/to/mdlm.ckpt | /path/to/hf_folder | kuleshov-group/mdlm-owt[@revision] \\
+      --workdir=/out [--weights=ema|state_dict] [--prefix=backbone.] [--config.x=y ...]
+
+writes <workdir>/checkpoints/0/ (orbax, through train/checkpoint.py): step 0, params =
+ema_params = the converted weights, a fresh optimizer state, and meta["converted_from"]
+recording the source, its sha256 (files), format, key prefix, ignored keys and which weights
+were taken (EMA for Lightning files). Then
+
+  python -m idlm_jax.main --config=configs/mdlm_owt.py --workdir=/out --config.mode=eval
+
+evaluates (or samples, or fine-tunes) it directly; the data iterator starts from scratch.
+Readers and key handling: idlm_jax/models/convert.py.
+"""
+
+import json
+import os
+import pathlib
+import time
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def convert_weights(config, source: str, *, weights: str = "ema", prefix: Optional[str] = None,
+                    cache_dir: Optional[str] = None):
+  """(params as a pure dict of float32 NumPy arrays, info dict) for `config`'s model."""
+  import jax
+  from flax import nnx
+
+  from idlm_jax import models
+  from idlm_jax.data import tokenizers
+  from idlm_jax.models import convert as conv
+
+  hub = None
+  path = pathlib.Path(source).expanduser()
+  if conv.is_hub_name(source):
+    hub = source
+    path = conv.download(source, cache_dir)
+  loaded = conv.load_source(path, weights)
+  sd, prefix, ignored = conv.extract_backbone(loaded.state_dict, prefix)
+  tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
+  arch = conv.infer_architecture(sd, loaded.hf_config)
+  conv.check_config(arch, config.model, config.data.tokenizer, tokenizer.model_vocab_size)
+  abstract = nnx.eval_shape(lambda: models.build_model(
+      config.model, tokenizer.model_vocab_size, nnx.Rngs(params=jax.random.key(0))))
+  abstract_params = nnx.state(abstract, nnx.Param)
+  head_dim = config.model.hidden_size // config.model.n_heads
+  loaded.notes += conv.check_half_precision_buffer(sd, head_dim)
+  state = models.from_torch_state_dict(sd, abstract_params, head_dim=head_dim)
+  params = nnx.to_pure_dict(state)
+  info = {
+      "source": source,
+      "resolved_path": str(path.resolve()),
+      "hub_repo": hub,
+      "format": loaded.format,
+      "weights": loaded.weights,
+      "prefix": prefix,
+      "files": {str(f.relative_to(path) if path.is_dir() else f.name): conv.sha256(f)
+                for f in loaded.files},
+      "ignored_keys": ignored,
+      "architecture": arch,
+      "notes": loaded.notes,
+      "num_params": models.count_params(abstract_params),
+  }
+  if not path.is_dir():
+    info["sha256"] = info["files"][path.name]
+  return params, info
+
+
+def write_checkpoint(config, params, workdir, info: dict) -> pathlib.Path:
+  """Save step 0 (params = ema_params = `params`, fresh optimizer) into <workdir>/checkpoints."""
+  import jax
+  import jax.numpy as jnp
+
+  from idlm_jax.train import checkpoint, state as state_lib
+
+  workdir = pathlib.Path(workdir).expanduser()
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.ckpt.every,
+                                 keep=config.ckpt.keep, async_save=False)
+  try:
+    if ckpt.latest_step() is not None:
+      raise FileExistsError(f"{ckpt.directory} already holds checkpoints (latest step "
+                            f"{ckpt.latest_step()}): convert into an empty workdir")
+    tx = state_lib.make_optimizer(config.optim, config.train.steps)
+    params = jax.tree.map(jnp.asarray, params)
+    ema = jax.tree.map(jnp.copy, params)
+    _, k_train = jax.random.split(jax.random.key(config.seed))  # as state_lib.create_state
+    state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                 opt_state=tx.init(params), ema_params=ema,
+                                 rng=jax.random.key_data(k_train))
+    meta = {"saved_at": time.strftime("%Y-%m-%d %H:%M:%S"), "step": 0,
+            "config": json.loads(config.to_json_best_effort()),
+            "tokenizer": config.data.tokenizer, "converted_from": info}
+    ckpt.save(0, state, {}, meta, force=True)
+    ckpt.wait()
+  finally:
+    ckpt.close()
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "conversion.json").write_text(json.dumps(info, indent=2) + "\n")
+  return ckpt.directory / "0"
+
+
+def convert_to_workdir(config, source: str, workdir, *, weights: str = "ema",
+                       prefix: Optional[str] = None, cache_dir: Optional[str] = None) -> dict:
+  """Convert `source` for `config`'s model and write it as the workdir's step-0 checkpoint."""
+  from idlm_jax import config as config_lib
+
+  config_lib.validate(config)
+  params, info = convert_weights(config, source, weights=weights, prefix=prefix,
+                                 cache_dir=cache_dir)
+  info["checkpoint"] = str(write_checkpoint(config, params, workdir, info))
+  return info
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from idlm_jax.models.convert import ConversionError
+
+  try:
+    info = convert_to_workdir(FLAGS.config, FLAGS.source, FLAGS.workdir, weights=FLAGS.weights,
+                              prefix=FLAGS.prefix, cache_dir=FLAGS.cache_dir)
+  except (ConversionError, FileExistsError) as e:
+    raise SystemExit(f"conversion failed: {e}") from None
+  ignored = sum(len(v) for v in info["ignored_keys"].values())
+  print(f"converted {info['source']} ({info['format']}, {info['weights']} weights, prefix "
+        f"{info['prefix']!r}, {info['num_params']:,} parameters, {ignored} keys ignored) -> "
+        f"{info['checkpoint']}\nrun: python -m idlm_jax.main --config=... --workdir="
+        f"{FLAGS.workdir} --config.mode=eval|sample")
+
+
+if __name__ == "__main__":
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mdlm_owt.py",
+                                  lock_config=True)
+  flags.DEFINE_string("source", None, "Lightning .ckpt, HF model folder, .safetensors/.bin "
+                      "file, or hub name owner/name[@revision].")
+  flags.DEFINE_string("workdir", None, "Output workdir (must hold no checkpoints yet).")
+  flags.DEFINE_enum("weights", "ema", ["ema", "state_dict"], "Lightning files: the EMA "
+                    "shadow params (default, what eval uses) or the raw state_dict weights.")
+  flags.DEFINE_string("prefix", None, "Key prefix of the DDiT (default: detected, e.g. "
+                      "'backbone.', 'backbone.backbone.' or '').")
+  flags.DEFINE_string("cache_dir", None, "huggingface_hub cache folder for hub names.")
+  flags.mark_flags_as_required(["config", "source", "workdir"])
+  app.run(main)

@@ -1,0 +1,97 @@
+"""Uniform-state diffusion: UDLM's closed-form NELBO, Duo's curriculum and posterior.
+
+UDLM (Schiff et al. 2024) and Duo (Sahoo et al. 2025, "The Diffusion Duality");
+reference/teachers.md §2.4, §4.1-4.3, §8. K is the vocabulary size (every id is a state).
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def q_xt(key: jax.Array, x0: jax.Array, alpha_t: jax.Array, vocab_size: int) -> jax.Array:
+  """q(z_t | x) = Cat(alpha_t x + (1 - alpha_t)/K): resample uniformly w.p. 1 - alpha_t (§4.1)."""
+  k_move, k_tok = jax.random.split(key)
+  move = jax.random.uniform(k_move, x0.shape) < (1.0 - alpha_t)[:, None]
+  return jnp.where(move, jax.random.randint(k_tok, x0.shape, 0, vocab_size, x0.dtype), x0)
+
+
+def nelbo_per_token(log_x_theta: jax.Array, zt: jax.Array, x0: jax.Array, alpha_t: jax.Array,
+                    dalpha_t: jax.Array) -> jax.Array:
+  """UDLM/Duo continuous-time NELBO integrand per position [B, L] (`DUO_BASE.nll_per_token`).
+
+  x_bar_theta = K a x_theta + (1 - a); x_bar at z_t = (1 - a) + K a 1[x = z_t];
+  c = (1 - a)/(K a + 1 - a); term1 = K (1/x_bar_zt - 1/x_bar_theta[z_t]);
+  term2 = -w (sum_j log x_bar_theta_j - K log x_bar_theta[z_t])
+          - K a/(1 - a) (log x_bar_theta[x] - log x_bar_theta[z_t]) 1[x != z_t] + offset,
+  w = c if x = z_t else 1, offset = ((K-1) c 1[x = z_t] - 1[x != z_t]/c) log c;
+  result a'/(K a) (term1 - term2) >= 0, for every position. Computed in float32.
+  """
+  log_x_theta = log_x_theta.astype(jnp.float32)
+  k = log_x_theta.shape[-1]
+  a = alpha_t.astype(jnp.float32)[:, None]
+  da = dalpha_t.astype(jnp.float32)[:, None]
+  x_bar_theta = k * a[..., None] * jnp.exp(log_x_theta) + (1.0 - a[..., None])
+  log_xbt = jnp.log(x_bar_theta)
+  xbt_zt = jnp.take_along_axis(x_bar_theta, zt[..., None], -1)[..., 0]
+  log_xbt_zt = jnp.log(xbt_zt)
+  log_xbt_x = jnp.take_along_axis(log_xbt, x0[..., None], -1)[..., 0]
+  same = (x0 == zt).astype(jnp.float32)
+  x_bar_zt = (1.0 - a) + k * a * same
+  c = (1.0 - a) / (k * a + 1.0 - a)
+  term1 = k * (1.0 / x_bar_zt - 1.0 / xbt_zt)
+  w = jnp.where(same > 0, c, 1.0)
+  offset = ((k - 1.0) * c * same - (1.0 - same) / c) * jnp.log(c)
+  term2 = (-w * (jnp.sum(log_xbt, -1) - k * log_xbt_zt)
+           - k * a / (1.0 - a) * (log_xbt_x - log_xbt_zt) * (1.0 - same) + offset)
+  return da / (k * a) * (term1 - term2)
+
+
+# ------------------------------------------------------------------ Duo curriculum (§4.3)
+
+
+def gamma_t(t: jax.Array, gamma_min: float, gamma_max: float) -> jax.Array:
+  """Linear log-SNR-style schedule gamma_t = gamma_min + t (gamma_max - gamma_min)."""
+  return gamma_min + t * (gamma_max - gamma_min)
+
+
+def gaussian_latent(key: jax.Array, x0: jax.Array, gamma: jax.Array, vocab_size: int):
+  """w_t = alpha~ onehot(x) + sigma~ eps [B, L, K], alpha~ = sqrt(sigmoid(-g)), sigma~ = sqrt(sigmoid(g))."""
+  a = jnp.sqrt(jax.nn.sigmoid(-gamma))[:, None, None]
+  s = jnp.sqrt(jax.nn.sigmoid(gamma))[:, None, None]
+  onehot = (jnp.arange(vocab_size) == x0[..., None]).astype(jnp.float32)
+  return a * onehot + s * jax.random.normal(key, (*x0.shape, vocab_size), jnp.float32)
+
+
+def relaxed_input(w: jax.Array, tau: float) -> jax.Array:
+  """The network's soft input softmax(w_t / tau) (probability vectors for the DIT)."""
+  return jax.nn.softmax(w / tau, axis=-1)
+
+
+# ------------------------------------------------------------------ reverse process (§2.4)
+
+
+def posterior_probs(x_theta: jax.Array, zt: jax.Array, alpha_t, alpha_s) -> jax.Array:
+  """q(z_s | z_t, x_theta) [B, L, K] in x_theta's dtype (`DUO_BASE._posterior_from_x0`).
+
+  [a_t K x z_t + (a_t/a_s - a_t) z_t + (a_s - a_t) x + (1 - a_t/a_s)(1 - a_s)/K]
+  / [a_t K <x, z_t> + 1 - a_t]; linear in x, so exact for the mixture over x ~ x_theta.
+  """
+  dtype = x_theta.dtype
+  k = x_theta.shape[-1]
+  a_t, a_s = jnp.asarray(alpha_t, dtype), jnp.asarray(alpha_s, dtype)
+  z = (jnp.arange(k) == zt[..., None]).astype(dtype)
+  x_zt = jnp.take_along_axis(x_theta, zt[..., None], -1)
+  num = (a_t * k * x_theta * z + (a_t / a_s - a_t) * z + (a_s - a_t) * x_theta
+         + (1.0 - a_t / a_s) * (1.0 - a_s) / k)
+  return num / (a_t * k * x_zt + 1.0 - a_t)
+
+
+def top_p_filter(probs: jax.Array, top_p: float) -> jax.Array:
+  """Nucleus: keep the smallest set of most likely tokens with mass >= top_p, renormalised."""
+  if top_p >= 1.0:
+    return probs
+  sorted_p = jnp.sort(probs, axis=-1)[..., ::-1]
+  before = jnp.cumsum(sorted_p, axis=-1) - sorted_p  # mass strictly above each sorted entry
+  threshold = jnp.min(jnp.where(before < top_p, sorted_p, jnp.inf), axis=-1, keepdims=True)
+  kept = jnp.where(probs >= threshold, probs, 0.0)
+  return kept / jnp.sum(kept, axis=-1, keepdims=True)

@@ -1,0 +1,141 @@
+"""Eval mode "eval_samplers": sample quality vs number of steps for a list of samplers.
+
+python -m idlm_jax.main --config=<cfg> --workdir=<with checkpoint> --config.mode=eval_samplers \
+    [--config.eval.samplers=ancestral,analytic] [--config.eval.sampling_steps=8,16,32,64,128]
+
+For every (sampler, steps) cell: `eval.num_samples` samples from fixed keys
+fold_in(key(eval.seed), batch), then Gen PPL under the evaluator named by `eval.evaluator`
+(evals/genppl.py), unigram entropy and distinct-1..4 (evals/entropy.py), NFE per sample,
+wall-clock latency and tokens/s (compilation excluded: one warm-up batch is drawn and discarded
+first), and, on the synthetic source, exact source NLL/token vs the source entropy
+(evals/synthetic.py). Writes <workdir>/eval_samplers/{results.json, results.md, *.png}.
+"""
+
+import json
+import logging
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from idlm_jax.evals import entropy as entropy_lib
+from idlm_jax.evals import genppl, report, samples, synthetic
+from idlm_jax.diffusion import categorical
+from idlm_jax.train import parallel
+
+log = logging.getLogger("idlm_jax")
+
+
+def parse_steps(text: str) -> list[int]:
+  return [int(s) for s in str(text).split(",") if s.strip()]
+
+
+def sampler_names(config) -> list[str]:
+  names = [s.strip() for s in config.eval.samplers.split(",") if s.strip()]
+  if names:
+    return names
+  return [config.sample.get("sampler", "ancestral")]
+
+
+def with_sampler(config, name: str):
+  c = ml_collections.ConfigDict(config.to_dict())
+  if "sampler" in c.sample:
+    c.sample.sampler = name
+  elif name != "ancestral":
+    raise ValueError(f"eval.samplers: {name!r} needs the sample.sampler field (only the "
+                     "MDLM ancestral sampler exists in this build)")
+  return c
+
+
+def draw(config, graphdef, params, mask_id: int, mesh, *, num_steps: int, num_samples: int,
+         seed: int) -> dict:
+  """Token ids [num_samples, L], mean NFE, timed seconds (after one warm-up batch)."""
+  batch = config.sample.batch_size
+  sampler = samples.make_sampler(config, graphdef, mask_id, num_steps=num_steps,
+                                 batch_size=batch)
+  key = jax.random.key(seed)
+  n_batches = -(-num_samples // batch)
+  with categorical.x64_scope(config.sample.precision), parallel.mesh_context(mesh):
+    t0 = time.time()
+    jax.block_until_ready(sampler(params, jax.random.fold_in(key, 10**6)))  # compile
+    compile_s = time.time() - t0
+    t0 = time.time()
+    outs = [sampler(params, jax.random.fold_in(key, i)) for i in range(n_batches)]
+    outs = jax.block_until_ready(outs)
+    seconds = time.time() - t0
+    outs = jax.device_get(outs)
+  tokens = np.concatenate([o.tokens for o in outs])[:num_samples]
+  nfe = float(np.mean([o.nfe for o in outs]))
+  return {"tokens": tokens, "nfe": nfe, "seconds": seconds, "compile_seconds": compile_s,
+          "num_batches": n_batches}
+
+
+def evaluate_cell(tokens, texts, *, evaluator=None, hmm=None, tokenizer=None,
+                  evaluator_batch_size: int = 8) -> dict:
+  """All sample metrics of one cell (pure apart from the evaluator forward)."""
+  row = {}
+  ent = entropy_lib.unigram_entropy(tokens)
+  row.update(entropy=ent["entropy"], entropy_std=ent["entropy_std"])
+  row.update(entropy_lib.repetition(tokens, 4))
+  if evaluator is not None:
+    g = genppl.gen_ppl(evaluator, texts, evaluator_batch_size)
+    row.update(gen_ppl=g["gen_ppl"], gen_nll=g["nll"], gen_tokens=g["tokens"],
+               median_sample_ppl=float(np.median(g["per_sample_ppl"])))
+  if hmm is not None:
+    s = synthetic.score_samples(hmm, tokens, tokenizer.bos_id, tokenizer.eos_id)
+    row.update(exact_nll=s["nll_per_token"], exact_nll_std=s["nll_per_token_std"],
+               valid_fraction=s["valid_fraction"],
+               source_entropy=s["source_entropy_per_token"])
+  return row
+
+
+def run_eval(run, step: int) -> dict:
+  """The eval mode on a built, restored `loop.Run`; returns the results dict."""
+  from idlm_jax.train import loop
+  c = run.config
+  e = c.eval
+  out_dir = run.workdir / "eval_samplers"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  evaluator = genppl.load_evaluator(e.evaluator, e.evaluator_max_length) if e.evaluator else None
+  hmm = synthetic.from_config(c.data.synthetic) if c.data.source == "synthetic_hmm" else None
+  params = loop.eval_params(run)
+  header = {"step": int(step), "workdir": str(run.workdir), "data_source": c.data.source,
+            "tokenizer": run.tokenizer.name, "seq_len": int(c.data.seq_len),
+            "num_samples": int(e.num_samples), "seed": int(e.seed),
+            "sample_batch_size": int(c.sample.batch_size), "precision": c.sample.precision,
+            "use_ema": bool(e.use_ema), "device": jax.devices()[0].platform,
+            "evaluator": evaluator.describe() if evaluator else "none"}
+  if hmm is not None:
+    n = int(c.data.seq_len) - 2
+    header.update(source_entropy_per_token=synthetic.sequence_entropy(hmm, n) / n,
+                  source_entropy_rate=synthetic.entropy_rate(hmm),
+                  hmm={k: c.data.synthetic[k] for k in ("seed", "num_states", "vocab_size",
+                                                        "branching", "concentration")})
+  rows = []
+  for name in sampler_names(c):
+    cfg = with_sampler(c, name)
+    for steps in parse_steps(e.sampling_steps):
+      d = draw(cfg, run.graphdef, params, run.tokenizer.mask_id, run.mesh, num_steps=steps,
+               num_samples=int(e.num_samples), seed=int(e.seed))
+      texts = run.tokenizer.decode_batch(d["tokens"].tolist())
+      row = {"sampler": name, "steps": steps, "nfe": d["nfe"],
+             "compile_seconds": d["compile_seconds"]}
+      row.update(entropy_lib.throughput(len(d["tokens"]), int(c.data.seq_len), d["seconds"],
+                                        d["num_batches"]))
+      row.update(evaluate_cell(d["tokens"], texts, evaluator=evaluator, hmm=hmm,
+                               tokenizer=run.tokenizer,
+                               evaluator_batch_size=int(e.evaluator_batch_size)))
+      row["example"] = texts[0][:200]
+      rows.append(row)
+      log.info("eval_samplers %s steps=%d NFE %.1f  %s", name, steps, d["nfe"],
+               "  ".join(f"{k} {row[k]:.4g}" for k in ("gen_ppl", "exact_nll", "entropy",
+                                                       "tokens_per_s") if k in row))
+  results = {"header": header, "rows": rows,
+             "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+  if jax.process_index() == 0:
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "results.md").write_text(report.markdown(results))
+    results["plots"] = report.plots(results, out_dir)
+    log.info("eval_samplers: wrote %s", out_dir)
+  return results

@@ -1,0 +1,102 @@
+"""Markdown tables and PNG plots (matplotlib, Agg) of `eval_samplers` results."""
+
+import math
+import pathlib
+
+
+def _fmt(v, spec=".2f"):
+  if v is None:
+    return "-"
+  if isinstance(v, float) and v != v:
+    return "nan"
+  return format(v, spec) if isinstance(v, (int, float)) else str(v)
+
+
+def markdown(results: dict) -> str:
+  """A Markdown report: the setup, then one row per (sampler, steps)."""
+  h, rows = results["header"], results["rows"]
+  lines = [f"Checkpoint step {h['step']} ({h['workdir']}), data `{h['data_source']}`, "
+           f"tokenizer `{h['tokenizer']}`, L = {h['seq_len']}, {h['num_samples']} samples per "
+           f"cell, seed {h['seed']}, sampling precision {h['precision']}, device {h['device']}.",
+           f"Gen PPL evaluator: {h['evaluator']}."]
+  if "source_entropy_per_token" in h:
+    lines.append(f"Synthetic source: HMM {h['hmm']}; exact source entropy "
+                 f"{h['source_entropy_per_token']:.4f} nats/token for {h['seq_len'] - 2}-symbol "
+                 f"sequences (entropy rate {h['source_entropy_rate']:.4f}).")
+  lines.append("")
+  cols = [("sampler", "sampler", "s"), ("steps", "steps", "d"), ("NFE", "nfe", ".1f")]
+  if any("gen_ppl" in r for r in rows):
+    cols.append(("Gen PPL", "gen_ppl", ".2f"))
+  if any("exact_nll" in r for r in rows):
+    cols += [("exact NLL/token", "exact_nll", ".4f"), ("source H/token", "source_entropy", ".4f"),
+             ("valid", "valid_fraction", ".3f")]
+  cols += [("entropy", "entropy", ".3f"), ("distinct-1", "distinct_1", ".3f"),
+           ("distinct-4", "distinct_4", ".3f"), ("s/batch", "latency_s_per_batch", ".3f"),
+           ("tokens/s", "tokens_per_s", ".0f")]
+  lines.append("| " + " | ".join(c[0] for c in cols) + " |")
+  lines.append("|" + "|".join("---" for _ in cols) + "|")
+  for r in rows:
+    lines.append("| " + " | ".join(_fmt(r.get(k), f) for _, k, f in cols) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _ok(r, key) -> bool:
+  v = r.get(key)
+  return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def plots(results: dict, out_dir) -> list[str]:
+  """quality_vs_nfe.png (Gen PPL or exact NLL vs NFE, entropy annotated) and frontier.png
+  (quality vs entropy). Returns the written paths."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  out_dir = pathlib.Path(out_dir)
+  rows, h = results["rows"], results["header"]
+  key = "gen_ppl" if any("gen_ppl" in r for r in rows) else "exact_nll"
+  label = "Gen PPL" if key == "gen_ppl" else "exact source NLL (nats/token)"
+  written = []
+  samplers = sorted({r["sampler"] for r in rows}, key=[r["sampler"] for r in rows].index)
+
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for name in samplers:
+    rs = [r for r in rows if r["sampler"] == name and _ok(r, key)]
+    ax.plot([r["nfe"] for r in rs], [r[key] for r in rs], "o-", label=name)
+    for r in rs:
+      ax.annotate(f"H={r['entropy']:.2f}", (r["nfe"], r[key]), fontsize=7,
+                  textcoords="offset points", xytext=(3, 4))
+  if key == "exact_nll" and "source_entropy_per_token" in h:
+    ax.axhline(h["source_entropy_per_token"], color="k", ls="--", lw=1, label="source entropy")
+  if any(_ok(r, key) for r in rows):
+    ax.set_xscale("log", base=2)
+  ax.set_xlabel("NFE per sample")
+  ax.set_ylabel(label)
+  if key == "gen_ppl" and any(_ok(r, key) for r in rows):
+    ax.set_yscale("log")
+  ax.set_title(f"{label} vs NFE (H = unigram entropy)", fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  path = out_dir / "quality_vs_nfe.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  written.append(str(path))
+
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for name in samplers:
+    rs = [r for r in rows if r["sampler"] == name and _ok(r, key)]
+    ax.plot([r["entropy"] for r in rs], [r[key] for r in rs], "o-", label=name)
+    for r in rs:
+      ax.annotate(str(r["steps"]), (r["entropy"], r[key]), fontsize=7,
+                  textcoords="offset points", xytext=(3, 4))
+  ax.set_xlabel("unigram entropy (nats, per sample)")
+  ax.set_ylabel(label)
+  if key == "gen_ppl" and any(_ok(r, key) for r in rows):
+    ax.set_yscale("log")
+  ax.set_title(f"{label}-entropy frontier (labels: steps)", fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  path = out_dir / "frontier.png"
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  written.append(str(path))
+  return written

@@ -1,0 +1,252 @@
+"""A synthetic language with a known distribution: a seeded random unifilar HMM.
+
+The source is a probabilistic deterministic automaton (a "unifilar" HMM): in hidden state s it
+emits symbol x with probability E[s, x] (each state can emit only `branching` of the symbols,
+Dirichlet weights), then moves deterministically to T[s, x]. Sequences start in state 0. With a
+few hundred states the next symbol depends on a long, variable stretch of the past, yet:
+
+* the exact log-likelihood of any sequence is the forward algorithm (`log_likelihood`, written
+  for a general HMM with transition-emission matrices M[x][s, s'] = P(x, s' | s));
+* because the state is a function of the prefix, H(X_t | X_<t) = sum_s P(S_t = s) H(E[s]), so
+  the exact entropy of length-n sequences (`sequence_entropy`) and the entropy rate
+  (`entropy_rate`) follow from propagating the state marginal (the forward recursion on
+  marginals): no sampling, no learned evaluator.
+
+As a data source (`data.source = "synthetic_hmm"`, `data.synthetic.*`), documents are
+`seq_len - 2` symbols written as words "s0 s1 ..." and tokenized by a word-level tokenizer whose
+ids 0..V-1 are the symbols (then [PAD] [BOS] [EOS] [MASK]); with `data.wrap = False` each row is
+[BOS] + symbols + [EOS], so a model sample's positions 1..L-2 are scored exactly by the source.
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Optional
+
+import numpy as np
+
+SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")
+
+
+@dataclasses.dataclass(frozen=True)
+class UnifilarHMM:
+  """E [K, V] emission probabilities, T [K, V] next states (int), start state 0."""
+  emit: np.ndarray
+  next_state: np.ndarray
+  start: int = 0
+
+  @property
+  def num_states(self) -> int:
+    return self.emit.shape[0]
+
+  @property
+  def vocab_size(self) -> int:
+    return self.emit.shape[1]
+
+  def matrices(self) -> np.ndarray:
+    """M [V, K, K] float64 with M[x, s, s'] = E[s, x] 1[T[s, x] = s'] (general-HMM form)."""
+    k, v = self.emit.shape
+    m = np.zeros((v, k, k))
+    s = np.arange(k)
+    for x in range(v):
+      m[x, s, self.next_state[:, x]] = self.emit[:, x]
+    return m
+
+  def initial(self) -> np.ndarray:
+    p = np.zeros(self.num_states)
+    p[self.start] = 1.0
+    return p
+
+
+def random_hmm(num_states: int, vocab_size: int, branching: int, concentration: float = 0.5,
+               seed: int = 0) -> UnifilarHMM:
+  """Seeded random unifilar HMM: each state emits `branching` distinct symbols."""
+  rng = np.random.default_rng(seed)
+  branching = min(branching, vocab_size)
+  emit = np.zeros((num_states, vocab_size))
+  for s in range(num_states):
+    xs = rng.choice(vocab_size, branching, replace=False)
+    emit[s, xs] = rng.dirichlet(np.full(branching, concentration))
+  emit = np.maximum(emit, 0.0)
+  emit /= emit.sum(1, keepdims=True)
+  next_state = rng.integers(0, num_states, (num_states, vocab_size))
+  return UnifilarHMM(emit=emit, next_state=next_state.astype(np.int64))
+
+
+def from_config(syn_cfg) -> UnifilarHMM:
+  return random_hmm(int(syn_cfg.num_states), int(syn_cfg.vocab_size), int(syn_cfg.branching),
+                    float(syn_cfg.concentration), int(syn_cfg.seed))
+
+
+def sample(hmm: UnifilarHMM, num: int, length: int, seed: int) -> np.ndarray:
+  """int64 [num, length] sequences drawn from the source."""
+  rng = np.random.default_rng(seed)
+  cdf = np.cumsum(hmm.emit, axis=1)
+  cdf[:, -1] = 1.0
+  state = np.full(num, hmm.start, np.int64)
+  out = np.empty((num, length), np.int64)
+  for t in range(length):
+    u = rng.random(num)
+    x = (u[:, None] >= cdf[state]).sum(1)
+    x = np.minimum(x, hmm.vocab_size - 1)
+    out[:, t] = x
+    state = hmm.next_state[state, x]
+  return out
+
+
+def log_likelihood(matrices: np.ndarray, initial: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+  """Exact log p(x_1..x_n) [B] by the (scaled) forward algorithm for a general HMM.
+
+  matrices [V, K, K]: M[x, s, s'] = P(emit x, move to s' | s); initial [K]; seqs int [B, n].
+  Symbols outside 0..V-1 (e.g. special tokens in a model sample) have probability 0 (-inf).
+  """
+  seqs = np.asarray(seqs, np.int64)
+  b, n = seqs.shape
+  v = matrices.shape[0]
+  alpha = np.broadcast_to(initial, (b, len(initial))).astype(np.float64).copy()
+  logp = np.zeros(b)
+  dead = np.zeros(b, bool)
+  for t in range(n):
+    x = seqs[:, t]
+    bad = (x < 0) | (x >= v)
+    dead |= bad
+    m = matrices[np.clip(x, 0, v - 1)]  # [B, K, K]
+    alpha = np.einsum("bs,bst->bt", alpha, m)
+    z = alpha.sum(1)
+    dead |= z <= 0
+    z = np.where(z > 0, z, 1.0)
+    logp += np.log(z)
+    alpha /= z[:, None]
+  return np.where(dead, -np.inf, logp)
+
+
+def hmm_log_likelihood(hmm: UnifilarHMM, seqs: np.ndarray) -> np.ndarray:
+  return log_likelihood(hmm.matrices(), hmm.initial(), seqs)
+
+
+def _state_flow(hmm: UnifilarHMM, p: np.ndarray) -> np.ndarray:
+  """P(S_{t+1}) from P(S_t) (unifilar: sum over the emitted symbol)."""
+  out = np.zeros_like(p)
+  np.add.at(out, hmm.next_state.ravel(), (p[:, None] * hmm.emit).ravel())
+  return out
+
+
+def _state_entropies(hmm: UnifilarHMM) -> np.ndarray:
+  e = hmm.emit
+  return -(np.where(e > 0, e * np.log(np.where(e > 0, e, 1.0)), 0.0)).sum(1)
+
+
+def conditional_entropies(hmm: UnifilarHMM, length: int) -> np.ndarray:
+  """H(X_t | X_<t) in nats for t = 1..length (exact: the state is a function of the prefix)."""
+  h = _state_entropies(hmm)
+  p = hmm.initial()
+  out = np.empty(length)
+  for t in range(length):
+    out[t] = p @ h
+    p = _state_flow(hmm, p)
+  return out
+
+
+def sequence_entropy(hmm: UnifilarHMM, length: int) -> float:
+  """Exact H(X_1..X_length) in nats."""
+  return float(conditional_entropies(hmm, length).sum())
+
+
+def entropy_rate(hmm: UnifilarHMM, burn_in: int = 2000, average: int = 2000) -> float:
+  """lim H(X_t | X_<t): the Cesaro average of the exact conditional entropies after burn-in
+  (exact up to the mixing of the state chain; robust to periodic chains)."""
+  h = _state_entropies(hmm)
+  p = hmm.initial()
+  for _ in range(burn_in):
+    p = _state_flow(hmm, p)
+  acc = 0.0
+  for _ in range(average):
+    acc += p @ h
+    p = _state_flow(hmm, p)
+  return float(acc / average)
+
+
+# ------------------------------------------------------------------ data source
+
+
+def tokenizer_json(vocab_size: int) -> dict:
+  """A word-level tokenizer.json: "s{i}" -> i for the symbols, then the special tokens."""
+  vocab = {f"s{i}": i for i in range(vocab_size)}
+  for j, name in enumerate(SPECIALS):
+    vocab[name] = vocab_size + j
+  added = [{"id": vocab_size + j, "content": name, "single_word": False, "lstrip": False,
+            "rstrip": False, "normalized": False, "special": True}
+           for j, name in enumerate(SPECIALS)]
+  return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+          "normalizer": None, "pre_tokenizer": {"type": "WhitespaceSplit"},
+          "post_processor": None, "decoder": None,
+          "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[PAD]"}}
+
+
+def tokenizer_path(vocab_size: int, cache_dir: str = "~/.cache/idlm_jax") -> str:
+  """Writes (once) and returns the path of the word-level tokenizer for `vocab_size` symbols."""
+  path = pathlib.Path(cache_dir).expanduser() / f"synthetic-hmm-V{vocab_size}.tokenizer.json"
+  text = json.dumps(tokenizer_json(vocab_size))
+  if not path.is_file() or path.read_text() != text:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{id(text)}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+  return str(path)
+
+
+def to_text(seq) -> str:
+  return " ".join(f"s{int(x)}" for x in seq)
+
+
+def doc_source(data_cfg, split: str):
+  """DocSource of `split`: seeded source sequences of seq_len - 2 symbols as text."""
+  from idlm_jax.data import sources
+  if split not in ("train", "validation"):
+    raise ValueError(f"unknown split {split!r}")
+  y = data_cfg.synthetic
+  length = int(data_cfg.seq_len) - 2
+  num = int(y.num_train_docs if split == "train" else y.num_val_docs)
+  if split == "train" and int(data_cfg.max_train_docs) > 0:
+    num = min(num, int(data_cfg.max_train_docs))
+  seed = int(y.seed) * 1000 + (1 if split == "train" else 2)
+  identity = {"source": "synthetic_hmm", "split": split, "length": length, "num": num,
+              "hmm": {k: y[k] for k in ("seed", "num_states", "vocab_size", "branching",
+                                        "concentration")}, "version": 1}
+
+  def docs():
+    seqs = sample(from_config(y), num, length, seed)
+    return (to_text(s) for s in seqs)
+
+  return sources.DocSource(identity=identity, iter_docs=docs)
+
+
+# ------------------------------------------------------------------ scoring model samples
+
+
+def score_samples(hmm: UnifilarHMM, tokens: np.ndarray, bos_id: Optional[int] = None,
+                  eos_id: Optional[int] = None) -> dict:
+  """Exact source NLL of model samples (rows [BOS] + n symbols + [EOS], as trained).
+
+  Returns nll_per_token (mean over valid samples of -log p_source / n), the fraction of valid
+  samples (nonzero source probability, correct [BOS]/[EOS] frame), and the source's exact
+  per-token entropy H(X_1..X_n)/n for comparison (the value a perfect sampler attains in
+  expectation).
+  """
+  tokens = np.asarray(tokens)
+  body = tokens[:, 1:-1]
+  n = body.shape[1]
+  ll = hmm_log_likelihood(hmm, body)
+  frame = np.ones(len(tokens), bool)
+  if bos_id is not None:
+    frame &= tokens[:, 0] == bos_id
+  if eos_id is not None:
+    frame &= tokens[:, -1] == eos_id
+  valid = np.isfinite(ll) & frame
+  nll = -ll[valid] / n
+  h = sequence_entropy(hmm, n) / n
+  return {"nll_per_token": float(nll.mean()) if valid.any() else None,
+          "nll_per_token_std": float(nll.std()) if valid.any() else None,
+          "valid_fraction": float(valid.mean()), "source_entropy_per_token": h,
+          "num_samples": int(len(tokens)), "length": int(n)}

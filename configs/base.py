@@ -73,8 +73,11 @@ def get_config(arg=None):
 
   # ---------------------------------------------------------------- diffusion
   c.diffusion = f = ml_collections.ConfigDict()
-  f.process = "absorbing"  # forward process; MDLM uses the absorbing ([MASK]) state.
-  f.parameterization = "subs"  # MDLM SUBS: zero mask logit, carry-over unmasking.
+  # forward process: "absorbing" ([MASK] state: MDLM, SEDD) or "uniform" (SEDD-uniform, UDLM, Duo).
+  f.process = "absorbing"
+  # network output: "subs" (MDLM SUBS: zero mask logit, carry-over unmasking), "score" (SEDD
+  # log-score), "mean" (UDLM/Duo: softmax x_theta over all K states).
+  f.parameterization = "subs"
   f.schedule = "loglinear"  # alpha_t = 1 - (1 - eps) t.
   f.eps = 1e-3  # schedule eps; training samples t in [eps, 1].
   f.antithetic = True  # low-discrepancy t over the global batch.
@@ -139,6 +142,10 @@ def get_config(arg=None):
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 64  # global validation batch size.
   e.use_ema = True  # evaluate and sample with the EMA weights.
+  # --- zero-shot likelihood (issue #3, evals/zero_shot.py): with mode "eval", the NELBO /
+  # PPL bound of the workdir's checkpoint on EVERY document of these text files (file, folder
+  # or glob of .txt/.jsonl, one document per line/record; "" = the validation split).
+  e.zero_shot_path = ""
   # --- sample-quality evaluation (mode "eval_samplers", idlm_jax/evals/evaluate.py) ---
   # Comma-separated samplers to compare ("" = the configured sampler only) and step counts.
   e.samplers = ""

@@ -39,12 +39,15 @@ def convert_weights(config, source: str, *, weights: str = "ema", prefix: Option
   from idlm_jax.data import tokenizers
   from idlm_jax.models import convert as conv
 
+  if config.model.name != "dit":
+    raise conv.ConversionError(f"the published teachers are DDiTs: conversion needs "
+                               f"model.name='dit', got config.model.name={config.model.name!r}")
   hub = None
   path = pathlib.Path(source).expanduser()
   if conv.is_hub_name(source):
     hub = source
     path = conv.download(source, cache_dir)
-  loaded = conv.load_source(path, weights)
+  loaded = conv.load_source(path, weights, prefix)
   sd, prefix, ignored = conv.extract_backbone(loaded.state_dict, prefix)
   tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   arch = conv.infer_architecture(sd, loaded.hf_config)
@@ -52,6 +55,9 @@ def convert_weights(config, source: str, *, weights: str = "ema", prefix: Option
   abstract = nnx.eval_shape(lambda: models.build_model(
       config.model, tokenizer.model_vocab_size, nnx.Rngs(params=jax.random.key(0))))
   abstract_params = nnx.state(abstract, nnx.Param)
+  if loaded.param_order:
+    conv.check_parameter_order(loaded.param_order, prefix,
+                               list(models.torch_param_names(abstract_params)))
   head_dim = config.model.hidden_size // config.model.n_heads
   loaded.notes += conv.check_half_precision_buffer(sd, head_dim)
   state = models.from_torch_state_dict(sd, abstract_params, head_dim=head_dim)
@@ -133,8 +139,14 @@ def main(argv):
   ignored = sum(len(v) for v in info["ignored_keys"].values())
   print(f"converted {info['source']} ({info['format']}, {info['weights']} weights, prefix "
         f"{info['prefix']!r}, {info['num_params']:,} parameters, {ignored} keys ignored) -> "
-        f"{info['checkpoint']}\nrun: python -m idlm_jax.main --config=... --workdir="
-        f"{FLAGS.workdir} --config.mode=eval|sample")
+        f"{info['checkpoint']}")
+  for reason, keys in info["ignored_keys"].items():
+    print(f"  ignored {len(keys)} keys ({reason}): {', '.join(keys[:3])}"
+          f"{', ...' if len(keys) > 3 else ''}")
+  for note in info["notes"]:
+    print(f"  {note}")
+  print(f"run: python -m idlm_jax.main --config=... --workdir={FLAGS.workdir} "
+        f"--config.mode=eval|sample")
 
 
 if __name__ == "__main__":

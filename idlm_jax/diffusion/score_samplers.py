@@ -64,8 +64,7 @@ def score_sampler(log_score_fn: LogScoreFn, key: jax.Array, *, kind: str, graph:
     log_s = log_score_fn(x, jnp.full((batch_size,), t, jnp.float32))
     return jnp.exp(log_s.astype(dtype))
 
-  def sigma(t):
-    return -jnp.log1p(-(1.0 - schedule.eps) * t)
+  sigma = schedule.sigma  # total noise -log alpha_t
 
   def step(i, x):
     t, s = grid[i], grid[i + 1]
@@ -74,7 +73,7 @@ def score_sampler(log_score_fn: LogScoreFn, key: jax.Array, *, kind: str, graph:
       probs = analytic_probs(score, x, sigma(t) * b, (sigma(t) - sigma(s)) * b, graph, mask_id,
                              dtype)
     else:
-      rate_sigma = (1.0 - schedule.eps) / (1.0 - (1.0 - schedule.eps) * t)
+      rate_sigma = -schedule.dalpha(t) / schedule.alpha(t)  # d sigma / dt
       probs = euler_probs(score, x, (t - s) * b, rate_sigma * b, graph, mask_id, dtype)
     return categorical.sample_categorical(jax.random.fold_in(key, i), _log(probs), precision)
 

@@ -74,7 +74,8 @@ def posterior_probs(x_theta: jax.Array, zt: jax.Array, alpha_t, alpha_s) -> jax.
   """q(z_s | z_t, x_theta) [B, L, K] in x_theta's dtype (`DUO_BASE._posterior_from_x0`).
 
   [a_t K x z_t + (a_t/a_s - a_t) z_t + (a_s - a_t) x + (1 - a_t/a_s)(1 - a_s)/K]
-  / [a_t K <x, z_t> + 1 - a_t]; linear in x, so exact for the mixture over x ~ x_theta.
+  / [a_t K <x, z_t> + 1 - a_t], i.e. q(z_s | z_t) proportional to
+  q(z_t | z_s) (a_s x_theta + (1 - a_s)/K) with x_theta in place of the clean one-hot.
   """
   dtype = x_theta.dtype
   k = x_theta.shape[-1]

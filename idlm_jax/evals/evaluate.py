@@ -85,8 +85,10 @@ def evaluate_cell(tokens, texts, *, evaluator=None, hmm=None, tokenizer=None,
   if hmm is not None:
     s = synthetic.score_samples(hmm, tokens, tokenizer.bos_id, tokenizer.eos_id)
     row.update(exact_nll=s["nll_per_token"], exact_nll_std=s["nll_per_token_std"],
+               error_rate=s["error_rate"], clean_nll=s["clean_nll_per_token"],
                valid_fraction=s["valid_fraction"],
-               source_entropy=s["source_entropy_per_token"])
+               source_entropy=s["source_entropy_per_token"],
+               noisy_source_entropy=s["noisy_source_entropy_per_token"])
   return row
 
 
@@ -130,7 +132,7 @@ def run_eval(run, step: int) -> dict:
       rows.append(row)
       log.info("eval_samplers %s steps=%d NFE %.1f  %s", name, steps, d["nfe"],
                "  ".join(f"{k} {row[k]:.4g}" for k in ("gen_ppl", "exact_nll", "entropy",
-                                                       "tokens_per_s") if k in row))
+                                                       "tokens_per_s") if row.get(k) is not None))
   results = {"header": header, "rows": rows,
              "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
   if jax.process_index() == 0:

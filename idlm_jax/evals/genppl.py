@@ -193,8 +193,9 @@ def main(argv=None):
   cmd = a.train_command or (f"python -m idlm_jax.main --config={a.config} "
                             f"--workdir={a.workdir}")
   card = export_checkpoint(config, a.workdir, a.out, cmd)
+  card["export_command"] = "python -m idlm_jax.evals.genppl " + shlex.join(sys.argv[1:])
+  (pathlib.Path(a.out) / "card.json").write_text(json.dumps(card, indent=2) + "\n")
   print(json.dumps(card, indent=2))
-  print("export command:", "python -m idlm_jax.evals.genppl " + shlex.join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

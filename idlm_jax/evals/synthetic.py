@@ -225,28 +225,66 @@ def doc_source(data_cfg, split: str):
 # ------------------------------------------------------------------ scoring model samples
 
 
-def score_samples(hmm: UnifilarHMM, tokens: np.ndarray, bos_id: Optional[int] = None,
-                  eos_id: Optional[int] = None) -> dict:
-  """Exact source NLL of model samples (rows [BOS] + n symbols + [EOS], as trained).
+def smoothed(hmm: UnifilarHMM, noise: float) -> UnifilarHMM:
+  """The source with symbol noise: emissions (1 - noise) E + noise / V, same automaton."""
+  return UnifilarHMM(emit=(1.0 - noise) * hmm.emit + noise / hmm.vocab_size,
+                     next_state=hmm.next_state, start=hmm.start)
 
-  Returns nll_per_token (mean over valid samples of -log p_source / n), the fraction of valid
-  samples (nonzero source probability, correct [BOS]/[EOS] frame), and the source's exact
-  per-token entropy H(X_1..X_n)/n for comparison (the value a perfect sampler attains in
-  expectation).
+
+def conditional_nll(hmm: UnifilarHMM, seqs: np.ndarray, noise: float = 1e-3):
+  """Per-position exact -log p(x_t | x_<t) [B, n] under `smoothed(hmm, noise)`, tracking the
+  automaton state through every symbol, and the [B, n] mask of source-impossible symbols.
+
+  Symbols outside 0..V-1 (special tokens in a model sample) cost -log(noise / V) and leave the
+  state unchanged. With noise = 0 impossible symbols cost +inf.
+  """
+  seqs = np.asarray(seqs, np.int64)
+  b, n = seqs.shape
+  v = hmm.vocab_size
+  state = np.full(b, hmm.start, np.int64)
+  nll = np.empty((b, n))
+  bad = np.empty((b, n), bool)
+  with np.errstate(divide="ignore"):
+    for t in range(n):
+      x = seqs[:, t]
+      inside = (x >= 0) & (x < v)
+      xc = np.clip(x, 0, v - 1)
+      p = np.where(inside, hmm.emit[state, xc], 0.0)
+      nll[:, t] = -np.log((1.0 - noise) * p + noise / v)
+      bad[:, t] = p <= 0
+      state = np.where(inside, hmm.next_state[state, xc], state)
+  return nll, bad
+
+
+def score_samples(hmm: UnifilarHMM, tokens: np.ndarray, bos_id: Optional[int] = None,
+                  eos_id: Optional[int] = None, noise: float = 1e-3) -> dict:
+  """Exact source scores of model samples (rows [BOS] + n symbols + [EOS], as trained).
+
+  * nll_per_token: mean over samples of -log p(body) / n under the source with symbol noise
+    `noise` (exact for that distribution; finite for every sample, each source-impossible
+    symbol costs about -log(noise / V) nats), the number to compare with the source entropy;
+  * error_rate: fraction of body symbols impossible under the source given the prefix;
+  * clean_nll_per_token: mean -log p_source over the possible symbols only;
+  * valid_fraction: samples with nonzero source probability and the [BOS]/[EOS] frame;
+  * source_entropy_per_token: exact H(X_1..X_n)/n of the (noise-free) source, what a perfect
+    sampler attains in expectation (the noisy source's is `noisy_source_entropy_per_token`).
   """
   tokens = np.asarray(tokens)
   body = tokens[:, 1:-1]
   n = body.shape[1]
-  ll = hmm_log_likelihood(hmm, body)
+  nll, bad = conditional_nll(hmm, body, noise)
+  clean, _ = conditional_nll(hmm, body, 0.0)
   frame = np.ones(len(tokens), bool)
   if bos_id is not None:
     frame &= tokens[:, 0] == bos_id
   if eos_id is not None:
     frame &= tokens[:, -1] == eos_id
-  valid = np.isfinite(ll) & frame
-  nll = -ll[valid] / n
-  h = sequence_entropy(hmm, n) / n
-  return {"nll_per_token": float(nll.mean()) if valid.any() else None,
-          "nll_per_token_std": float(nll.std()) if valid.any() else None,
-          "valid_fraction": float(valid.mean()), "source_entropy_per_token": h,
-          "num_samples": int(len(tokens)), "length": int(n)}
+  valid = ~bad.any(1) & frame
+  return {"nll_per_token": float(nll.sum(1).mean() / n),
+          "nll_per_token_std": float((nll.sum(1) / n).std()),
+          "error_rate": float(bad.mean()),
+          "clean_nll_per_token": float(clean[~bad].mean()) if (~bad).any() else None,
+          "valid_fraction": float(valid.mean()),
+          "source_entropy_per_token": sequence_entropy(hmm, n) / n,
+          "noisy_source_entropy_per_token": sequence_entropy(smoothed(hmm, noise), n) / n,
+          "noise": noise, "num_samples": int(len(tokens)), "length": int(n)}

@@ -181,10 +181,14 @@ class Loaded:
   files: list[pathlib.Path]
   hf_config: dict = dataclasses.field(default_factory=dict)
   notes: list[str] = dataclasses.field(default_factory=list)
+  # Lightning EMA: the state_dict names the shadow_params list was matched to, in order
+  param_order: list[str] = dataclasses.field(default_factory=list)
 
 
 def is_hub_name(source: str) -> bool:
-  """'owner/name' or 'owner/name@revision' that is not an existing local path."""
+  """'owner/name' or 'owner/name@revision' that is not an existing local path or file name."""
+  if source.endswith(TORCH_SUFFIXES + (".safetensors", ".json")):
+    return False
   return bool(HUB_NAME.match(source)) and not pathlib.Path(source).expanduser().exists()
 
 
@@ -205,7 +209,8 @@ def download(source: str, cache_dir: Optional[str] = None) -> pathlib.Path:
         repo_id, revision=revision or None, cache_dir=cache_dir,
         allow_patterns=["*.safetensors", "*.json", "*.bin"])
   except Exception as e:  # offline mode, no network, unknown repo, ...
-    raise ConversionError(f"cannot get hub model {source!r} ({type(e).__name__}: "
+    raise ConversionError(f"no local path {source!r}, and cannot get hub model {source!r} "
+                          f"({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}); "
                           f"offline or without access, {how}") from None
   return pathlib.Path(path)
@@ -221,8 +226,9 @@ def sha256(path) -> str:
 
 def _flat_tensors(obj, path) -> dict[str, np.ndarray]:
   if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
+    keys = f" with keys {list(obj)[:8]}" if isinstance(obj, dict) else ""
     raise ConversionError(f"{path}: expected a flat state dict of tensors, got "
-                          f"{type(obj).__name__} with keys {list(obj)[:8] if isinstance(obj, dict) else ''}")
+                          f"{type(obj).__name__}{keys}")
   return obj
 
 
@@ -248,7 +254,7 @@ def _hf_folder(folder: pathlib.Path) -> Loaded:
                         f"{', '.join(HF_WEIGHT_FILES)}")
 
 
-def _lightning(obj: dict, path, weights: str) -> Loaded:
+def _lightning(obj: dict, path, weights: str, prefix: Optional[str]) -> Loaded:
   """EMA (default) or raw weights of a Lightning checkpoint dict."""
   sd = _flat_tensors(obj["state_dict"], path)
   files = [pathlib.Path(path)]
@@ -262,7 +268,7 @@ def _lightning(obj: dict, path, weights: str) -> Loaded:
         f"{path}: this Lightning checkpoint has no EMA weights ('ema.shadow_params'); "
         f"evaluation and sampling use EMA weights, so the raw state_dict is converted only when "
         f"asked for explicitly: --weights=state_dict")
-  prefix = choose_prefix(sd)
+  prefix = choose_prefix(sd, prefix)
   buffers = {prefix + b for b in BUFFERS}
   names = [k for k in sd if k.startswith(prefix) and k not in buffers]
   if prefix == "":
@@ -288,11 +294,15 @@ def _lightning(obj: dict, path, weights: str) -> Loaded:
   notes = [f"EMA weights (decay {ema.get('decay')}, {ema.get('num_updates')} updates)"]
   if len(shadow) > len(names):
     notes.append(f"{len(shadow) - len(names)} EMA tensors of the noise schedule ignored")
-  return Loaded(out, "lightning", "ema", files, notes=notes)
+  return Loaded(out, "lightning", "ema", files, notes=notes, param_order=names)
 
 
-def load_source(path, weights: str = "ema") -> Loaded:
-  """Read a local Lightning .ckpt, HF model folder, .safetensors or torch state-dict file."""
+def load_source(path, weights: str = "ema", prefix: Optional[str] = None) -> Loaded:
+  """Read a local Lightning .ckpt, HF model folder, .safetensors or torch state-dict file.
+
+  `prefix` (default: detected) is the DDiT's key prefix, needed here to match a Lightning EMA
+  list to names.
+  """
   if weights not in ("ema", "state_dict"):
     raise ValueError(f"weights must be 'ema' or 'state_dict', got {weights!r}")
   path = pathlib.Path(path).expanduser()
@@ -307,7 +317,7 @@ def load_source(path, weights: str = "ema") -> Loaded:
   elif path.suffix in TORCH_SUFFIXES:
     obj = read_torch_file(path)
     if isinstance(obj, dict) and "state_dict" in obj:
-      loaded = _lightning(obj, path, weights)
+      loaded = _lightning(obj, path, weights, prefix)
     else:
       loaded = Loaded(_flat_tensors(obj, path), "torch", "published", [path])
   else:
@@ -364,6 +374,20 @@ def extract_backbone(state_dict: dict, prefix: Optional[str] = None
     else:
       out[key] = value
   return out, prefix, ignored
+
+
+def check_parameter_order(param_order: list[str], prefix: str, expected: list[str]) -> None:
+  """The EMA list was matched to state_dict names in state_dict order; that order must be the
+  DDiT's `parameters()` order (`models.torch_param_names`), or same-shaped tensors (norm1 /
+  norm2, ...) could be swapped silently."""
+  got = [k[len(prefix):] for k in param_order][:len(expected)]
+  if got != expected:
+    bad = next(i for i, (a, b) in enumerate(zip(got + [None] * len(expected), expected))
+               if a != b)
+    raise ConversionError(f"the state_dict's parameters are not in the DDiT's parameters() "
+                          f"order (position {bad}: '{got[bad] if bad < len(got) else None}' "
+                          f"where '{expected[bad]}' is expected), so ema.shadow_params cannot "
+                          f"be matched to names")
 
 
 def check_half_precision_buffer(sd: dict, head_dim: int) -> list[str]:

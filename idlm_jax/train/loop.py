@@ -204,6 +204,10 @@ def run(config, workdir, devices=None) -> Run:
   if jax.process_index() == 0:
     r.workdir.mkdir(parents=True, exist_ok=True)
     (r.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  if config.mode == "eval" and config.eval.zero_shot_path:  # zero-shot PPL (evals/zero_shot.py)
+    from idlm_jax.evals import zero_shot
+    r.val_split = zero_shot.text_split(config, r.tokenizer, config.eval.zero_shot_path,
+                                       jax.process_index(), jax.process_count())
   r.unigram_nats = pipeline.unigram_baseline(r.train_iter, r.val_split)
   log.info("corpus unigram baseline: %.4f nats/token (validation tokens under the "
                "train unigram)", r.unigram_nats)

@@ -1,4 +1,4 @@
-"""Conversion of published PyTorch DDiT checkpoints (idlm_jax/models/convert.py, idlm_jax/convert.py).
+"""Conversion of published PyTorch DDiT checkpoints (models/convert.py and the convert CLI).
 
 Random weights on the demo:smoke model (vocab 2048, d=32, 2 blocks, 2 heads, cond 32) are
 written in each published layout (Lightning .ckpt with EMA, HF folders with `backbone.`,
@@ -7,9 +7,11 @@ the converted model's logits are compared with the float64 NumPy DDiT of tests/m
 The torch-file tests need PyTorch (`pip install torch`) and are skipped without it.
 """
 
+import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -91,6 +93,44 @@ def _logits_match(params, sd, cfg):
   want = np_ddit(sd64, sd64["vocab_embed.embedding"][ids], used_sigma, cfg.model.n_heads)
   assert np.abs(want).max() > 1.0
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+  try:  # and PyTorch's own primitives, when installed
+    import torch
+  except ImportError:
+    return
+  ref = _torch_ddit(torch, sd64, ids, used_sigma, cfg.model.n_heads)
+  np.testing.assert_allclose(ref, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+def _torch_ddit(torch, sd, ids, sigma, n_heads):
+  """MDLM DIT.forward in float64 with torch's own primitives (F.layer_norm, tanh GELU, SDPA)."""
+  F = torch.nn.functional
+  w = {k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in sd.items()}
+  lin = lambda x, n, bias=True: F.linear(x, w[n + ".weight"], w[n + ".bias"] if bias else None)
+  norm = lambda x, n: F.layer_norm(x, x.shape[-1:], w[n], None, 1e-5)
+  x = w["vocab_embed.embedding"][torch.from_numpy(ids)]
+  b, seq, d = x.shape
+  hd = d // n_heads
+  freqs = torch.exp(-np.log(10000.0) * torch.arange(128, dtype=torch.float64) / 128)
+  args = torch.from_numpy(sigma)[:, None] * freqs[None]
+  temb = torch.cat([torch.cos(args), torch.sin(args)], -1)
+  c = F.silu(lin(F.silu(lin(temb, "sigma_map.mlp.0")), "sigma_map.mlp.2"))
+  inv = 1.0 / 10000 ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+  emb = torch.cat([torch.outer(torch.arange(seq, dtype=torch.float64), inv)] * 2, -1)
+  cos, sin = emb.cos()[None, None], emb.sin()[None, None]
+  rope = lambda t: t * cos + torch.cat([-t[..., hd // 2:], t[..., :hd // 2]], -1) * sin
+  for i in range(len([k for k in sd if k.endswith("attn_qkv.weight")])):
+    p = f"blocks.{i}."
+    m = lin(c, p + "adaLN_modulation")[:, None].chunk(6, dim=-1)
+    h = norm(x, p + "norm1.weight") * (1 + m[1]) + m[0]
+    q, k, v = lin(h, p + "attn_qkv", False).view(b, seq, 3, n_heads, hd).permute(
+        2, 0, 3, 1, 4)
+    att = F.scaled_dot_product_attention(rope(q), rope(k), v)
+    x = x + m[2] * lin(att.transpose(1, 2).reshape(b, seq, d), p + "attn_out", False)
+    h = norm(x, p + "norm2.weight") * (1 + m[4]) + m[3]
+    x = x + m[5] * lin(F.gelu(lin(h, p + "mlp.0"), approximate="tanh"), p + "mlp.2")
+  shift, scale = lin(c, "output_layer.adaLN_modulation")[:, None].chunk(2, dim=-1)
+  h = norm(x, "output_layer.norm_final.weight") * (1 + scale) + shift
+  return lin(h, "output_layer.linear").numpy()
 
 
 def _assert_params_equal(params, sd):
@@ -267,6 +307,13 @@ def _lightning(torch, ema_sd, raw_sd, extra=None, ema=True):
   return ckpt
 
 
+def test_torch_file_without_torch_says_how_to_install(tmp_path, monkeypatch):
+  (tmp_path / "mdlm.ckpt").write_bytes(b"not read")
+  monkeypatch.setitem(sys.modules, "torch", None)
+  with pytest.raises(conv.ConversionError, match=r"needs PyTorch: pip install -e '.\[convert\]'"):
+    convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "mdlm.ckpt"))
+
+
 def test_lightning_ckpt_takes_ema_weights(tmp_path, weights):
   torch = pytest.importorskip("torch")
   path = tmp_path / "mdlm.ckpt"
@@ -303,16 +350,33 @@ def test_lightning_ema_list_in_wrong_order_is_an_error(tmp_path, weights):
     convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "x.ckpt"))
 
 
-class _Pickled:  # stands for the hyper-parameters / tokenizer objects Lightning may pickle
-  pass
+def test_lightning_state_dict_out_of_module_order_is_an_error(tmp_path, weights):
+  """Same-shaped tensors (norm1 / norm2) in another order cannot be told apart by shape."""
+  torch = pytest.importorskip("torch")
+  swapped = dict(weights[1])
+  keys = list(swapped)
+  i, j = keys.index("blocks.0.norm1.weight"), keys.index("blocks.0.norm2.weight")
+  keys[i], keys[j] = keys[j], keys[i]
+  torch.save(_lightning(torch, weights[0], {k: swapped[k] for k in keys}), tmp_path / "x.ckpt")
+  with pytest.raises(conv.ConversionError, match=r"not in the DDiT's parameters\(\) order "
+                                                 r"\(position \d+: 'blocks.0.norm2.weight'"):
+    convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "x.ckpt"))
 
 
 def test_torch_load_is_weights_only(tmp_path, weights):
+  """MDLM's Lightning module calls save_hyperparameters(), which pickles its OmegaConf config
+  and tokenizer: weights_only refuses such a file; the error's extraction command works."""
   torch = pytest.importorskip("torch")
   path = tmp_path / "objects.ckpt"
-  torch.save(_lightning(torch, weights[0], weights[1], {"hyper_parameters": _Pickled()}), path)
-  with pytest.raises(conv.ConversionError, match=r"weights_only=True\) refused.*untrusted"):
+  hparams = argparse.Namespace(lr=3e-4)  # a pickled object, as Lightning's hyper_parameters
+  torch.save(_lightning(torch, weights[0], weights[1], {"hyper_parameters": hparams}), path)
+  with pytest.raises(conv.ConversionError, match=r"weights_only=True\) refused.*untrusted") as e:
     convert_cli.convert_weights(_config(tmp_path), str(path))
+  command = re.search(r'python -c "(.*)"', str(e.value)).group(1)
+  subprocess.run([sys.executable, "-c", command], cwd=tmp_path, check=True, timeout=120)
+  params, info = convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "weights_only.ckpt"))
+  assert info["weights"] == "ema"
+  _assert_params_equal(params, weights[0])
 
 
 def test_sedd_pytorch_model_bin_bf16(tmp_path, weights):
@@ -332,7 +396,7 @@ def test_sedd_pytorch_model_bin_bf16(tmp_path, weights):
 # ---------------------------------------------------------------------------- end to end
 
 
-def test_convert_then_eval_and_sample(tmp_path, weights):
+def test_convert_then_eval(tmp_path, weights):
   folder = _hf_folder(tmp_path / "mdlm-owt", _with_buffer(weights[0], "backbone."))
   work = tmp_path / "work"
   cfg = _config(tmp_path)

@@ -14,7 +14,6 @@ With --torch-ref, the PyTorch reference runs in the same job on the same device.
 
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys

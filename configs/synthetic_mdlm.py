@@ -18,14 +18,14 @@ from idlm_jax.evals import synthetic
 def get_config(arg=None):
   c = base.get_config()
   c.data.update(source="synthetic_hmm", seq_len=64, wrap=False, max_val_rows=512)
-  c.data.synthetic.update(seed=0, num_states=256, vocab_size=32, branching=3,
+  c.data.synthetic.update(seed=0, num_states=64, vocab_size=24, branching=3,
                           concentration=0.5, num_train_docs=20_000, num_val_docs=1_000)
   c.model.update(hidden_size=128, n_blocks=2, n_heads=4, cond_dim=64, dropout=0.0,
                  time_conditioning=False)
   c.optim.update(lr=2e-3, warmup_steps=100, decay="cosine", final_lr_fraction=0.1,
                  b2=0.98, weight_decay=0.01, ema=0.99)
-  c.train.update(steps=2000, global_batch_size=64, log_every=50, eval_every=500,
-                 sample_every=0, max_minutes=15.0)
+  c.train.update(steps=1500, global_batch_size=64, log_every=50, eval_every=500,
+                 sample_every=0, max_minutes=24.0)
   c.ckpt.update(every=250, keep=2)
   c.eval.update(batch_size=64, evaluator="", num_samples=128, sampling_steps="4,8,16,32,64,128")
   c.sample.update(num_samples=16, batch_size=16, steps=128)

@@ -11,9 +11,10 @@ Containers understood (`load_source`):
   - A single `.safetensors`, `.bin`, `.pt` or `.pth` file holding a flat state dict.
 
 Safetensors files are read with NumPy only (8-byte little-endian header length, JSON header,
-raw little-endian buffers; BF16 through ml_dtypes). `.ckpt`/`.bin`/`.pt` need PyTorch (the
-optional `convert` extra) and are read with `torch.load(weights_only=True)`: a checkpoint is
-untrusted input and is never unpickled with arbitrary objects.
+raw little-endian buffers; BF16 through ml_dtypes). `.ckpt`/`.bin`/`.pt` (torch.save's zip
+format) are read by `models.torch_pickle` without PyTorch: a checkpoint is untrusted input, so
+only tensor-building globals are resolved and every other pickled object (Lightning
+hyper-parameters, OmegaConf configs, tokenizers) stays an inert record; nothing is executed.
 
 `extract_backbone` picks the DDiT's key prefix and strips it; keys outside the prefix are
 ignored only when they match `IGNORED_PREFIXES` (each ignored key is reported), anything else
@@ -27,11 +28,14 @@ import hashlib
 import json
 import math
 import pathlib
+import pickle
 import re
 from typing import Any, Optional
 
 import ml_dtypes
 import numpy as np
+
+from idlm_jax.models import torch_pickle
 
 # Prefixes of the DDiT inside the published containers, most specific first.
 KNOWN_PREFIXES = ("backbone.backbone.", "model.backbone.", "backbone.", "model.", "")
@@ -121,51 +125,25 @@ def write_safetensors(path, tensors: dict, metadata: Optional[dict] = None) -> N
 # ---------------------------------------------------------------------------- torch files
 
 
-def _import_torch():
-  try:
-    import torch  # noqa: PLC0415 (optional dependency, imported only for .ckpt/.bin files)
-  except ImportError:
-    raise ConversionError(
-        "reading .ckpt / .bin / .pt files needs PyTorch: pip install -e '.[convert]' (or "
-        "pip install torch); .safetensors files and HF folders with model.safetensors need "
-        "nothing extra") from None
-  return torch
-
-
-def _to_numpy(obj, torch):
-  """Tensors -> NumPy (bfloat16 as ml_dtypes.bfloat16, bit-exact), containers recursed."""
-  if isinstance(obj, torch.Tensor):
-    t = obj.detach().cpu()
-    if t.dtype == torch.bfloat16:
-      return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return t.numpy()
+def _to_plain(obj):
+  """Containers recursed into dicts/lists; NumPy tensors kept; other objects kept as Opaque."""
   if isinstance(obj, dict):
-    return {k: _to_numpy(v, torch) for k, v in obj.items()}
+    return {k: _to_plain(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return type(obj)(_to_numpy(v, torch) for v in obj)
+    return type(obj)(_to_plain(v) for v in obj)
   return obj
 
 
 def read_torch_file(path) -> Any:
-  """torch.load(path, map_location="cpu", weights_only=True) with tensors turned into NumPy."""
-  torch = _import_torch()
-  import pickle  # noqa: PLC0415
+  """The object torch.save wrote at `path`, tensors as NumPy, read without torch or code.
 
+  `models.torch_pickle` resolves only the tensor-building globals; Lightning's pickled
+  hyper-parameters, OmegaConf configs or tokenizers become inert `Opaque` records.
+  """
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:
-    first = str(e).strip().splitlines()[-1][:300] if str(e).strip() else type(e).__name__
-    raise ConversionError(
-        f"{path}: torch.load(weights_only=True) refused the file because it holds Python "
-        f"objects besides tensors and plain containers (Lightning checkpoints can store "
-        f"hyper-parameters, OmegaConf configs, tokenizers, RNG states). A checkpoint is "
-        f"untrusted input, so it is not loaded unsafely here. If you trust the file, extract "
-        f"the tensors once with PyTorch and convert that file:\n"
-        f"  python -c \"import torch; c = torch.load('{path}', map_location='cpu', "
-        f"weights_only=False); torch.save({{'state_dict': c['state_dict'], 'ema': "
-        f"c.get('ema')}}, 'weights_only.ckpt')\"\n"
-        f"torch said: {first}") from None
-  return _to_numpy(obj, torch)
+    return _to_plain(torch_pickle.load(path))
+  except (ValueError, pickle.UnpicklingError, KeyError, EOFError) as e:
+    raise ConversionError(f"{path}: cannot read it as a PyTorch checkpoint: {e}") from None
 
 
 # ---------------------------------------------------------------------------- sources

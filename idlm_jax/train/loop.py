@@ -11,7 +11,6 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
-import numpy as np
 import logging
 
 from idlm_jax import config as config_lib

@@ -12,7 +12,8 @@ from idlm_jax.evals import genppl
 from idlm_jax.train import loop
 
 COMMON = ["ckpt.async_save=False", "log.tensorboard=False", "train.steps=2", "data.seq_len=16",
-          "data.max_train_docs=200", "data.max_val_rows=16", "ckpt.every=2"]
+          "data.max_train_docs=200", "data.max_val_rows=16", "ckpt.every=2", "sample.steps=2",
+          "sample.num_samples=8", "sample.batch_size=8"]
 
 
 def _cfg(spec, tmp_path, *extra):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from idlm_jax import config as config_lib
-from idlm_jax.objectives import diffusion, teachers
+from idlm_jax.objectives import diffusion
 
 
 class ToyModel:

@@ -85,10 +85,9 @@ def evaluate_cell(tokens, texts, *, evaluator=None, hmm=None, tokenizer=None,
   if hmm is not None:
     s = synthetic.score_samples(hmm, tokens, tokenizer.bos_id, tokenizer.eos_id)
     row.update(exact_nll=s["nll_per_token"], exact_nll_std=s["nll_per_token_std"],
-               error_rate=s["error_rate"], clean_nll=s["clean_nll_per_token"],
-               valid_fraction=s["valid_fraction"],
-               source_entropy=s["source_entropy_per_token"],
-               noisy_source_entropy=s["noisy_source_entropy_per_token"])
+               tracked_error_rate=s["tracked_error_rate"],
+               clean_nll=s["clean_nll_per_token"], valid_fraction=s["valid_fraction"],
+               source_entropy=s["source_entropy_per_token"])
   return row
 
 

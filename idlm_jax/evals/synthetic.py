@@ -256,35 +256,68 @@ def conditional_nll(hmm: UnifilarHMM, seqs: np.ndarray, noise: float = 1e-3):
   return nll, bad
 
 
+def noisy_matrices(hmm: UnifilarHMM, noise: float) -> np.ndarray:
+  """M [V, K, K] of the source with resynchronising noise: with probability 1 - noise a
+  source step, with probability `noise` a uniform symbol and a uniform next state."""
+  k, v = hmm.num_states, hmm.vocab_size
+  return (1.0 - noise) * hmm.matrices() + noise / (v * k)
+
+
+def noisy_log_likelihood(hmm: UnifilarHMM, seqs: np.ndarray, noise: float = 1e-3) -> np.ndarray:
+  """Exact log-likelihood [B] under the source with resynchronising noise (`noisy_matrices`),
+  by the forward algorithm: every sequence has a finite score, and after a source-impossible
+  symbol the belief over states recovers from the following symbols. A symbol outside
+  0..V-1 (a special token inside a model sample) costs log(noise / V) and resets the belief
+  to uniform."""
+  seqs = np.asarray(seqs, np.int64)
+  b, n = seqs.shape
+  k, v = hmm.num_states, hmm.vocab_size
+  a = hmm.matrices()
+  alpha = np.broadcast_to(hmm.initial(), (b, k)).copy()
+  logp = np.zeros(b)
+  for t in range(n):
+    x = seqs[:, t]
+    inside = (x >= 0) & (x < v)
+    step = (1.0 - noise) * np.einsum("bs,bst->bt", alpha, a[np.clip(x, 0, v - 1)])
+    step += noise / (v * k)  # alpha sums to 1
+    step = np.where(inside[:, None], step, noise / (v * k))
+    z = step.sum(1)
+    logp += np.log(z)
+    alpha = step / z[:, None]
+  return logp
+
+
 def score_samples(hmm: UnifilarHMM, tokens: np.ndarray, bos_id: Optional[int] = None,
                   eos_id: Optional[int] = None, noise: float = 1e-3) -> dict:
   """Exact source scores of model samples (rows [BOS] + n symbols + [EOS], as trained).
 
-  * nll_per_token: mean over samples of -log p(body) / n under the source with symbol noise
-    `noise` (exact for that distribution; finite for every sample, each source-impossible
-    symbol costs about -log(noise / V) nats), the number to compare with the source entropy;
-  * error_rate: fraction of body symbols impossible under the source given the prefix;
-  * clean_nll_per_token: mean -log p_source over the possible symbols only;
+  * nll_per_token: mean over samples of -log p(body) / n under the source with
+    resynchronising noise `noise` (`noisy_log_likelihood`: exact for that distribution, finite
+    for every sample, a source-impossible symbol costs about log(V K / noise) nats and the
+    state belief then recovers), the number to compare with the source entropy;
+  * tracked_error_rate: fraction of symbols impossible given the automaton state tracked
+    through every symbol (after a first error the tracked state is usually lost, so this
+    over-counts; it is 0 exactly when the samples are valid);
+  * clean_nll_per_token: mean -log p_source over those possible symbols only;
   * valid_fraction: samples with nonzero source probability and the [BOS]/[EOS] frame;
   * source_entropy_per_token: exact H(X_1..X_n)/n of the (noise-free) source, what a perfect
-    sampler attains in expectation (the noisy source's is `noisy_source_entropy_per_token`).
+    sampler attains in expectation.
   """
   tokens = np.asarray(tokens)
   body = tokens[:, 1:-1]
   n = body.shape[1]
-  nll, bad = conditional_nll(hmm, body, noise)
-  clean, _ = conditional_nll(hmm, body, 0.0)
+  nll = -noisy_log_likelihood(hmm, body, noise)
+  clean, bad = conditional_nll(hmm, body, 0.0)
   frame = np.ones(len(tokens), bool)
   if bos_id is not None:
     frame &= tokens[:, 0] == bos_id
   if eos_id is not None:
     frame &= tokens[:, -1] == eos_id
   valid = ~bad.any(1) & frame
-  return {"nll_per_token": float(nll.sum(1).mean() / n),
-          "nll_per_token_std": float((nll.sum(1) / n).std()),
-          "error_rate": float(bad.mean()),
+  return {"nll_per_token": float(nll.mean() / n),
+          "nll_per_token_std": float((nll / n).std()),
+          "tracked_error_rate": float(bad.mean()),
           "clean_nll_per_token": float(clean[~bad].mean()) if (~bad).any() else None,
           "valid_fraction": float(valid.mean()),
           "source_entropy_per_token": sequence_entropy(hmm, n) / n,
-          "noisy_source_entropy_per_token": sequence_entropy(smoothed(hmm, noise), n) / n,
           "noise": noise, "num_samples": int(len(tokens)), "length": int(n)}

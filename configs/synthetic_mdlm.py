@@ -5,9 +5,9 @@ python -m idlm_jax.main --config=configs/synthetic_mdlm.py --workdir=/tmp/syn_md
     --config.mode=eval_samplers
 
 Rows are [BOS] + 62 symbols + [EOS] (data.wrap=False, no padding); samples are scored by their
-exact source NLL against the exact source entropy (no learned evaluator). The tokenizer file
-is derived from data.synthetic.vocab_size when this config loads (override vocab_size through
-the config argument, not --config.data.synthetic.vocab_size, or also set data.tokenizer).
+exact source NLL against the exact source entropy (no learned evaluator). The tokenizer is
+`symbols-<data.synthetic.vocab_size>` (a word-level "s0 s1 ..." vocabulary built in memory);
+overriding vocab_size needs the matching data.tokenizer (validation says so).
 Variants: `:smoke`, `:tiny`.
 """
 
@@ -31,5 +31,5 @@ def get_config(arg=None):
   c.sample.update(num_samples=16, batch_size=16, steps=128)
   c.log.progress_every_s = 30.0
   c = base.apply_variant(c, arg)
-  c.data.tokenizer = synthetic.tokenizer_path(c.data.synthetic.vocab_size, c.data.cache_dir)
+  c.data.tokenizer = synthetic.tokenizer_name(c.data.synthetic.vocab_size)
   return c

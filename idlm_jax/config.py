@@ -108,7 +108,7 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     key, sep, raw = item.partition("=")
     if not sep:
       raise ConfigError(f"override {item!r} is not of the form field=value")
-    _set(config, key.strip(), _parse(raw.strip()))
+    _set(config, key.strip(), raw.strip())
   validate(config)
   return config
 
@@ -139,6 +139,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.model.hidden_size: {m.hidden_size} must split into "
                       f"{m.n_heads} heads of even size (rotary embedding)")
   _validate_teacher(config)
+  if config.data.source == "synthetic_hmm":
+    want = f"symbols-{config.data.synthetic.vocab_size}"
+    if config.data.tokenizer != want:
+      raise ConfigError(f"config.data.tokenizer: the synthetic source over "
+                        f"{config.data.synthetic.vocab_size} symbols needs {want!r}, got "
+                        f"{config.data.tokenizer!r}")
   for key in ("parallel.ici_mesh", "parallel.dcn_mesh"):
     mesh = flat[key]
     if len(mesh) != 3 or list(mesh).count(-1) > 1 or any(s == 0 or s < -1 for s in mesh):
@@ -220,14 +226,18 @@ def _same_type(value, expected) -> bool:
   return isinstance(value, type(expected))
 
 
-def _parse(raw: str):
+def _parse(raw: str, current):
+  """A Python literal; for a string field, an unquoted value is taken as the string itself."""
   try:
-    return ast.literal_eval(raw)
+    value = ast.literal_eval(raw)
   except (ValueError, SyntaxError):
     return raw
+  if isinstance(current, str) and not isinstance(value, str):
+    return raw
+  return value
 
 
-def _set(config, key: str, value) -> None:
+def _set(config, key: str, raw: str) -> None:
   node = config
   parts = key.split(".")
   for part in parts[:-1]:
@@ -236,6 +246,7 @@ def _set(config, key: str, value) -> None:
     node = node[part]
   if parts[-1] not in node:
     raise ConfigError(f"config.{key}: unknown field")
+  value = _parse(raw, node[parts[-1]])
   try:
     node[parts[-1]] = value
   except (TypeError, ValueError) as e:

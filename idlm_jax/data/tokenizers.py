@@ -16,9 +16,11 @@ GPT-2 has no mask token, so (as in MDLM) the mask id is appended after the vocab
 from __future__ import annotations
 
 import functools
+import json
 import hashlib
 import os
 import pathlib
+import re
 from typing import Iterable, Sequence
 
 import tokenizers as hf_tokenizers
@@ -172,14 +174,40 @@ def from_tokenizer_json(path: str | os.PathLike, name: str | None = None) -> Tok
   """Loads a tokenizer.json, finding BOS/EOS/PAD/[MASK] among common spellings."""
   path = pathlib.Path(path)
   backend = hf_tokenizers.Tokenizer.from_file(_require_file(path, "tokenizer.json"))
+  return _from_backend(backend, name or str(path))
+
+
+SYMBOLS_NAME = re.compile(r"^symbols-(\d+)$")
+SYMBOL_SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")
+
+
+def symbols_tokenizer_json(num_symbols: int) -> dict:
+  """A word-level tokenizer.json: "s{i}" -> i for i < num_symbols, then the special tokens.
+
+  The tokenizer of synthetic languages (`symbols-<N>`, e.g. data.source="synthetic_hmm").
+  """
+  vocab = {f"s{i}": i for i in range(num_symbols)}
+  added = []
+  for j, token in enumerate(SYMBOL_SPECIALS):
+    vocab[token] = num_symbols + j
+    added.append({"id": num_symbols + j, "content": token, "single_word": False,
+                  "lstrip": False, "rstrip": False, "normalized": False, "special": True})
+  return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+          "normalizer": None, "pre_tokenizer": {"type": "WhitespaceSplit"},
+          "post_processor": None, "decoder": None,
+          "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[PAD]"}}
+
+
+def _from_backend(backend, name: str) -> Tokenizer:
+  """Wraps a `tokenizers.Tokenizer`, finding BOS/EOS/PAD/[MASK] among common spellings."""
   size = backend.get_vocab_size(with_added_tokens=True)
   bos, eos = _find_token(backend, _BOS_NAMES), _find_token(backend, _EOS_NAMES)
   if bos is None or eos is None:
-    raise ValueError(f"tokenizer {path} needs a BOS and an EOS token: looked for "
+    raise ValueError(f"tokenizer {name} needs a BOS and an EOS token: looked for "
                      f"{_BOS_NAMES} and {_EOS_NAMES}")
   pad = _find_token(backend, _PAD_NAMES)
   mask = _find_token(backend, _MASK_NAMES)
-  return Tokenizer(name or str(path), backend, vocab_size=size, bos_id=bos, eos_id=eos,
+  return Tokenizer(name, backend, vocab_size=size, bos_id=bos, eos_id=eos,
                    pad_id=eos if pad is None else pad,
                    mask_id=size if mask is None else mask,
                    model_vocab_size=size + 1 if mask is None else size)
@@ -195,17 +223,21 @@ def _load(name: str, assets_dir: str) -> Tokenizer:
     return _gpt2(assets)
   if name == "demo-bpe-2048":
     return from_tokenizer_json(assets / "demo-bpe-2048.json", name=name)
+  if SYMBOLS_NAME.match(name):
+    spec = json.dumps(symbols_tokenizer_json(int(SYMBOLS_NAME.match(name).group(1))))
+    return _from_backend(hf_tokenizers.Tokenizer.from_str(spec), name)
   return from_tokenizer_json(name)
 
 
 def get_tokenizer(name: str, *, assets_dir: str | os.PathLike | None = None) -> Tokenizer:
   """The cached tokenizer for a shipped name or a path to a tokenizer.json (or its folder)."""
-  if name not in SHIPPED_TOKENIZERS:
+  if name not in SHIPPED_TOKENIZERS and not SYMBOLS_NAME.match(name):
     path = pathlib.Path(os.path.expanduser(name))
     if path.is_dir():
       path = path / "tokenizer.json"
     if not path.is_file():
       raise ValueError(f"unknown tokenizer {name!r}: expected one of {SHIPPED_TOKENIZERS} "
-                       f"or the path of a tokenizer.json file (no file at {path.resolve()})")
+                       f", 'symbols-<N>' or the path of a tokenizer.json file (no file at "
+                       f"{path.resolve()})")
     name = str(path.resolve())
   return _load(name, str(pathlib.Path(assets_dir or ASSETS_DIR).resolve()))

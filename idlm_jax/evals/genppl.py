@@ -28,7 +28,7 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -19,14 +19,10 @@ ids 0..V-1 are the symbols (then [PAD] [BOS] [EOS] [MASK]); with `data.wrap = Fa
 """
 
 import dataclasses
-import json
-import math
-import pathlib
 from typing import Optional
 
 import numpy as np
 
-SPECIALS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,30 +166,9 @@ def entropy_rate(hmm: UnifilarHMM, burn_in: int = 2000, average: int = 2000) -> 
 # ------------------------------------------------------------------ data source
 
 
-def tokenizer_json(vocab_size: int) -> dict:
-  """A word-level tokenizer.json: "s{i}" -> i for the symbols, then the special tokens."""
-  vocab = {f"s{i}": i for i in range(vocab_size)}
-  for j, name in enumerate(SPECIALS):
-    vocab[name] = vocab_size + j
-  added = [{"id": vocab_size + j, "content": name, "single_word": False, "lstrip": False,
-            "rstrip": False, "normalized": False, "special": True}
-           for j, name in enumerate(SPECIALS)]
-  return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
-          "normalizer": None, "pre_tokenizer": {"type": "WhitespaceSplit"},
-          "post_processor": None, "decoder": None,
-          "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[PAD]"}}
-
-
-def tokenizer_path(vocab_size: int, cache_dir: str = "~/.cache/idlm_jax") -> str:
-  """Writes (once) and returns the path of the word-level tokenizer for `vocab_size` symbols."""
-  path = pathlib.Path(cache_dir).expanduser() / f"synthetic-hmm-V{vocab_size}.tokenizer.json"
-  text = json.dumps(tokenizer_json(vocab_size))
-  if not path.is_file() or path.read_text() != text:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{id(text)}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-  return str(path)
+def tokenizer_name(vocab_size: int) -> str:
+  """The data.tokenizer of a synthetic source over `vocab_size` symbols."""
+  return f"symbols-{vocab_size}"
 
 
 def to_text(seq) -> str:

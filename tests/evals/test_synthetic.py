@@ -79,10 +79,9 @@ def test_samples_follow_the_source_and_score():
   assert s["source_entropy_per_token"] == pytest.approx(h / 30)
 
 
-def test_tokenizer_maps_symbols_to_ids(tmp_path):
+def test_tokenizer_maps_symbols_to_ids():
   from idlm_jax.data import tokenizers
-  path = synthetic.tokenizer_path(8, str(tmp_path))
-  tok = tokenizers.get_tokenizer(path)
+  tok = tokenizers.get_tokenizer(synthetic.tokenizer_name(8))
   assert tok.encode(synthetic.to_text([3, 0, 7])) == [3, 0, 7]
   assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.mask_id) == (8, 9, 10, 11)
   assert tok.model_vocab_size == 12

@@ -5,6 +5,7 @@
 
 import dataclasses
 import json
+import math
 import pathlib
 import time
 from typing import Any, Optional
@@ -57,10 +58,7 @@ def build(config, workdir, devices=None) -> Run:
       raise config_lib.ConfigError(f"config.{field}: {config[section][name]} is not a multiple "
                                    f"of the {divisor} devices along the batch axes")
   tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
-  train_iter, val_split = pipeline.get_datasets(
-      config.data, tokenizer, global_batch_size=config.train.global_batch_size,
-      eval_batch_size=config.eval.batch_size, process_index=jax.process_index(),
-      process_count=jax.process_count())
+  train_iter, val_split = load_data(config, tokenizer)
   tx = state_lib.make_optimizer(config.optim, config.train.steps)
   build_model = lambda rngs: models.build_model(config.model, tokenizer.model_vocab_size, rngs)
   # (no mesh context here: nnx.eval_shape would read the logical names as mesh axes)
@@ -81,6 +79,27 @@ def build(config, workdir, devices=None) -> Run:
   return run
 
 
+def load_data(config, tokenizer):
+  """(train iterator, validation split) as the mode needs them; None where not needed.
+
+  train: both. eval: the validation split, or the zero-shot text files. sample and
+  eval_samplers: no data (a converted teacher samples without its training corpus).
+  """
+  where = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  if config.mode == "train":
+    return pipeline.get_datasets(config.data, tokenizer,
+                                 global_batch_size=config.train.global_batch_size,
+                                 eval_batch_size=config.eval.batch_size, **where)
+  if config.mode == "eval" and config.eval.zero_shot_path:  # zero-shot PPL (evals/zero_shot.py)
+    from idlm_jax.evals import zero_shot
+    return None, zero_shot.text_split(config, tokenizer, config.eval.zero_shot_path, **where)
+  if config.mode == "eval":
+    rows = pipeline.load_split(config.data, tokenizer, "validation")
+    return None, pipeline.EvalSplit(rows, batch_size=config.eval.batch_size,
+                                    max_rows=int(config.data.max_val_rows), **where)
+  return None, None
+
+
 def restore_latest(run: Run) -> Optional[int]:
   """Resume state and data position from the latest checkpoint, if any."""
   step = run.ckpt.latest_step()
@@ -88,7 +107,9 @@ def restore_latest(run: Run) -> Optional[int]:
     return None
   target = state_lib.abstract_state(run.state, run.shardings)
   run.state, data_state, meta = run.ckpt.restore(step, target)
-  if data_state:
+  if run.train_iter is None:
+    pass  # eval / sample modes read no training data
+  elif data_state:
     run.train_iter.set_state(data_state)
   else:  # e.g. a converted teacher (idlm_jax.convert): no data position was saved
     log.info("the checkpoint holds no data position: the data iterator starts from scratch")
@@ -114,9 +135,10 @@ def validate_now(run: Run, step: int) -> dict:
   with parallel.mesh_context(run.mesh):
     res = likelihood.evaluate_split(run.p_eval_step, eval_params(run), None, run.val_split,
                                     run.mesh, seed=run.config.seed + 1)
-  res["unigram_nelbo"] = run.unigram_nats
-  run.writer.scalars(step, {"val/nelbo": res["nelbo"], "val/ppl": res["ppl"],
-                            "val/unigram_nelbo": run.unigram_nats})
+  scalars = {"val/nelbo": res["nelbo"], "val/ppl": res["ppl"]}
+  if math.isfinite(run.unigram_nats):  # known when the training split was loaded
+    res["unigram_nelbo"] = scalars["val/unigram_nelbo"] = run.unigram_nats
+  run.writer.scalars(step, scalars)
   log.info("step %d  val NELBO %.4f nats/token (PPL <= %.2f) vs unigram %.4f  "
                "[%d tokens, %.1fs]", step, res["nelbo"], res["ppl"], run.unigram_nats,
                res["tokens"], time.time() - t0)
@@ -203,13 +225,10 @@ def run(config, workdir, devices=None) -> Run:
   if jax.process_index() == 0:
     r.workdir.mkdir(parents=True, exist_ok=True)
     (r.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  if config.mode == "eval" and config.eval.zero_shot_path:  # zero-shot PPL (evals/zero_shot.py)
-    from idlm_jax.evals import zero_shot
-    r.val_split = zero_shot.text_split(config, r.tokenizer, config.eval.zero_shot_path,
-                                       jax.process_index(), jax.process_count())
-  r.unigram_nats = pipeline.unigram_baseline(r.train_iter, r.val_split)
-  log.info("corpus unigram baseline: %.4f nats/token (validation tokens under the "
-               "train unigram)", r.unigram_nats)
+  if r.train_iter is not None:
+    r.unigram_nats = pipeline.unigram_baseline(r.train_iter, r.val_split)
+    log.info("corpus unigram baseline: %.4f nats/token (validation tokens under the "
+             "train unigram)", r.unigram_nats)
   try:
     if config.mode == "train":
       r.results["train"] = train(r)
@@ -238,7 +257,9 @@ def _write_summary(r: Run, step: int) -> None:
   """<workdir>/results.json: final validation, unigram baseline and sampling cost."""
   if jax.process_index() != 0:
     return
-  out = {"step": step, "unigram_nelbo": r.unigram_nats}
+  out = {"step": step}
+  if math.isfinite(r.unigram_nats):
+    out["unigram_nelbo"] = r.unigram_nats
   if "val" in r.results:
     out.update(val_nelbo=r.results["val"]["nelbo"], val_ppl_bound=r.results["val"]["ppl"],
                val_tokens=r.results["val"]["tokens"])

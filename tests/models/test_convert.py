@@ -431,8 +431,12 @@ def test_convert_then_eval(tmp_path, weights):
   run = loop.run(_config(tmp_path, "mode='eval'", "data.max_train_docs=300",
                          "data.max_val_rows=16"), work, devices=jax.devices()[:1])
   assert np.isfinite(run.results["val"]["nelbo"])
-  assert int(run.state.step) == 0
-  assert run.train_iter.get_state()["epoch"] == 0 and run.train_iter.get_state()["batch"] == 0
+  assert int(run.state.step) == 0 and run.train_iter is None  # eval reads no training data
+  # fine-tuning from the converted weights: no saved data position, the iterator starts at 0
+  tune = loop.build(_config(tmp_path, "data.max_train_docs=300"), work,
+                    devices=jax.devices()[:1])
+  assert loop.restore_latest(tune) == 0
+  assert tune.train_iter.get_state()["epoch"] == 0 and tune.train_iter.get_state()["batch"] == 0
   _assert_params_equal(jax.device_get(run.state.ema_params), weights[0])
   _assert_params_equal(jax.device_get(run.state.params), weights[0])
   meta = run.ckpt.restore(0, loop.state_lib.abstract_state(run.state, run.shardings))[2]

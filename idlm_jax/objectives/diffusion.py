@@ -23,9 +23,7 @@ def mdlm_nelbo_sums(model, batch: dict, key: jax.Array, *, schedule, mask_id: in
   `weight` 0 (eval padding) count nothing.
   """
   x0 = batch["input_ids"]
-  valid = batch["attention_mask"].astype(jnp.float32)
-  if "weight" in batch:
-    valid = valid * batch["weight"][:, None]
+  valid = teachers.valid_weights(batch)
   k_t, k_mask, k_drop = jax.random.split(key, 3)
   t = sample_t(k_t, x0.shape[0], schedule.eps, antithetic)
   alpha, dalpha = schedule.alpha(t), schedule.dalpha(t)

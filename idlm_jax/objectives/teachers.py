@@ -13,7 +13,8 @@ from idlm_jax.diffusion import mdlm, sedd, uniform
 from idlm_jax.diffusion.schedules import sample_t
 
 
-def _valid(batch) -> jax.Array:
+def valid_weights(batch) -> jax.Array:
+  """[B, L] float32: 1 at real (non-pad) tokens of rows with nonzero `weight` (eval padding)."""
   valid = batch["attention_mask"].astype(jnp.float32)
   if "weight" in batch:
     valid = valid * batch["weight"][:, None]
@@ -28,7 +29,7 @@ def sedd_sums(model, batch: dict, key: jax.Array, *, schedule, graph: str, mask_
   alpha_t = e^-sigma(t), network conditioned on sigma(t), output through `sedd.log_score`.
   """
   x0 = batch["input_ids"]
-  valid = _valid(batch)
+  valid = valid_weights(batch)
   k_t, k_x, k_drop = jax.random.split(key, 3)
   t = sample_t(k_t, x0.shape[0], schedule.eps, antithetic)
   sigma = schedule.sigma(t)
@@ -47,7 +48,7 @@ def udlm_sums(model, batch: dict, key: jax.Array, *, schedule, antithetic: bool,
               train: bool) -> dict:
   """UDLM's closed-form continuous-time NELBO (teachers.md §4.2): every position contributes."""
   x0 = batch["input_ids"]
-  valid = _valid(batch)
+  valid = valid_weights(batch)
   k_t, k_x, k_drop = jax.random.split(key, 3)
   t = sample_t(k_t, x0.shape[0], schedule.eps, antithetic)
   alpha, dalpha = schedule.alpha(t), schedule.dalpha(t)
@@ -66,7 +67,7 @@ def duo_curriculum_sums(model, batch: dict, key: jax.Array, *, transform, eps: f
   taken at z_t = argmax w_t with the discrete alpha_t = T(alpha~_t) and its t-derivative.
   """
   x0 = batch["input_ids"]
-  valid = _valid(batch)
+  valid = valid_weights(batch)
   k_t, k_w, k_drop = jax.random.split(key, 3)
   t = sample_t(k_t, x0.shape[0], eps, antithetic)
   w = uniform.gaussian_latent(k_w, x0, transform.gamma(t), transform.vocab_size)

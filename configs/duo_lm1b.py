@@ -27,23 +27,14 @@ def get_config(arg=None):
   c.eval.update(batch_size=512)
   c.sample.update(sampler="ancestral", noise_removal="ancestral", num_samples=64,
                   batch_size=64, steps=128, cache=False)
-  variants = {"smoke": base.offline(curriculum_smoke(base.smoke)),
-              "tiny": base.offline(curriculum_tiny(base.tiny)), "greedy": greedy,
+  variants = {"smoke": base.offline(curriculum_first_half(base.smoke)),
+              "tiny": base.offline(curriculum_first_half(base.tiny)), "greedy": greedy,
               "wrap": wrap}
   return base.apply_variant(c, arg, variants)
 
 
-def curriculum_smoke(variant):
-  """:smoke: curriculum for the first half of the 12 steps, then the plain NELBO."""
-  def apply(c):
-    c = variant(c)
-    c.diffusion.update(curriculum_start=0, curriculum_end=c.train.steps // 2)
-    return c
-  return apply
-
-
-def curriculum_tiny(variant):
-  """:tiny: curriculum for the first half of training."""
+def curriculum_first_half(variant):
+  """Small variants: the curriculum for the first half of their steps, then the plain NELBO."""
   def apply(c):
     c = variant(c)
     c.diffusion.update(curriculum_start=0, curriculum_end=c.train.steps // 2)

@@ -17,3 +17,10 @@ import jax  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
 assert jax.device_count() == 8, jax.devices()
+
+# Many tests build the same tiny models and steps again (train, resume, evaluate): a persistent
+# compilation cache turns the repeated XLA compilations into cache hits.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("IDLM_JAX_TEST_CACHE", "/tmp/idlm_jax_test_xla_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

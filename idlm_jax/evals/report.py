@@ -75,15 +75,8 @@ def plots(results: dict, out_dir) -> list[str]:
     ax.set_xscale("log", base=2)
   ax.set_xlabel("NFE per sample")
   ax.set_ylabel(label)
-  if key == "gen_ppl" and any(_ok(r, key) for r in rows):
-    ax.set_yscale("log")
-  ax.set_title(f"{label} vs NFE (H = unigram entropy)", fontsize=9)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  path = out_dir / "quality_vs_nfe.png"
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  written.append(str(path))
+  written.append(_finish(fig, ax, rows, key, label, f"{label} vs NFE (H = unigram entropy)",
+                         out_dir / "quality_vs_nfe.png"))
 
   fig, ax = plt.subplots(figsize=(5.5, 4))
   for name in samplers:
@@ -94,13 +87,19 @@ def plots(results: dict, out_dir) -> list[str]:
                   textcoords="offset points", xytext=(3, 4))
   ax.set_xlabel("unigram entropy (nats, per sample)")
   ax.set_ylabel(label)
+  written.append(_finish(fig, ax, rows, key, label, f"{label}-entropy frontier (labels: steps)",
+                         out_dir / "frontier.png"))
+  return written
+
+
+def _finish(fig, ax, rows, key, label, title, path) -> str:
+  """Shared axis styling (log scale for Gen PPL), legend, save as PNG, close; the path."""
+  import matplotlib.pyplot as plt
   if key == "gen_ppl" and any(_ok(r, key) for r in rows):
     ax.set_yscale("log")
-  ax.set_title(f"{label}-entropy frontier (labels: steps)", fontsize=9)
+  ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  path = out_dir / "frontier.png"
   fig.savefig(path, dpi=110)
   plt.close(fig)
-  written.append(str(path))
-  return written
+  return str(path)

@@ -13,6 +13,7 @@ from scipy.linalg import expm
 
 from idlm_jax.diffusion import categorical, score_samplers, uniform, uniform_samplers
 from idlm_jax.diffusion.schedules import LogLinear
+from tests.diffusion.test_sedd import rate_matrix
 
 V, MASK, L, N = 4, 3, 2, 3
 STATES = list(itertools.product(range(V), repeat=L))
@@ -27,15 +28,6 @@ def log_score_fn(x, t):
   """A fixed context- and time-dependent log-score, 0 at the current token."""
   ls = TABLE[_index(x)] * (1.0 + 0.5 * t[:, None, None])
   return jnp.where(jnp.arange(V) == x[..., None], 0.0, ls)
-
-
-def _rate_matrix(graph):
-  if graph == "absorbing":
-    q = -np.eye(V)
-    q[MASK, :] += 1.0
-    q[MASK, MASK] = 0.0
-    return q
-  return np.full((V, V), 1.0 / V) - np.eye(V)
 
 
 def _propagate(dist, kernel):
@@ -63,7 +55,7 @@ def _chi2(tokens, exact):
 
 
 def exact_score_sampler(kind, graph, schedule, eps):
-  q = _rate_matrix(graph)
+  q = rate_matrix(graph)  # same V=4, [MASK]=3 as test_sedd
   sigma = lambda t: -np.log1p(-(1 - schedule.eps) * t)
   grid = np.linspace(1.0, eps, N + 1)
   if graph == "absorbing":

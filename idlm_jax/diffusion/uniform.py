@@ -46,6 +46,30 @@ def nelbo_per_token(log_x_theta: jax.Array, zt: jax.Array, x0: jax.Array, alpha_
   return da / (k * a) * (term1 - term2)
 
 
+def nelbo_per_token_soft(log_x_theta: jax.Array, zt: jax.Array, x0_probs: jax.Array,
+                         alpha_t: jax.Array, dalpha_t: jax.Array) -> jax.Array:
+  """The UDLM/Duo NELBO integrand with a soft clean target x0_probs in the simplex [B, L].
+
+  With x_bar = K a x0 + (1 - a) and x_bar_f = K a x_theta + (1 - a) (idlm.md §3.4):
+    a'/(K a) [K/x_bar_z - K/x_bar_f,z
+              - sum_v (x_bar_v/x_bar_z)(log x_bar_f,z - log x_bar_f,v + log x_bar_v - log x_bar_z)]
+  (the KL + Itakura-Saito form of IDLM's appendix). Equals `nelbo_per_token` for one-hot x0;
+  differentiable in x0_probs and log_x_theta (IDLM-Duo's pathwise gradient). float32.
+  """
+  log_x_theta = log_x_theta.astype(jnp.float32)
+  g = x0_probs.astype(jnp.float32)
+  k = log_x_theta.shape[-1]
+  a = alpha_t.astype(jnp.float32)[:, None, None]
+  da = dalpha_t.astype(jnp.float32)[:, None]
+  x_bar = k * a * g + (1.0 - a)
+  log_xb = jnp.log(x_bar)
+  log_xbf = jnp.log(k * a * jnp.exp(log_x_theta) + (1.0 - a))
+  take = lambda x: jnp.take_along_axis(x, zt[..., None], -1)[..., 0]
+  xb_z, log_xb_z, log_xbf_z = take(x_bar), take(log_xb), take(log_xbf)
+  kl = jnp.sum(x_bar * (log_xbf_z[..., None] - log_xbf + log_xb - log_xb_z[..., None]), -1)
+  return da / (k * a[..., 0]) * (k / xb_z - k * jnp.exp(-log_xbf_z) - kl / xb_z)
+
+
 # ------------------------------------------------------------------ Duo curriculum (§4.3)
 
 

@@ -2,18 +2,25 @@
 
 from typing import Any, Callable, NamedTuple
 
+DISTILLATION = ("idlm",)  # objectives that start from a frozen teacher (config.distill)
+
 
 class Objective(NamedTuple):
   """What the trainer needs from an objective.
 
-  train_step(state, frozen, batch) -> (state, metrics): one optimizer update; `frozen` holds
-    read-only networks (a teacher), never donated.
+  train_step(state, frozen, batch) -> (state, metrics): one update of every trained network;
+    `frozen` holds read-only networks ({"teacher": params} for distillation, else None), never
+    donated; `batch` is one global batch, or a tuple of `batches_per_step` of them.
   eval_step(params, frozen, batch, key) -> sums: additive validation statistics
     (e.g. {"nelbo_sum", "tokens"}) so a whole split reduces exactly.
+  aux_txs: {name: optimizer} of the other networks it trains (TrainState.aux), e.g. IDLM's
+    {"fake": AdamW}; each starts as a copy of the initial params.
   """
 
   train_step: Callable[..., Any]
   eval_step: Callable[..., Any]
+  batches_per_step: int = 1
+  aux_txs: dict = {}
 
 
 def get_objective(config, graphdef, tx, mask_id: int) -> Objective:
@@ -24,4 +31,7 @@ def get_objective(config, graphdef, tx, mask_id: int) -> Objective:
   if config.objective == "ar":  # causal LM (the GPT-2 Gen PPL evaluator), evals/genppl.py
     from idlm_jax.objectives import ar
     return ar.make_objective(config, graphdef, tx, mask_id)
+  if config.objective == "idlm":  # inverse distillation (reference/idlm.md)
+    from idlm_jax.objectives import idlm
+    return idlm.make_objective(config, graphdef, tx, mask_id)
   raise ValueError(f"objective: unknown {config.objective!r}")

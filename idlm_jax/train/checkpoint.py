@@ -59,6 +59,11 @@ class Checkpointer:
         partial_restore=True))
     return self._manager.restore(step, args=args).state[key]
 
+  def restore_meta(self, step: int) -> dict:
+    """The run metadata saved with `step` (config, tokenizer, time)."""
+    args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+    return dict(self._manager.restore(step, args=args).meta)
+
   def reached_preemption(self, step: int) -> bool:
     return self._manager.reached_preemption(step)
 

@@ -18,8 +18,9 @@ from idlm_jax import config as config_lib
 from idlm_jax import models
 from idlm_jax.data import pipeline, tokenizers
 from idlm_jax.evals import likelihood, samples
-from idlm_jax.objectives import get_objective
+from idlm_jax.objectives import DISTILLATION, get_objective
 from idlm_jax.train import checkpoint, metrics, parallel, state as state_lib
+from idlm_jax.train import teacher as teacher_lib
 
 log = logging.getLogger("idlm_jax")
 
@@ -40,6 +41,8 @@ class Run:
   objective: Any
   ckpt: Any
   writer: Any
+  frozen: Any = None  # {"teacher": params} of distillation runs (never donated)
+  monitor: Any = None  # evals/monitor.Monitor of distillation runs
   p_train_step: Any = None
   p_eval_step: Any = None
   unigram_nats: float = float("nan")
@@ -62,17 +65,25 @@ def build(config, workdir, devices=None) -> Run:
   tx = state_lib.make_optimizer(config.optim, config.train.steps)
   build_model = lambda rngs: models.build_model(config.model, tokenizer.model_vocab_size, rngs)
   # (no mesh context here: nnx.eval_shape would read the logical names as mesh axes)
-  graphdef, state, shardings = state_lib.create_state(build_model, tx, config.seed, mesh)
+  graphdef, abstract_params = state_lib.abstract_model(build_model, config.seed)
   objective = get_objective(config, graphdef, tx, tokenizer.mask_id)
+  frozen = None
+  if config.objective in DISTILLATION and config.mode == "train":
+    frozen = {"teacher": teacher_lib.load(config, abstract_params, mesh,
+                                          tokenizer.model_vocab_size)}
+  graphdef, state, shardings = state_lib.create_state(
+      build_model, tx, config.seed, mesh, init_params=frozen and frozen["teacher"],
+      aux_txs=objective.aux_txs)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.ckpt.every,
                                  keep=config.ckpt.keep, async_save=config.ckpt.async_save)
   writer = metrics.MetricWriter(workdir, tensorboard=config.log.tensorboard)
   run = Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, graphdef=graphdef,
             state=state, shardings=shardings, train_iter=train_iter, val_split=val_split,
-            objective=objective, ckpt=ckpt, writer=writer)
+            objective=objective, ckpt=ckpt, writer=writer, frozen=frozen)
   batch_sh = parallel.batch_sharding(mesh)
   rep = parallel.replicated(mesh)
-  run.p_train_step = jax.jit(objective.train_step, in_shardings=(shardings, None, batch_sh),
+  frozen_sh = frozen and {"teacher": shardings.params}
+  run.p_train_step = jax.jit(objective.train_step, in_shardings=(shardings, frozen_sh, batch_sh),
                              out_shardings=(shardings, rep), donate_argnums=(0,))
   run.p_eval_step = jax.jit(objective.eval_step, in_shardings=(shardings.params, None, batch_sh, rep),
                             out_shardings=rep)
@@ -123,6 +134,19 @@ def save(run: Run, step: int, force: bool = False) -> bool:
           "config": json.loads(run.config.to_json_best_effort()),
           "tokenizer": run.tokenizer.name}
   return run.ckpt.save(step, run.state, run.train_iter.get_state(), meta, force=force)
+
+
+def save_best(run: Run, step: int) -> None:
+  """<workdir>/best: the state at the best monitored step so far (monitor's rule)."""
+  best = checkpoint.Checkpointer(run.workdir / "best", every=1, keep=1, async_save=False)
+  meta = {"saved_at": time.strftime("%Y-%m-%d %H:%M:%S"), "step": step,
+          "config": json.loads(run.config.to_json_best_effort()),
+          "tokenizer": run.tokenizer.name}
+  try:
+    best.save(step, run.state, run.train_iter.get_state(), meta, force=True)
+    best.wait()
+  finally:
+    best.close()
 
 
 def eval_params(run: Run):
@@ -185,10 +209,15 @@ def train(run: Run, until: Optional[int] = None) -> dict:
       metrics.check_finite(done)
     history.extend(done)
 
+  n_batches = run.objective.batches_per_step
+  if run.monitor is not None and start == 0:
+    run.monitor(0, run.state)  # the step-0 student is the teacher: the entropy baseline
   with parallel.mesh_context(run.mesh):
     while step < total:
-      batch = parallel.global_batch(next(run.train_iter), run.mesh)
-      run.state, step_metrics = run.p_train_step(run.state, None, batch)
+      batch = tuple(parallel.global_batch(next(run.train_iter), run.mesh)
+                    for _ in range(n_batches))
+      run.state, step_metrics = run.p_train_step(run.state, run.frozen,
+                                                 batch[0] if n_batches == 1 else batch)
       step += 1
       pending.append((step, step_metrics))
       if step % c.train.log_every == 0 or step == total:
@@ -202,6 +231,9 @@ def train(run: Run, until: Optional[int] = None) -> dict:
         validate_now(run, step)
       if c.train.sample_every and step % c.train.sample_every == 0 and not last:
         sample_now(run, step)
+      if run.monitor is not None and step % c.distill.monitor_every == 0:
+        drain()
+        run.monitor(step, run.state, save_best=lambda: save_best(run, step))
       if last or step % c.ckpt.every == 0 or run.ckpt.reached_preemption(step):
         drain()  # never checkpoint past a non-finite step
         save(run, step, force=last)
@@ -222,6 +254,10 @@ def train(run: Run, until: Optional[int] = None) -> dict:
 def run(config, workdir, devices=None) -> Run:
   """Main entry: train (mode "train"), or evaluate / sample the latest checkpoint."""
   r = build(config, workdir, devices)
+  if config.objective in DISTILLATION and config.mode == "train" and \
+      config.distill.monitor_every:
+    from idlm_jax.evals import monitor
+    r.monitor = monitor.Monitor(r)
   if jax.process_index() == 0:
     r.workdir.mkdir(parents=True, exist_ok=True)
     (r.workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -246,6 +282,10 @@ def run(config, workdir, devices=None) -> Run:
         r.results["val"] = validate_now(r, step)
       if config.mode in ("train", "sample") and config.objective != "ar":
         r.results["samples"] = sample_now(r, step)
+      if config.mode == "train" and r.frozen is not None and \
+          config.distill.report_teacher_steps:
+        from idlm_jax.evals import distill_report
+        r.results["report"] = distill_report.run_report(r, step)
       _write_summary(r, step)
   finally:
     r.ckpt.wait()

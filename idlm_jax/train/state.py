@@ -1,6 +1,6 @@
 """The train state pytree, the optimizer, EMA and sharded state creation."""
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -12,14 +12,30 @@ from idlm_jax.train import parallel
 
 
 @flax.struct.dataclass
+class NetState:
+  """An extra trained network of an objective (IDLM's fake model, DiDi's discriminator)."""
+
+  step: jax.Array  # int32 [], this network's optimizer steps (its EMA warm-up counter)
+  params: Any
+  opt_state: Any
+  ema_params: Any
+
+
+@flax.struct.dataclass
 class TrainState:
-  """Everything that changes during training; model structure and optimizer stay outside."""
+  """Everything that changes during training; model structure and optimizer stay outside.
+
+  The top-level params are THE model: the teacher being pretrained, or the student being
+  distilled (so evaluation, sampling and `restore_params` read every run alike). `aux` holds
+  the other networks an objective trains, by name ({} for teacher pretraining).
+  """
 
   step: jax.Array  # int32 [], optimizer steps taken
   params: Any  # pure dict of float32 arrays (nnx.to_pure_dict of the model's Params)
   opt_state: Any
   ema_params: Any  # EMA of params (same tree; equals params when EMA is off)
   rng: jax.Array  # uint32 raw key data; step keys are fold_in(key, step)
+  aux: dict = flax.struct.field(default_factory=dict)  # name -> NetState
 
   def key(self) -> jax.Array:
     return jax.random.wrap_key_data(self.rng)
@@ -61,33 +77,64 @@ def split_params(model: nnx.Module):
   return graphdef, nnx.to_pure_dict(params)
 
 
+def abstract_model(build_model: Callable[[nnx.Rngs], nnx.Module], seed: int):
+  """(graphdef, abstract params nnx.State) without allocating anything."""
+  k_params, _ = jax.random.split(jax.random.key(seed))
+  model = nnx.eval_shape(lambda: build_model(nnx.Rngs(params=k_params)))
+  return nnx.split(model, nnx.Param)
+
+
+def init_net(params, tx: optax.GradientTransformation) -> NetState:
+  """A fresh NetState starting at `params` (its EMA starts there too)."""
+  return NetState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                  ema_params=params)
+
+
 def create_state(build_model: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
-                 seed: int, mesh) -> tuple[Any, TrainState, Any]:
-  """(graphdef, state, state_shardings): the state is created directly sharded, under jit."""
+                 seed: int, mesh, init_params=None,
+                 aux_txs: Optional[dict] = None) -> tuple[Any, TrainState, Any]:
+  """(graphdef, state, state_shardings): the state is created directly sharded, under jit.
+
+  init_params: start from these (sharded) params instead of a random init (distillation: the
+  teacher's); the state's copies are new buffers, so the source stays intact. aux_txs:
+  {name: optimizer} of the objective's other trained networks, each starting at the same
+  params (IDLM's fake model starts as a copy of the teacher).
+  """
   root = jax.random.key(seed)
   k_params, k_train = jax.random.split(root)
+  aux_txs = aux_txs or {}
 
-  def init():
-    model = build_model(nnx.Rngs(params=k_params))
-    _, params = split_params(model)
+  def init(source):
+    if source is None:
+      _, source = split_params(build_model(nnx.Rngs(params=k_params)))
+    params = jax.tree.map(jnp.copy, source)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      ema_params=params, rng=jax.random.key_data(k_train))
+                      ema_params=params, rng=jax.random.key_data(k_train),
+                      aux={name: init_net(params, t) for name, t in aux_txs.items()})
 
-  abstract_model = nnx.eval_shape(lambda: build_model(nnx.Rngs(params=k_params)))
-  graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-  shardings = state_shardings(tx, abstract_params, mesh)
-  state = jax.jit(init, out_shardings=shardings)()
+  graphdef, abstract_params = abstract_model(build_model, seed)
+  shardings = state_shardings(tx, abstract_params, mesh, aux_txs)
+  in_sh = None if init_params is None else shardings.params
+  state = jax.jit(init, in_shardings=(in_sh,), out_shardings=shardings)(init_params)
   return graphdef, state, shardings
 
 
-def state_shardings(tx, abstract_params: nnx.State, mesh) -> TrainState:
+def _opt_shardings(tx, abstract_params: nnx.State, p_sh, rep):
+  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params))
+  return optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_sh,
+                               transform_non_params=lambda _: rep)
+
+
+def state_shardings(tx, abstract_params: nnx.State, mesh,
+                    aux_txs: Optional[dict] = None) -> TrainState:
   """Shardings of every TrainState leaf: optimizer moments follow their parameters."""
   p_sh = parallel.param_shardings(abstract_params, mesh)
   rep = parallel.replicated(mesh)
-  abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params))
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_sh,
-                                 transform_non_params=lambda _: rep)
-  return TrainState(step=rep, params=p_sh, opt_state=opt_sh, ema_params=p_sh, rng=rep)
+  aux = {name: NetState(step=rep, params=p_sh, opt_state=_opt_shardings(t, abstract_params, p_sh,
+                                                                         rep), ema_params=p_sh)
+         for name, t in (aux_txs or {}).items()}
+  return TrainState(step=rep, params=p_sh, opt_state=_opt_shardings(tx, abstract_params, p_sh, rep),
+                    ema_params=p_sh, rng=rep, aux=aux)
 
 
 def abstract_state(state: TrainState, shardings: TrainState) -> TrainState:
@@ -96,9 +143,8 @@ def abstract_state(state: TrainState, shardings: TrainState) -> TrainState:
                       shardings)
 
 
-def apply_gradients(state: TrainState, grads, tx: optax.GradientTransformation,
-                    ema_decay: float) -> TrainState:
-  """One optimizer step plus the EMA update; increments `step`."""
+def apply_gradients(state, grads, tx: optax.GradientTransformation, ema_decay: float):
+  """One optimizer step plus the EMA update; increments `step` (a TrainState or a NetState)."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = ema_update(state.ema_params, params, state.step, ema_decay)

@@ -1,0 +1,72 @@
+"""The quality-versus-steps table of a distillation run: the frozen teacher at
+`distill.report_teacher_steps` against the EMA student at `eval.sampling_steps`, with the same
+sampler, seeds, sample count and evaluator (evals/evaluate.py). Written to
+<workdir>/distill_report/{results.json, results.md, *.png} and printed.
+"""
+
+import json
+import logging
+import time
+
+import jax
+
+from idlm_jax.evals import evaluate, genppl, report, synthetic
+
+log = logging.getLogger("idlm_jax")
+
+
+def rows_for(run, label: str, params, steps_list, evaluator, hmm) -> list[dict]:
+  c = run.config
+  rows = []
+  for steps in steps_list:
+    d = evaluate.draw(c, run.graphdef, params, run.tokenizer.mask_id, run.mesh,
+                      num_steps=steps, num_samples=int(c.eval.num_samples), seed=int(c.eval.seed))
+    texts = run.tokenizer.decode_batch(d["tokens"].tolist())
+    row = {"sampler": label, "steps": steps, "nfe": d["nfe"]}
+    row.update(evaluate.entropy_lib.throughput(len(d["tokens"]), int(c.data.seq_len),
+                                               d["seconds"], d["num_batches"]))
+    row.update(evaluate.evaluate_cell(d["tokens"], texts, evaluator=evaluator, hmm=hmm,
+                                      tokenizer=run.tokenizer,
+                                      evaluator_batch_size=int(c.eval.evaluator_batch_size)))
+    row["example"] = texts[0][:200]
+    rows.append(row)
+  return rows
+
+
+def run_report(run, step: int) -> dict:
+  """Teacher vs student table on a trained distillation `loop.Run` (run.frozen = teacher)."""
+  from idlm_jax.train import loop
+  c = run.config
+  hmm = synthetic.from_config(c.data.synthetic) if c.data.source == "synthetic_hmm" else None
+  evaluator = None
+  if c.eval.evaluator and hmm is None:
+    evaluator = genppl.load_evaluator(c.eval.evaluator, c.eval.evaluator_max_length)
+  sampler = c.sample.sampler
+  rows = rows_for(run, f"teacher {sampler}", run.frozen["teacher"],
+                  evaluate.parse_steps(c.distill.report_teacher_steps), evaluator, hmm)
+  rows += rows_for(run, f"{c.objective} student {sampler}", loop.eval_params(run),
+                   evaluate.parse_steps(c.eval.sampling_steps), evaluator, hmm)
+  header = {"step": int(step), "workdir": str(run.workdir), "data_source": c.data.source,
+            "tokenizer": run.tokenizer.name, "seq_len": int(c.data.seq_len),
+            "num_samples": int(c.eval.num_samples), "seed": int(c.eval.seed),
+            "precision": c.sample.precision, "device": jax.devices()[0].platform,
+            "teacher": c.distill.teacher,
+            "evaluator": evaluator.describe() if evaluator else "none"}
+  if hmm is not None:
+    n = int(c.data.seq_len) - 2
+    header.update(source_entropy_per_token=synthetic.sequence_entropy(hmm, n) / n,
+                  source_entropy_rate=synthetic.entropy_rate(hmm),
+                  hmm={k: c.data.synthetic[k] for k in ("seed", "num_states", "vocab_size",
+                                                        "branching", "concentration")})
+  results = {"header": header, "rows": rows,
+             "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+  table = report.markdown(results)
+  if jax.process_index() == 0:
+    out = run.workdir / "distill_report"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(table)
+    results["plots"] = report.plots(results, out)
+    print("\n" + table, flush=True)
+  log.info("distillation report: %s", run.workdir / "distill_report")
+  return results

@@ -1,0 +1,187 @@
+"""The frozen teacher of a distillation run: load it sharded, or export one as a small asset.
+
+`distill.teacher` is a workdir (or its checkpoints/ folder) of a teacher run or of
+`python -m idlm_jax.convert`, an exported folder (params.npz + teacher.json, see `export`), or
+"demo": the small MDLM shipped in idlm_jax/assets/demo_teacher (configs/demo_teacher.py).
+
+python -m idlm_jax.train.teacher <teacher workdir> <out folder>   # export the EMA weights
+"""
+
+import json
+import logging
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from idlm_jax import config as config_lib
+from idlm_jax.train import checkpoint, parallel
+
+log = logging.getLogger("idlm_jax")
+
+DEMO = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_teacher"
+MODEL_FIELDS = ("name", "hidden_size", "n_blocks", "n_heads", "cond_dim", "mlp_ratio",
+                "time_conditioning")
+
+
+def resolve(spec: str) -> pathlib.Path:
+  """The folder named by distill.teacher ("demo" = the shipped asset)."""
+  path = DEMO if spec == "demo" else pathlib.Path(spec).expanduser()
+  if not path.exists():
+    raise FileNotFoundError(f"config.distill.teacher: {spec!r} does not exist"
+                            + (" (the demo teacher asset is missing from the package)"
+                               if spec == "demo" else ""))
+  return path
+
+
+def _check_meta(config, meta: dict, where) -> None:
+  """The teacher's recorded model/diffusion/tokenizer must match the run's config."""
+  cfg = meta.get("config") or {}
+  diffs = [f"model.{k}: teacher {cfg['model'][k]!r} vs config {config.model[k]!r}"
+           for k in MODEL_FIELDS if k in cfg.get("model", {}) and cfg["model"][k] != config.model[k]]
+  if "diffusion" in cfg and cfg["diffusion"].get("algo", config.diffusion.algo) != \
+      config.diffusion.algo:
+    diffs.append(f"diffusion.algo: teacher {cfg['diffusion']['algo']!r} vs config "
+                 f"{config.diffusion.algo!r}")
+  tok = meta.get("tokenizer")
+  if tok and tok != config.data.tokenizer:  # same vocabulary size is checked by the shapes
+    log.warning("teacher %s was trained with tokenizer %r, this run uses %r: make sure they "
+                "are the same vocabulary", where, tok, config.data.tokenizer)
+  if diffs:
+    raise config_lib.ConfigError(f"config.distill.teacher: {where} does not match this config: "
+                                 + "; ".join(diffs))
+
+
+def fit_vocab(x, shape, vocab_size: int, name: str = ""):
+  """`x` zero-padded or cut along every axis where it differs from `shape`; only vocabulary
+  axes (both sizes >= the true vocabulary, model.vocab_pad_multiple rows) may differ."""
+  if tuple(x.shape) == tuple(shape):
+    return x
+  if len(x.shape) != len(shape) or any(a != b and min(a, b) < vocab_size
+                                       for a, b in zip(x.shape, shape)):
+    raise ValueError(f"teacher {name}: shape {tuple(x.shape)}, the model needs {tuple(shape)} "
+                     "(config.model differs from the teacher's)")
+  x = x[tuple(slice(0, b) for b in shape)]
+  return jnp.pad(x, [(0, b - a) for a, b in zip(x.shape, shape)])
+
+
+def _abstract_as_stored(config, vocab_size: int, pad_multiple: int):
+  """Abstract params of config.model with the teacher's model.vocab_pad_multiple."""
+  from idlm_jax import models
+  m = ml_collections.ConfigDict(config.model.to_dict())
+  m.vocab_pad_multiple = pad_multiple
+  model = nnx.eval_shape(lambda: models.build_model(m, vocab_size, nnx.Rngs(params=0)))
+  return nnx.split(model, nnx.Param)[1]
+
+
+def load(config, abstract_params: nnx.State, mesh, vocab_size: int):
+  """The teacher's (EMA) params as a pure dict, sharded like the student's params.
+
+  A teacher saved with another model.vocab_pad_multiple (or before padding existed) is
+  restored at its own shapes and its vocabulary rows padded/cut to this model's.
+  """
+  d = config.distill
+  path = resolve(d.teacher)
+  shardings = parallel.param_shardings(abstract_params, mesh)
+  target = nnx.to_pure_dict(abstract_params)
+  place = lambda params: jax.tree.map(
+      lambda x, t, s: jax.device_put(fit_vocab(x, t.shape, vocab_size), s), params, target,
+      shardings)
+  if (path / "params.npz").is_file():
+    meta = json.loads((path / "teacher.json").read_text())
+    _check_meta(config, meta, path)
+    flat = dict(np.load(path / "params.npz"))
+    return place(_unflatten(flat, target, path, vocab_size))
+  ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+  ckpt = checkpoint.Checkpointer(ckpt_dir, every=1, keep=1, async_save=False, read_only=True)
+  try:
+    step = ckpt.latest_step() if d.teacher_step < 0 else d.teacher_step
+    if step is None:
+      raise FileNotFoundError(f"config.distill.teacher: no checkpoint in {ckpt_dir}")
+    meta = ckpt.restore_meta(step)
+    _check_meta(config, meta, ckpt_dir / str(step))
+    stored_pad = (meta.get("config") or {}).get("model", {}).get("vocab_pad_multiple", 0)
+    stored = _abstract_as_stored(config, vocab_size, stored_pad)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            nnx.to_pure_dict(stored), parallel.param_shardings(stored, mesh))
+    try:
+      params = ckpt.restore_params(step, abstract, use_ema=d.teacher_ema)
+    except ValueError as e:
+      raise ValueError(f"teacher {ckpt_dir / str(step)}: its parameters do not fit this "
+                       f"config.model ({e})") from e
+    params = place(params)
+  finally:
+    ckpt.close()
+  log.info("teacher: %s step %d (%s weights)", ckpt_dir, step, "EMA" if d.teacher_ema else "raw")
+  return params
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}{k}"
+    out.update(_flatten(v, name + "/") if isinstance(v, dict) else {name: np.asarray(v)})
+  return out
+
+
+def _unflatten(flat: dict, target, where, vocab_size: int):
+  """`flat` ({"a/b/c": array}) in the structure of `target`, with every shape checked."""
+  names = _flatten(jax.tree.map(lambda x: np.zeros(0), target))
+  missing, extra = sorted(set(names) - set(flat)), sorted(set(flat) - set(names))
+  if missing or extra:
+    raise ValueError(f"teacher {where}: parameter names differ from the model "
+                     f"(missing {missing[:5]}, unexpected {extra[:5]})")
+  want = _flatten(jax.tree.map(lambda x: np.zeros(x.shape, np.int8), target))
+
+  def build(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+      name = f"{prefix}{k}"
+      if isinstance(v, dict):
+        out[k] = build(v, name + "/")
+      else:
+        out[k] = fit_vocab(flat[name].astype(np.float32), want[name].shape, vocab_size,
+                           f"{where}: {name}")
+    return out
+
+  return build(target)
+
+
+def export(workdir, out, use_ema: bool = True) -> pathlib.Path:
+  """Write <out>/params.npz (the EMA params, float32) and <out>/teacher.json (its config)."""
+  from idlm_jax.train import loop  # the teacher's own run, rebuilt in sample mode (no data)
+  workdir, out = pathlib.Path(workdir).expanduser(), pathlib.Path(out)
+  saved = json.loads((workdir / "config.json").read_text())  # written by loop.run
+  cfg = config_lib.base_config()
+  known = _flat_cfg(cfg.to_dict())
+  cfg.update_from_flattened_dict({k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in _flat_cfg(saved).items() if k in known})
+  cfg.mode = "sample"
+  run = loop.build(cfg, workdir)
+  step = loop.restore_latest(run)
+  params = run.state.ema_params if use_ema else run.state.params
+  out.mkdir(parents=True, exist_ok=True)
+  np.savez(out / "params.npz", **_flatten(jax.device_get(params)))
+  meta = {"step": step, "source": str(workdir), "tokenizer": cfg.data.tokenizer,
+          "config": json.loads(cfg.to_json_best_effort()), "ema": use_ema}
+  (out / "teacher.json").write_text(json.dumps(meta, indent=2) + "\n")
+  run.ckpt.close()
+  return out
+
+
+def _flat_cfg(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    out.update(_flat_cfg(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+if __name__ == "__main__":
+  if len(sys.argv) != 3:
+    sys.exit("usage: python -m idlm_jax.train.teacher <teacher workdir> <out folder>")
+  logging.basicConfig(level=logging.INFO)
+  print(export(sys.argv[1], sys.argv[2]))

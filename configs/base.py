@@ -17,7 +17,9 @@ def get_config(arg=None):
   # What main.py does: "train" (train, validate, sample), "eval" (validation NELBO of the
   # latest checkpoint), "sample" (write samples from the latest checkpoint).
   c.mode = "train"
-  c.objective = "diffusion"  # which objective trains: "diffusion" (teacher pretraining).
+  # Which objective trains: "diffusion" (teacher pretraining), "ar" (the causal Gen PPL
+  # evaluator), "idlm" (inverse distillation of config.distill.teacher into a student).
+  c.objective = "diffusion"
 
   # ---------------------------------------------------------------- data
   c.data = d = ml_collections.ConfigDict()
@@ -68,6 +70,13 @@ def get_config(arg=None):
   # "xla" or "cudnn".
   m.attention = "auto"
   m.time_conditioning = False  # MDLM feeds sigma = 0 (its network ignores t).
+  # Performance (issue #10): pad the DiT's embedding rows and output columns to a multiple of
+  # this (GPT-2 50258 -> 50304, bert 30522 -> 30592; 0 or 1 = off); logits keep vocab_size
+  # entries and PyTorch conversion pads/unpads. Checkpoints store the padded shapes.
+  m.vocab_pad_multiple = 128
+  # "block": recompute each DiT block's activations in the backward pass (nnx.remat), less
+  # activation memory for ~1/3 more compute; "none": keep them.
+  m.remat = "none"
   # --- model.name "gpt2" only (causal LM of the "ar" objective): learned positions ---
   m.n_positions = 1024
 
@@ -99,6 +108,41 @@ def get_config(arg=None):
   f.gamma_max = -1.85
   f.tau = 1e-3
   f.duo_table_points = 4001
+
+  # ---------------------------------------------------------------- distillation
+  # Objectives that distil a frozen teacher ("idlm"; reference/idlm.md). The student (the
+  # state's params, sampled and evaluated like any model) and the objective's other networks
+  # (IDLM's fake model) start as copies of the teacher; config.model/diffusion/data must
+  # describe the teacher (its algo, size and tokenizer).
+  c.distill = dd = ml_collections.ConfigDict()
+  # The teacher: a workdir (or its checkpoints/ folder) of a teacher run or of
+  # `python -m idlm_jax.convert`, or "demo" (the small MDLM shipped in idlm_jax/assets).
+  dd.teacher = ""
+  dd.teacher_step = -1  # checkpoint step to load (-1: the latest).
+  dd.teacher_ema = True  # load the teacher's EMA weights (False: its raw params).
+  dd.fake_steps = 1  # fake-model updates per student update (each on its own batch; 1:1).
+  dd.fake_lr = 0.0  # the fake model's AdamW lr (0: optim.lr); other optim.* are shared.
+  # IDLM-MDLM relaxation of the re-noised student sample: "simplex" (the paper: hard x_t,
+  # gradient through the loss weights), or the ablations "gumbel" (soft Gumbel-softmax x_t at
+  # temperature relax_tau) and "straight_through" (hard one-hot with softmax gradient).
+  dd.relaxation = "simplex"
+  dd.relax_tau = 0.1
+  dd.stop_path = False  # IDLM-Duo ablation: no pathwise gradient through the soft input.
+  # --- monitoring (evals/monitor.py): every monitor_every steps, monitor_samples samples from
+  # the EMA student at each of monitor_steps, scored by eval.evaluator (Gen PPL) or exactly on
+  # the synthetic language, plus unigram entropy. A warning when the entropy falls below
+  # entropy_floor (0: (1 - entropy_drop) x the step-0 student's = the teacher's few-step
+  # entropy). The best checkpoint (<workdir>/best) minimises best_metric at the largest
+  # monitor step among monitors whose entropy is above the floor ("none": no best checkpoint).
+  dd.monitor_every = 0
+  dd.monitor_steps = "4,16"
+  dd.monitor_samples = 32
+  dd.entropy_floor = 0.0
+  dd.entropy_drop = 0.05
+  dd.best_metric = "gen_ppl"  # "gen_ppl", "exact_nll" (synthetic_hmm) or "none".
+  # --- the final table (mode train): teacher at these steps vs the student at
+  # eval.sampling_steps, same seeds and evaluator ("" = no table).
+  dd.report_teacher_steps = ""
 
   # ---------------------------------------------------------------- optimisation
   c.optim = o = ml_collections.ConfigDict()
@@ -180,6 +224,41 @@ def get_config(arg=None):
   # sampled ("ancestral", SEDD) or its argmax taken ("argmax"). Both cost one more NFE.
   s.sampler = "ancestral"
   s.top_p = 1.0  # udlm/duo ancestral: nucleus on x_theta before the posterior (1 = off).
+  # --- prompts and fast decoding (issue #8) --------------------------------------------
+  # Prefix-conditioned generation: a prompt string, or a path to a text file with one prompt
+  # per line (sample i gets prompt i mod n); its tokens ([BOS] + prompt) are clamped at the
+  # start of the row and never resampled, by every sampler. "" = unconditional.
+  s.prompt = ""
+  # sample.sampler "r2" (diffusion.algo mdlm only; idlm_jax/diffusion/r2_samplers.py):
+  # R2-dLLM's rules commit extra tokens from the same network call (reference/r2_dllm.md §1).
+  s.r2 = r = ml_collections.ConfigDict()
+  # Progress guarantee: "ancestral" (MDLM's schedule of sample.steps steps, sampled tokens)
+  # or "top1" (Fast-dLLM: the most confident masked token per step). Either way the masks
+  # left after sample.steps steps (per block) are removed by sample.noise_removal.
+  r.floor = "ancestral"
+  # Rules on top of the floor, comma-separated, applied in this order: "threshold",
+  # "confidence_cluster", "token_cluster", "temporal"; "" = the floor alone.
+  r.rules = "confidence_cluster,token_cluster,temporal"
+  # Token a rule commits: "argmax" (R2's greedy decoding) or "sampled" (a draw from x_theta).
+  r.commit = "argmax"
+  r.threshold = 0.9  # "threshold" rule: commit every masked token with confidence >= this.
+  r.cluster_window = 3  # confidence cluster: window width w.
+  r.cluster_max_unmasked = 1  # confidence cluster: skip windows with more unmasked tokens.
+  # tau_s: confidence cluster (mean confidence of the window's masked tokens >= tau_s) and
+  # token cluster (a run's max confidence > tau_s).
+  r.spatial_threshold = 0.8
+  r.token_cluster_size = 2  # token cluster: minimum run of adjacent masks with one argmax.
+  r.token_cluster_select = "confidence"  # which run member is committed: confidence/mid/random.
+  r.temporal_steps = 3  # temporal: K consecutive network calls with the same argmax.
+  r.temporal_threshold = 0.8  # temporal: tau_t on the aggregated confidence.
+  r.temporal_eval = "last"  # temporal aggregation over the streak: last, mean or max.
+  # Semi-autoregressive blocks of this many positions, left to right, each with its own
+  # budget of sample.steps steps (0 = the whole sequence is one block).
+  r.block_length = 0
+  # Floor schedule clock: "steps" (one grid step per iteration) or "masked" (jump to the grid
+  # step whose noise level t matches the block's masked fraction, so tokens committed by the
+  # rules shorten the remaining schedule: fewer NFE).
+  r.clock = "steps"
 
   # ---------------------------------------------------------------- logging
   c.log = g = ml_collections.ConfigDict()

@@ -16,11 +16,14 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CHOICES = {
     "mode": ("train", "eval", "sample", "eval_samplers"),
-    "objective": ("diffusion", "ar",),
+    "objective": ("diffusion", "ar", "idlm"),
+    "distill.relaxation": ("simplex", "gumbel", "straight_through"),
+    "distill.best_metric": ("gen_ppl", "exact_nll", "none"),
     "data.source": ("embedded", "text_files", "tfds_lm1b", "owt", "synthetic_hmm"),
     "model.name": ("dit", "gpt2",),
     "model.dtype": ("float32", "bfloat16"),
     "model.attention": ("auto", "xla", "cudnn"),
+    "model.remat": ("none", "block"),  # performance (issue #10)
     "diffusion.process": ("absorbing", "uniform"),
     "diffusion.parameterization": ("subs", "score", "mean"),
     "diffusion.algo": ("mdlm", "sedd", "udlm", "duo"),  # teachers (issue #3)
@@ -41,6 +44,7 @@ RULES = {
     "model.cond_dim": (lambda v: v > 0, "positive"),
     "model.mlp_ratio": (lambda v: v > 0, "positive"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "model.vocab_pad_multiple": (lambda v: v >= 0, ">= 0 (0 or 1: no padding)"),
     "diffusion.eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
     "optim.lr": (lambda v: v > 0, "positive"),
     "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
@@ -86,7 +90,45 @@ RULES = {
     "data.synthetic.concentration": (lambda v: v > 0, "positive"),
     "data.synthetic.num_train_docs": (lambda v: v > 0, "positive"),
     "data.synthetic.num_val_docs": (lambda v: v > 0, "positive"),
+    # distillation (issue #5)
+    "distill.fake_steps": (lambda v: v >= 1, ">= 1"),
+    "distill.fake_lr": (lambda v: v >= 0, ">= 0 (0: optim.lr)"),
+    "distill.relax_tau": (lambda v: v > 0, "positive"),
+    "distill.monitor_every": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "distill.monitor_samples": (lambda v: v > 0, "positive"),
+    "distill.monitor_steps": (lambda v: all(s.strip().isdigit() and int(s) > 0
+                                            for s in v.split(",")), "comma-separated positive ints"),
+    "distill.report_teacher_steps": (lambda v: all(s.strip().isdigit() and int(s) > 0
+                                                   for s in v.split(",") if s.strip()),
+                                     "comma-separated positive ints or empty"),
+    "distill.entropy_floor": (lambda v: v >= 0, ">= 0 (0: relative to step 0)"),
+    "distill.entropy_drop": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
+
+# fast decoding (issue #8): the R2 sampler of MDLM models and its rules
+CHOICES["sample.sampler"] = CHOICES["sample.sampler"] + ("r2",)
+CHOICES.update({
+    "sample.r2.floor": ("ancestral", "top1"),
+    "sample.r2.commit": ("argmax", "sampled"),
+    "sample.r2.token_cluster_select": ("confidence", "mid", "random"),
+    "sample.r2.temporal_eval": ("last", "mean", "max"),
+    "sample.r2.clock": ("steps", "masked"),
+})
+RULES.update({
+    "sample.r2.rules": (lambda v: all(n.strip() in ("threshold", "confidence_cluster",
+                                                    "token_cluster", "temporal")
+                                      for n in v.split(",") if n.strip()),
+                        "a comma-separated subset of threshold, confidence_cluster, "
+                        "token_cluster, temporal"),
+    "sample.r2.threshold": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "sample.r2.spatial_threshold": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "sample.r2.temporal_threshold": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "sample.r2.cluster_window": (lambda v: v >= 1, ">= 1"),
+    "sample.r2.cluster_max_unmasked": (lambda v: v >= 0, ">= 0"),
+    "sample.r2.token_cluster_size": (lambda v: v >= 1, ">= 1"),
+    "sample.r2.temporal_steps": (lambda v: v >= 1, ">= 1"),
+    "sample.r2.block_length": (lambda v: v >= 0, ">= 0 (0: no blocks)"),
+})
 
 
 class ConfigError(ValueError):
@@ -159,13 +201,16 @@ TEACHERS = {  # algo -> (processes, parameterization, time-conditioned, samplers
     "udlm": (("uniform",), "mean", True, ("ancestral",)),
     "duo": (("uniform",), "mean", True, ("ancestral",)),
 }
+TEACHERS["mdlm"] = TEACHERS["mdlm"][:3] + (TEACHERS["mdlm"][3] + ("r2",),)  # issue #8
 
 
 def _validate_teacher(config) -> None:
   """Consistency of diffusion.algo with process, parameterization, time conditioning, sampler."""
-  if config.objective != "diffusion":
+  if config.objective not in ("diffusion", "idlm"):
     return
   f, s = config.diffusion, config.sample
+  if config.objective == "idlm":
+    _validate_distill(config)
   processes, param, time_cond, samplers = TEACHERS[f.algo]
   if f.process not in processes:
     raise ConfigError(f"config.diffusion.process: {f.process!r} does not work with "
@@ -190,6 +235,20 @@ def _validate_teacher(config) -> None:
     if not f.gamma_min < f.gamma_max:
       raise ConfigError(f"config.diffusion.gamma_min: must be < gamma_max, got "
                         f"{f.gamma_min} >= {f.gamma_max}")
+
+
+def _validate_distill(config) -> None:
+  """A distillation run names its teacher; IDLM-SEDD is absorbing (the paper's)."""
+  d, f = config.distill, config.diffusion
+  if config.mode == "train" and not d.teacher:
+    raise ConfigError(f"config.distill.teacher: objective={config.objective!r} distils a "
+                      "teacher: give its workdir (or 'demo' for the shipped demo teacher)")
+  if config.objective == "idlm" and f.algo == "sedd" and f.process != "absorbing":
+    raise ConfigError("config.diffusion.process: IDLM distils absorbing SEDD teachers only "
+                      f"(got {f.process!r})")
+  if d.relaxation != "simplex" and f.algo not in ("mdlm",):
+    raise ConfigError(f"config.distill.relaxation: {d.relaxation!r} is an IDLM-MDLM ablation; "
+                      f"diffusion.algo={f.algo!r} uses its own relaxation ('simplex')")
 
 
 def _load_module(path: pathlib.Path):

@@ -2,6 +2,12 @@
 
 Trains (mode=train), or evaluates / samples the latest checkpoint in the workdir
 (--config.mode=eval / sample). Running it again on the same workdir resumes.
+
+Multi-host: `--distributed` calls `jax.distributed.initialize()` with auto-detection (Cloud
+TPU pods, SLURM, Open MPI, GKE). Elsewhere (several GPU hosts, or processes on one machine)
+give the coordinator explicitly, by flag or environment variable, on every process:
+  --coordinator_address=10.0.0.2:8476 (JAX_COORDINATOR_ADDRESS) --num_processes=2
+  (JAX_NUM_PROCESSES) --process_id=0 (JAX_PROCESS_ID); any of them implies --distributed.
 """
 
 import os
@@ -16,6 +22,10 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, samples).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host pods).")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0's coordinator (default: $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (default: $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "This process's index (default: $JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -26,8 +36,10 @@ def main(argv):
 
   _setup_logging()
 
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  dist = distributed_args(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                          os.environ)
+  if FLAGS.distributed or dist:
+    jax.distributed.initialize(**dist)  # before any other JAX call
   jax.config.update("jax_threefry_partitionable", True)
   from idlm_jax import config as config_lib
   from idlm_jax.train import loop
@@ -37,6 +49,34 @@ def main(argv):
   py_log.info("JAX %s, %d devices (%s), process %d/%d", jax.__version__, jax.device_count(),
                jax.devices()[0].platform, jax.process_index(), jax.process_count())
   loop.run(FLAGS.config, FLAGS.workdir)
+
+
+def distributed_args(coordinator_address, num_processes, process_id, environ) -> dict:
+  """Keyword arguments for `jax.distributed.initialize` from flags, else the environment.
+
+  Returns only what is given: {} means full auto-detection (Cloud TPU, SLURM, ...) under
+  `--distributed`; jax detects whatever is left out, or says what it cannot detect.
+  """
+  def pick(value, name, kind):
+    if value is not None:
+      return value
+    raw = environ.get(name, "").strip()
+    if not raw:
+      return None
+    try:
+      return kind(raw)
+    except ValueError:
+      raise app.UsageError(f"${name}={raw!r} is not a valid {kind.__name__}") from None
+
+  out = {"coordinator_address": pick(coordinator_address, "JAX_COORDINATOR_ADDRESS", str),
+         "num_processes": pick(num_processes, "JAX_NUM_PROCESSES", int),
+         "process_id": pick(process_id, "JAX_PROCESS_ID", int)}
+  given = {k: v for k, v in out.items() if v is not None}
+  if None not in (out["num_processes"], out["process_id"]) and not (
+      0 <= out["process_id"] < out["num_processes"]):
+    raise app.UsageError(f"process_id={out['process_id']} is not in "
+                         f"[0, num_processes={out['num_processes']})")
+  return given
 
 
 def _setup_logging():

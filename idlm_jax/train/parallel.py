@@ -124,3 +124,20 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
 def batch_divisor(mesh: Mesh) -> int:
   """Global batch sizes must be multiples of this (devices along the batch axes)."""
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def to_host(tree):
+  """NumPy copies of a pytree of arrays, also of arrays sharded over several processes.
+
+  `jax.device_get` fails on an array whose shards live on other hosts' devices (e.g. sampled
+  tokens sharded over the batch axes); those are all-gathered across processes instead, so
+  every process must call this with the same tree (it is a collective).
+  """
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(one, tree)

@@ -18,7 +18,8 @@ def get_config(arg=None):
   # latest checkpoint), "sample" (write samples from the latest checkpoint).
   c.mode = "train"
   # Which objective trains: "diffusion" (teacher pretraining), "ar" (the causal Gen PPL
-  # evaluator), "idlm" (inverse distillation of config.distill.teacher into a student).
+  # evaluator), "idlm" (inverse distillation of config.distill.teacher into a student),
+  # the baselines "sdtt" (MDLM teachers) and "dcd" (Duo teachers), see config.distill.
   c.objective = "diffusion"
 
   # ---------------------------------------------------------------- data
@@ -143,6 +144,28 @@ def get_config(arg=None):
   # --- the final table (mode train): teacher at these steps vs the student at
   # eval.sampling_steps, same seeds and evaluator ("" = no table).
   dd.report_teacher_steps = ""
+  # --- baselines (issue #7, objectives/progressive.py): rounds that grow the step size, the
+  # teacher re-copied from the student at each round boundary (TrainState.aux "round_teacher").
+  # objective "sdtt": self-distillation through time of an MDLM teacher (teachers.md §6).
+  dd.sdtt = sd = ml_collections.ConfigDict()
+  # Divergence on masked tokens: "kl-bwd" (KL(student || teacher), the reference default),
+  # "kl-fwd", "mse" (squared log-prob difference) or "tvd" (total variation).
+  sd.divergence = "kl-bwd"
+  sd.num_distill_steps = 2  # n: teacher ancestral steps matched by one student step.
+  sd.orig_steps = 1024  # round 0: teacher step (1 - sample.eps) / orig_steps.
+  sd.round_steps = 10_000  # train steps per round (the teacher step grows n-fold each round).
+  sd.num_rounds = 7  # rounds; the last student samples with orig_steps / n^num_rounds steps.
+  sd.use_ema_on_growth = False  # True: the EMA becomes teacher and student at each round.
+  sd.loss_precision = "float32"  # "float32" or "float64" (x64 inside the loss only).
+  # objective "dcd": Duo's discrete consistency distillation (teachers.md §4.4); the
+  # trajectory's gamma range is diffusion.gamma_min/gamma_max (DCD: [-4, -1]).
+  dd.dcd = dc = ml_collections.ConfigDict()
+  dc.T = 512  # round 0: step size delta = 1/T; round r: 2^r / T.
+  dc.round_steps = 10_000  # train steps per round (update_teacher_every).
+  dc.num_rounds = 5  # rounds (delta 1/512 -> 16/512 over the paper's 5).
+  dc.divergence = "kl-bwd"  # "kl-bwd" (KL(student || teacher), the paper) or "kl-fwd".
+  dc.teacher_ema = False  # True: the round teacher is the student's EMA (else its raw weights).
+  dc.loss_precision = "float32"  # "float32" or "float64" (x64 inside the loss only).
 
   # ---------------------------------------------------------------- optimisation
   c.optim = o = ml_collections.ConfigDict()
@@ -186,6 +209,9 @@ def get_config(arg=None):
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 64  # global validation batch size.
   e.use_ema = True  # evaluate and sample with the EMA weights.
+  # Which checkpoint the eval/sample modes read: "latest" (<workdir>/checkpoints) or "best"
+  # (<workdir>/best, kept by a distillation run's monitor, see config.distill).
+  e.checkpoint = "latest"
   # --- zero-shot likelihood (issue #3, evals/zero_shot.py): with mode "eval", the NELBO /
   # PPL bound of the workdir's checkpoint on EVERY document of these text files (file, folder
   # or glob of .txt/.jsonl, one document per line/record; "" = the validation split).

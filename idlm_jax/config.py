@@ -19,6 +19,7 @@ CHOICES = {
     "objective": ("diffusion", "ar", "idlm"),
     "distill.relaxation": ("simplex", "gumbel", "straight_through"),
     "distill.best_metric": ("gen_ppl", "exact_nll", "none"),
+    "eval.checkpoint": ("latest", "best"),
     "data.source": ("embedded", "text_files", "tfds_lm1b", "owt", "synthetic_hmm"),
     "model.name": ("dit", "gpt2",),
     "model.dtype": ("float32", "bfloat16"),

@@ -174,14 +174,14 @@ def sedd_process(schedule, mask_id: int) -> Process:
 # ------------------------------------------------------------------ Duo / UDLM (§2.3, §3.4)
 
 
-def duo_process(transform, tau: float, stop_path: bool = False) -> Process:
+def duo_process(transform, tau: float, stop_path: bool = False, eps: float = 1e-3) -> Process:
   """Uniform-state teacher through Duo's Gaussian latent (gamma_t linear, alpha_t = T(a~))."""
   k = transform.vocab_size
 
   def student(model, batch, key, dropout_key):
     x0 = batch["input_ids"]
     k_t, k_w = jax.random.split(key)
-    t = sample_t(k_t, x0.shape[0], 1e-3, True)
+    t = sample_t(k_t, x0.shape[0], eps, True)
     w = uniform.gaussian_latent(k_w, x0, transform.gamma(t), k)
     logits = model(uniform.relaxed_input(w, tau), -jnp.log(transform.alpha(t)),
                    dropout_key=dropout_key)
@@ -189,7 +189,7 @@ def duo_process(transform, tau: float, stop_path: bool = False) -> Process:
 
   def renoise(G, key):
     k_t, k_xi = jax.random.split(key)
-    t = sample_t(k_t, G.shape[0], 1e-3, True)
+    t = sample_t(k_t, G.shape[0], eps, True)
     alpha_tilde = jnp.sqrt(jax.nn.sigmoid(-transform.gamma(t)))
     xi = jax.random.normal(k_xi, G.shape, jnp.float32)
     soft, z = relax.duo_soft_input(G, alpha_tilde, xi, tau, stop_path)
@@ -228,7 +228,7 @@ def get_process(config, mask_id: int) -> Process:
   transform = duo_integral.DuoTransform.create(
       tokenizers.get_tokenizer(config.data.tokenizer).model_vocab_size, f.gamma_min,
       f.gamma_max, cache_dir=config.data.cache_dir, num_points=f.duo_table_points)
-  return duo_process(transform, f.tau, d.stop_path)
+  return duo_process(transform, f.tau, d.stop_path, f.eps)
 
 
 def fake_optimizer(config) -> optax.GradientTransformation:

@@ -68,14 +68,17 @@ def build(config, workdir, devices=None) -> Run:
   graphdef, abstract_params = state_lib.abstract_model(build_model, config.seed)
   objective = get_objective(config, graphdef, tx, tokenizer.mask_id)
   frozen = None
-  if config.objective in DISTILLATION and config.mode == "train":
+  if config.objective in DISTILLATION and (config.mode == "train" or (
+      config.mode == "eval_samplers" and config.distill.report_teacher_steps)):
     frozen = {"teacher": teacher_lib.load(config, abstract_params, mesh,
                                           tokenizer.model_vocab_size)}
   graphdef, state, shardings = state_lib.create_state(
       build_model, tx, config.seed, mesh, init_params=frozen and frozen["teacher"],
       aux_txs=objective.aux_txs)
-  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.ckpt.every,
-                                 keep=config.ckpt.keep, async_save=config.ckpt.async_save)
+  best = config.mode != "train" and config.eval.checkpoint == "best"
+  ckpt = checkpoint.Checkpointer(workdir / ("best" if best else "checkpoints"),
+                                 every=config.ckpt.every, keep=config.ckpt.keep,
+                                 async_save=config.ckpt.async_save)
   writer = metrics.MetricWriter(workdir, tensorboard=config.log.tensorboard)
   run = Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, graphdef=graphdef,
             state=state, shardings=shardings, train_iter=train_iter, val_split=val_split,
@@ -251,8 +254,25 @@ def train(run: Run, until: Optional[int] = None) -> dict:
   return {"final_step": step, "history": history}
 
 
+def teacher_from_scratch(config, workdir, devices=None):
+  """distill.teacher = "scratch:<config spec>": train that teacher config into
+  <workdir>/teacher first (resuming it if interrupted), then distil it. Returns the config
+  with distill.teacher pointing at the trained teacher."""
+  spec = config.distill.teacher[len("scratch:"):]
+  teacher_dir = pathlib.Path(workdir).expanduser() / "teacher"
+  if not (teacher_dir / "results.json").is_file():  # written when the teacher run finished
+    log.info("distill.teacher: training the teacher %s into %s first", spec, teacher_dir)
+    run(config_lib.load_config(spec, [f"data.cache_dir={config.data.cache_dir}"]), teacher_dir,
+        devices)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.distill.teacher = str(teacher_dir)
+  return config
+
+
 def run(config, workdir, devices=None) -> Run:
   """Main entry: train (mode "train"), or evaluate / sample the latest checkpoint."""
+  if config.objective in DISTILLATION and config.distill.teacher.startswith("scratch:"):
+    config = teacher_from_scratch(config, workdir, devices)
   r = build(config, workdir, devices)
   if config.objective in DISTILLATION and config.mode == "train" and \
       config.distill.monitor_every:
@@ -274,7 +294,10 @@ def run(config, workdir, devices=None) -> Run:
       if step is None:
         raise FileNotFoundError(f"mode={config.mode!r} needs a checkpoint in "
                                 f"{r.ckpt.directory}, found none")
-    if config.mode == "eval_samplers":  # sample-quality table/plots (evals/evaluate.py)
+    if config.mode == "eval_samplers" and r.frozen is not None:  # teacher vs student
+      from idlm_jax.evals import distill_report
+      r.results["report"] = distill_report.run_report(r, step)
+    elif config.mode == "eval_samplers":  # sample-quality table/plots (evals/evaluate.py)
       from idlm_jax.evals import evaluate
       r.results["eval_samplers"] = evaluate.run_eval(r, step)
     elif "preempted_at" not in r.results.get("train", {}):

@@ -50,8 +50,8 @@ def test_exported_evaluator_scores_gen_ppl(evaluator_dir):
 
 def test_eval_samplers_mode_with_gen_ppl(evaluator_dir, tmp_path):
   work = tmp_path / "mdlm"
-  loop.run(_cfg("configs/demo.py:smoke", tmp_path), work, devices=jax.devices()[:1])
-  cfg = _cfg("configs/demo.py:smoke", tmp_path, "mode='eval_samplers'",
+  loop.run(_cfg("configs/demo_teacher.py:smoke", tmp_path), work, devices=jax.devices()[:1])
+  cfg = _cfg("configs/demo_teacher.py:smoke", tmp_path, "mode='eval_samplers'",
              f"eval.evaluator='{evaluator_dir}'", "eval.num_samples=8",
              "eval.sampling_steps='2,4'")
   run = loop.run(cfg, work, devices=jax.devices()[:1])

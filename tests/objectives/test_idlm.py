@@ -217,3 +217,19 @@ def test_teacher_mismatch_and_missing_teacher_are_clear_errors(teacher_dir, tmp_
     _idlm_run(teacher_dir, tmp_path / "x", jax.devices()[:1], ["model.hidden_size=64"])
   with pytest.raises(FileNotFoundError, match="distill.teacher"):
     _idlm_run(tmp_path / "nowhere", tmp_path / "y", jax.devices()[:1])
+
+
+@pytest.mark.parametrize("name", ["idlm_mdlm_owt", "idlm_sedd_owt", "idlm_duo_owt",
+                                  "idlm_dcd_owt", "idlm_mdlm_lm1b", "idlm_duo_lm1b",
+                                  "idlm_synthetic", "demo"])
+def test_idlm_configs_load_with_paper_settings(name):
+  cfg = config_lib.load_config(f"configs/{name}.py", ["distill.teacher='/some/teacher'"])
+  assert cfg.objective == "idlm" and cfg.distill.fake_steps == 1
+  if name.endswith(("owt", "lm1b")):  # reference/idlm.md §4
+    assert cfg.optim.lr == (3e-7 if "sedd" in name else 1e-6)
+    assert (cfg.optim.warmup_steps, cfg.optim.grad_clip, cfg.optim.ema) == (2500, 0.0, 0.9999)
+    assert cfg.train.global_batch_size == 512 and cfg.optim.weight_decay == 0.0
+  if "duo" in name or "dcd" in name:
+    assert (cfg.diffusion.gamma_min, cfg.diffusion.gamma_max, cfg.diffusion.tau) == \
+        (-3.55, -1.85, 1e-3)
+    assert cfg.sample.noise_removal == "argmax"  # greedy tail

@@ -50,7 +50,7 @@ def test_duo_curriculum_then_udlm(tmp_path):
   assert float(eval_sums(model, batch, key)["nelbo_sum"]) == pytest.approx(plain, rel=1e-6)
 
 
-@pytest.mark.parametrize("spec", ["configs/demo.py", "configs/sedd_owt.py:smoke",
+@pytest.mark.parametrize("spec", ["configs/demo_teacher.py", "configs/sedd_owt.py:smoke",
                                   "configs/sedd_owt.py:uniform_smoke",
                                   "configs/udlm_lm1b.py:smoke", "configs/duo_lm1b.py:smoke"])
 def test_eval_sums_are_additive_and_positive(spec, tmp_path):

@@ -9,7 +9,7 @@ from idlm_jax.train import loop, metrics
 
 
 def _config(tmp_path, *overrides):
-  return config_lib.load_config("configs/demo.py:smoke", [
+  return config_lib.load_config("configs/demo_teacher.py:smoke", [
       f"data.cache_dir='{tmp_path / 'cache'}'", "ckpt.async_save=False", "log.tensorboard=False",
       *overrides])
 

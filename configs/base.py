@@ -144,6 +144,45 @@ def get_config(arg=None):
   # --- the final table (mode train): teacher at these steps vs the student at
   # eval.sampling_steps, same seeds and evaluator ("" = no table).
   dd.report_teacher_steps = ""
+  # --- DiDi-Instruct (objective "didi", objectives/didi.py; reference/didi_instruct.md).
+  # The student is optimised by optim.* (the paper: grad_clip 0.5, EMA 0.999); the
+  # discriminator (teacher trunk + spectral-norm head, in TrainState.aux["disc"]) by AdamW
+  # with optim.* betas/schedule and the fields below. One step: B = train.global_batch_size
+  # real rows, B x group_size student rollouts.
+  dd.didi = di = ml_collections.ConfigDict()
+  di.group_size = 4  # G: rollouts per real row; rewards are normalised within each G (>= 2).
+  di.real = "data"  # the discriminator's real side: "data" rows or "teacher" samples.
+  di.teacher_steps = 64  # ancestral steps of the teacher samples when real = "teacher".
+  di.disc_lr = 1e-5  # discriminator AdamW learning rate.
+  di.disc_grad_clip = 1.0  # discriminator global-norm clipping (0 disables).
+  di.disc_weight_decay = 0.0
+  di.unfreeze_blocks = 4  # trainable last blocks of the discriminator trunk (+ the head).
+  di.label_smoothing = 0.1  # BCE targets 1 - s (real) and s (fake).
+  di.tau_a = 2.0  # coupled time tau ~ Beta(tau_a, tau_b) (Beta(2,2); Beta(1,1) = uniform) ...
+  di.tau_b = 2.0
+  di.tau_min = 0.02  # ... clamped to [tau_min, tau_max]
+  di.tau_max = 0.98
+  di.t0 = 1e-3  # end time of the student's second rollout step (1 -> tau -> t0).
+  di.omega_min = 0.1  # omega(tau) = -alpha'/(1 - alpha) clipped to [omega_min, omega_max]
+  di.omega_max = 10.0
+  di.importance_weight = False  # divide omega by the Beta pdf pi(tau).
+  di.reward_clip = 8.0  # per-token discriminator log-odds clipped to +-reward_clip.
+  di.advantage_clip = 3.0  # group-normalised advantages clipped to +-advantage_clip.
+  di.kl_beta = 1.0  # weight of kl_hi KL_1 + kl_lo KL_2, forward KL(teacher || student) ...
+  di.kl_hi = 0.01  # ... at rollout step 1 (all-mask input)
+  di.kl_lo = 0.01  # ... at rollout step 2 (input x_tau)
+  di.entropy_beta = 0.0005  # entropy bonus (subtracted from the loss).
+  di.nan_to_num = True  # replace NaN/Inf gradient entries by finite values (reference).
+  # RGAS sampler (diffusion/rgas.py, benchmarks/didi_rgas.py): the first
+  # (1 - rgas_rerank_ratio) of the steps tilt the student's logits by h x clip(grad of the
+  # discriminator score, +-rgas_grad_clip), h ramping rgas_scale_start -> rgas_scale_end;
+  # the rest draw rgas_candidates candidates and pick one ~ softmax(score / temperature).
+  di.rgas_rerank_ratio = 0.5
+  di.rgas_scale_start = 30.0
+  di.rgas_scale_end = 40.0
+  di.rgas_grad_clip = 1.0
+  di.rgas_candidates = 4
+  di.rgas_temperature = 1.0
   # --- baselines (issue #7, objectives/progressive.py): rounds that grow the step size, the
   # teacher re-copied from the student at each round boundary (TrainState.aux "round_teacher").
   # objective "sdtt": self-distillation through time of an MDLM teacher (teachers.md §6).
@@ -192,7 +231,9 @@ def get_config(arg=None):
 
   # ---------------------------------------------------------------- parallelism
   c.parallel = p = ml_collections.ConfigDict()
-  p.strategy = "pjit"  # "pjit": jit with NamedSharding over the mesh.
+  p.strategy = "pjit"  # "pjit": jit with NamedSharding over the mesh (FSDP/tensor parallel).
+  # "pmap": replicated state on an (n, 1, 1) mesh, the step per device with an explicit
+  # gradient pmean (ici_mesh/dcn_mesh ignored); see idlm_jax/train/parallel.py.
   # Mesh sizes over ('data', 'fsdp', 'tensor') within a slice (ICI) and across slices (DCN);
   # -1 is filled with the remaining devices.
   p.ici_mesh = (1, -1, 1)

@@ -16,9 +16,13 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CHOICES = {
     "mode": ("train", "eval", "sample", "eval_samplers"),
-    "objective": ("diffusion", "ar", "idlm"),
+    "objective": ("diffusion", "ar", "idlm", "sdtt", "dcd", "didi"),
     "distill.relaxation": ("simplex", "gumbel", "straight_through"),
     "distill.best_metric": ("gen_ppl", "exact_nll", "none"),
+    "distill.sdtt.divergence": ("kl-bwd", "kl-fwd", "mse", "tvd"),  # baselines (issue #7)
+    "distill.sdtt.loss_precision": ("float32", "float64"),
+    "distill.dcd.divergence": ("kl-bwd", "kl-fwd"),
+    "distill.dcd.loss_precision": ("float32", "float64"),
     "eval.checkpoint": ("latest", "best"),
     "data.source": ("embedded", "text_files", "tfds_lm1b", "owt", "synthetic_hmm"),
     "model.name": ("dit", "gpt2",),
@@ -31,7 +35,7 @@ CHOICES = {
     "sample.sampler": ("ancestral", "analytic", "euler"),
     "diffusion.schedule": ("loglinear",),
     "optim.decay": ("constant", "cosine"),
-    "parallel.strategy": ("pjit",),
+    "parallel.strategy": ("pjit", "pmap"),
     "sample.precision": ("float64", "exact32", "float32"),
     "sample.noise_removal": ("argmax", "ancestral"),
 }
@@ -104,6 +108,14 @@ RULES = {
                                      "comma-separated positive ints or empty"),
     "distill.entropy_floor": (lambda v: v >= 0, ">= 0 (0: relative to step 0)"),
     "distill.entropy_drop": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    # baselines (issue #7)
+    "distill.sdtt.num_distill_steps": (lambda v: v >= 2, ">= 2"),
+    "distill.sdtt.orig_steps": (lambda v: v >= 1, ">= 1"),
+    "distill.sdtt.round_steps": (lambda v: v >= 1, ">= 1"),
+    "distill.sdtt.num_rounds": (lambda v: v >= 1, ">= 1"),
+    "distill.dcd.T": (lambda v: v >= 2, ">= 2"),
+    "distill.dcd.round_steps": (lambda v: v >= 1, ">= 1"),
+    "distill.dcd.num_rounds": (lambda v: v >= 1, ">= 1"),
 }
 
 # fast decoding (issue #8): the R2 sampler of MDLM models and its rules
@@ -207,11 +219,12 @@ TEACHERS["mdlm"] = TEACHERS["mdlm"][:3] + (TEACHERS["mdlm"][3] + ("r2",),)  # is
 
 def _validate_teacher(config) -> None:
   """Consistency of diffusion.algo with process, parameterization, time conditioning, sampler."""
-  if config.objective not in ("diffusion", "idlm"):
+  if config.objective not in ("diffusion", "idlm", "sdtt", "dcd", "didi"):
     return
   f, s = config.diffusion, config.sample
-  if config.objective == "idlm":
+  if config.objective in ("idlm", "sdtt", "dcd", "didi"):
     _validate_distill(config)
+    _validate_baselines(config)
   processes, param, time_cond, samplers = TEACHERS[f.algo]
   if f.process not in processes:
     raise ConfigError(f"config.diffusion.process: {f.process!r} does not work with "
@@ -247,9 +260,76 @@ def _validate_distill(config) -> None:
   if config.objective == "idlm" and f.algo == "sedd" and f.process != "absorbing":
     raise ConfigError("config.diffusion.process: IDLM distils absorbing SEDD teachers only "
                       f"(got {f.process!r})")
+  if config.objective == "didi":
+    _validate_didi(config)
   if d.relaxation != "simplex" and f.algo not in ("mdlm",):
     raise ConfigError(f"config.distill.relaxation: {d.relaxation!r} is an IDLM-MDLM ablation; "
                       f"diffusion.algo={f.algo!r} uses its own relaxation ('simplex')")
+
+
+def _validate_baselines(config) -> None:
+  """SDTT distils MDLM teachers, DCD Duo teachers; their rounds must keep a valid step."""
+  d, f = config.distill, config.diffusion
+  if config.objective == "sdtt":
+    if f.algo != "mdlm":
+      raise ConfigError(f"config.diffusion.algo: objective 'sdtt' distils MDLM teachers, got "
+                        f"{f.algo!r}")
+    s = d.sdtt
+    if s.orig_steps % s.num_distill_steps ** s.num_rounds:
+      raise ConfigError(f"config.distill.sdtt.num_rounds: {s.num_rounds} rounds of "
+                        f"{s.num_distill_steps}x leave no whole number of student steps from "
+                        f"orig_steps={s.orig_steps}")
+  if config.objective == "dcd":
+    if f.algo != "duo":
+      raise ConfigError(f"config.diffusion.algo: objective 'dcd' distils Duo teachers, got "
+                        f"{f.algo!r}")
+    if 2 ** (d.dcd.num_rounds - 1) >= d.dcd.T:
+      raise ConfigError(f"config.distill.dcd.num_rounds: the last step 2^{d.dcd.num_rounds - 1}"
+                        f"/T must be < 1 (T={d.dcd.T})")
+
+
+# DiDi-Instruct (issue #6): config.distill.didi
+CHOICES["distill.didi.real"] = ("data", "teacher")
+RULES.update({
+    "distill.didi.group_size": (lambda v: v >= 2, ">= 2 (grouped reward normalisation)"),
+    "distill.didi.teacher_steps": (lambda v: v >= 1, ">= 1"),
+    "distill.didi.disc_lr": (lambda v: v > 0, "positive"),
+    "distill.didi.disc_grad_clip": (lambda v: v >= 0, ">= 0 (0 disables)"),
+    "distill.didi.disc_weight_decay": (lambda v: v >= 0, ">= 0"),
+    "distill.didi.unfreeze_blocks": (lambda v: v >= 0, ">= 0"),
+    "distill.didi.label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    "distill.didi.tau_a": (lambda v: v > 0, "positive"),
+    "distill.didi.tau_b": (lambda v: v > 0, "positive"),
+    "distill.didi.tau_min": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "distill.didi.tau_max": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "distill.didi.t0": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "distill.didi.omega_min": (lambda v: v >= 0, ">= 0"),
+    "distill.didi.omega_max": (lambda v: v > 0, "positive"),
+    "distill.didi.reward_clip": (lambda v: v > 0, "positive"),
+    "distill.didi.advantage_clip": (lambda v: v > 0, "positive"),
+    "distill.didi.kl_beta": (lambda v: v >= 0, ">= 0"),
+    "distill.didi.kl_hi": (lambda v: v >= 0, ">= 0"),
+    "distill.didi.kl_lo": (lambda v: v >= 0, ">= 0"),
+    "distill.didi.entropy_beta": (lambda v: v >= 0, ">= 0"),
+    "distill.didi.rgas_rerank_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "distill.didi.rgas_grad_clip": (lambda v: v > 0, "positive"),
+    "distill.didi.rgas_candidates": (lambda v: v >= 1, ">= 1"),
+    "distill.didi.rgas_temperature": (lambda v: v > 0, "positive"),
+})
+
+
+def _validate_didi(config) -> None:
+  """DiDi-Instruct distils MDLM (SUBS) teachers; tau's clamp must be an interval after t0."""
+  di = config.distill.didi
+  if config.diffusion.algo != "mdlm":
+    raise ConfigError(f"config.diffusion.algo: objective 'didi' distils MDLM teachers, got "
+                      f"{config.diffusion.algo!r}")
+  if not di.tau_min < di.tau_max:
+    raise ConfigError(f"config.distill.didi.tau_min: must be < tau_max, got {di.tau_min} >= "
+                      f"{di.tau_max}")
+  if not di.t0 < di.tau_min:
+    raise ConfigError(f"config.distill.didi.t0: the rollout ends after tau, must be < tau_min "
+                      f"({di.tau_min}), got {di.t0}")
 
 
 def _load_module(path: pathlib.Path):

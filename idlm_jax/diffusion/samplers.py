@@ -20,6 +20,20 @@ class SampleOutput(NamedTuple):
   nfe: jax.Array  # int32 []: network calls made for the whole batch (= per sample)
 
 
+def apply_prefix(x: jax.Array, prefix: jax.Array | None) -> jax.Array:
+  """Clamp the prompt: x[:, :P] = prefix where prefix >= 0 (prefix int32 [B, P] or [P]; a
+  negative entry leaves that position free, so prompts of different lengths share one array).
+  None leaves x unchanged (unconditional generation)."""
+  if prefix is None:
+    return x
+  prefix = jnp.broadcast_to(jnp.asarray(prefix, jnp.int32), (x.shape[0], jnp.shape(prefix)[-1]))
+  p = prefix.shape[-1]
+  if p > x.shape[-1]:
+    raise ValueError(f"prefix of {p} tokens does not fit in seq_len {x.shape[-1]}")
+  head = jnp.where(prefix >= 0, prefix, x[:, :p])
+  return x.at[:, :p].set(head)
+
+
 def masked_posterior_logits(log_x0: jax.Array, alpha_t, alpha_s, mask_id: int, dtype) -> jax.Array:
   """log q(z_s | z_t = [MASK], x_theta): (a_s-a_t)/(1-a_t) x_theta[v], mask (1-a_s)/(1-a_t).
 
@@ -35,17 +49,19 @@ def masked_posterior_logits(log_x0: jax.Array, alpha_t, alpha_s, mask_id: int, d
 def mdlm_ancestral(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, seq_len: int,
                    mask_id: int, schedule: LogLinear, num_steps: int, eps: float = 1e-5,
                    cache: bool = True, time_conditioned: bool = False,
-                   precision: str = "float64", noise_removal: str = "argmax") -> SampleOutput:
+                   precision: str = "float64", noise_removal: str = "argmax",
+                   prefix: jax.Array | None = None) -> SampleOutput:
   """MDLM ancestral sampler with caching (`ddpm_cache`), from all-[MASK] to clean tokens.
 
   Steps on linspace(1, eps, N + 1). Unmasked tokens are copied. When no token changed and the
   network ignores t, x_theta is reused without a network call. The final step at t = eps
   removes the remaining masks by argmax (MDLM) or one ancestral draw to alpha = 1.
+  `prefix` (int32 [B, P], see `apply_prefix`) starts unmasked, so SUBS carry-over keeps it.
   Trace inside `categorical.x64_scope(precision)` for float64 draws.
   """
   dtype = jnp.float64 if precision == "float64" else jnp.float32
   grid = sampling_grid(num_steps, eps).astype(dtype)
-  x = jnp.full((batch_size, seq_len), mask_id, jnp.int32)
+  x = apply_prefix(jnp.full((batch_size, seq_len), mask_id, jnp.int32), prefix)
 
   def denoise(x, t, cached, valid, nfe):
     def call():

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from idlm_jax.diffusion import categorical, sedd
-from idlm_jax.diffusion.samplers import SampleOutput
+from idlm_jax.diffusion.samplers import SampleOutput, apply_prefix
 from idlm_jax.diffusion.schedules import LogLinear, sampling_grid
 
 LogScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -43,11 +43,14 @@ def euler_probs(score, xt, dt, rate_sigma, graph: str, mask_id: int, dtype):
 def score_sampler(log_score_fn: LogScoreFn, key: jax.Array, *, kind: str, graph: str,
                   batch_size: int, seq_len: int, vocab_size: int, mask_id: int,
                   schedule: LogLinear, num_steps: int, eps: float = 1e-5,
-                  precision: str = "float64", noise_removal: str = "ancestral") -> SampleOutput:
+                  precision: str = "float64", noise_removal: str = "ancestral",
+                  prefix: jax.Array | None = None) -> SampleOutput:
   """SEDD `pc_sampler` with the analytic or euler predictor and the final denoiser.
 
-  Starts from all-[MASK] (absorbing) or uniform tokens (uniform graph). Trace inside
-  `categorical.x64_scope(precision)` for float64 draws.
+  Starts from all-[MASK] (absorbing) or uniform tokens (uniform graph). `prefix` (int32
+  [B, P], see `samplers.apply_prefix`) is clamped at the start, after every step and in the
+  output (absorbing: a clean token has no reverse rate, so the clamp only guards rounding).
+  Trace inside `categorical.x64_scope(precision)` for float64 draws.
   """
   if kind not in ("analytic", "euler"):
     raise ValueError(f"sample.sampler: {kind!r} is not a score sampler ('analytic', 'euler')")
@@ -59,6 +62,7 @@ def score_sampler(log_score_fn: LogScoreFn, key: jax.Array, *, kind: str, graph:
   else:
     x = jax.random.randint(jax.random.fold_in(key, num_steps + 1), (batch_size, seq_len), 0, vocab_size,
                            jnp.int32)
+  x = apply_prefix(x, prefix)
 
   def score_at(x, t):
     log_s = log_score_fn(x, jnp.full((batch_size,), t, jnp.float32))
@@ -75,7 +79,8 @@ def score_sampler(log_score_fn: LogScoreFn, key: jax.Array, *, kind: str, graph:
     else:
       rate_sigma = -schedule.dalpha(t) / schedule.alpha(t)  # d sigma / dt
       probs = euler_probs(score, x, (t - s) * b, rate_sigma * b, graph, mask_id, dtype)
-    return categorical.sample_categorical(jax.random.fold_in(key, i), _log(probs), precision)
+    return apply_prefix(
+        categorical.sample_categorical(jax.random.fold_in(key, i), _log(probs), precision), prefix)
 
   x = jax.lax.fori_loop(0, num_steps, step, x)
   t_end = grid[-1]
@@ -88,4 +93,4 @@ def score_sampler(log_score_fn: LogScoreFn, key: jax.Array, *, kind: str, graph:
   else:
     final = categorical.sample_categorical(jax.random.fold_in(key, num_steps), _log(probs),
                                            precision)
-  return SampleOutput(final, jnp.int32(num_steps + 1))
+  return SampleOutput(apply_prefix(final, prefix), jnp.int32(num_steps + 1))

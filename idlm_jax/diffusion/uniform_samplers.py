@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from idlm_jax.diffusion import categorical, uniform
-from idlm_jax.diffusion.samplers import SampleOutput
+from idlm_jax.diffusion.samplers import SampleOutput, apply_prefix
 from idlm_jax.diffusion.schedules import sampling_grid
 
 LogProbsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -30,16 +30,19 @@ def _log(p):
 def duo_ancestral(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, seq_len: int,
                   vocab_size: int, alpha_fn: Callable, num_steps: int, eps: float = 1e-5,
                   precision: str = "float64", noise_removal: str = "argmax",
-                  top_p: float = 1.0) -> SampleOutput:
+                  top_p: float = 1.0, prefix: jax.Array | None = None) -> SampleOutput:
   """Uniform-state ancestral sampling (`DUO_BASE._ancestral_update` + noise removal).
 
-  `alpha_fn(t)` is the schedule's alpha_t (log-linear). Trace inside
+  `alpha_fn(t)` is the schedule's alpha_t (log-linear). `prefix` (int32 [B, P], see
+  `samplers.apply_prefix`) is clamped into z_t before every network call and in the output
+  (inpainting: the posterior would move those tokens, the clamp puts them back). Trace inside
   `categorical.x64_scope(precision)` for float64 draws.
   """
   dtype = jnp.float64 if precision == "float64" else jnp.float32
   grid = sampling_grid(num_steps, eps).astype(dtype)
   z = jax.random.randint(jax.random.fold_in(key, num_steps + 1), (batch_size, seq_len), 0, vocab_size,
                          jnp.int32)
+  z = apply_prefix(z, prefix)
 
   def x_theta(z, t):
     log_x = log_probs_fn(z, jnp.full((batch_size,), t, jnp.float32)).astype(dtype)
@@ -48,7 +51,8 @@ def duo_ancestral(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, 
   def step(i, z):
     t, s = grid[i], grid[i + 1]
     q = uniform.posterior_probs(x_theta(z, t), z, alpha_fn(t), alpha_fn(s))
-    return categorical.sample_categorical(jax.random.fold_in(key, i), _log(q), precision)
+    return apply_prefix(
+        categorical.sample_categorical(jax.random.fold_in(key, i), _log(q), precision), prefix)
 
   z = jax.lax.fori_loop(0, num_steps, step, z)
   x = x_theta(z, grid[-1])
@@ -59,4 +63,4 @@ def duo_ancestral(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, 
     final = categorical.sample_categorical(jax.random.fold_in(key, num_steps), _log(q), precision)
   else:
     raise ValueError(f"sample.noise_removal: unknown {noise_removal!r} ('argmax', 'ancestral')")
-  return SampleOutput(final, jnp.int32(num_steps + 1))
+  return SampleOutput(apply_prefix(final, prefix), jnp.int32(num_steps + 1))

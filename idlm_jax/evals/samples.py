@@ -1,38 +1,44 @@
-"""Unconditional generation from a masked diffusion model, decoded to text."""
+"""Generation from a diffusion model (unconditional, or conditioned on prompt prefixes),
+decoded to text."""
 
+import pathlib
 import time
 
 import jax
 import numpy as np
 from flax import nnx
 
-from idlm_jax.diffusion import categorical, mdlm, samplers
+from idlm_jax.diffusion import categorical, mdlm, r2_samplers, samplers
 from idlm_jax.diffusion import score_samplers, sedd, uniform_samplers
 from idlm_jax.diffusion.schedules import get_schedule
 from idlm_jax.train import parallel
 
 
 def make_sampler(config, graphdef, mask_id: int, *, num_steps: int, batch_size: int):
-  """jitted (params, key) -> SampleOutput running config.sample.sampler on the
-  diffusion.algo model (MDLM ancestral with cache by default)."""
+  """jitted (params, key, prefix=None) -> SampleOutput (R2Output for "r2") running
+  config.sample.sampler on the diffusion.algo model (MDLM ancestral with cache by default);
+  `prefix` int32 [batch_size, P] is clamped (negative entries free), see samplers.apply_prefix."""
   schedule = get_schedule(config.diffusion.schedule, config.diffusion.eps)
   s = config.sample
 
   algo = config.diffusion.algo
-  if algo != "mdlm" or s.sampler != "ancestral":  # teachers (issue #3)
+  if algo != "mdlm" or s.sampler not in ("ancestral", "r2"):  # teachers (issue #3)
     return jax.jit(_teacher_sampler(config, graphdef, mask_id, schedule, num_steps, batch_size))
 
-  def sample(params, key):
+  def sample(params, key, prefix=None):
     model = nnx.merge(graphdef, params)
 
     def log_probs_fn(xt, t):
       return mdlm.subs_log_probs(model(xt, schedule.sigma(t)), xt, mask_id)
 
-    return samplers.mdlm_ancestral(
-        log_probs_fn, key, batch_size=batch_size, seq_len=config.data.seq_len, mask_id=mask_id,
-        schedule=schedule, num_steps=num_steps, eps=s.eps, cache=s.cache,
-        time_conditioned=config.model.time_conditioning, precision=s.precision,
-        noise_removal=s.noise_removal)
+    common = dict(batch_size=batch_size, seq_len=config.data.seq_len, mask_id=mask_id,
+                  schedule=schedule, num_steps=num_steps, eps=s.eps, cache=s.cache,
+                  time_conditioned=config.model.time_conditioning, precision=s.precision,
+                  noise_removal=s.noise_removal, prefix=prefix)
+    if s.sampler == "r2":  # fast decoding (issue #8)
+      return r2_samplers.mdlm_r2(log_probs_fn, key,
+                                 options=r2_samplers.options_from_config(s.r2), **common)
+    return samplers.mdlm_ancestral(log_probs_fn, key, **common)
 
   return jax.jit(sample)
 
@@ -43,7 +49,7 @@ def _teacher_sampler(config, graphdef, mask_id, schedule, num_steps, batch_size)
   Duo/UDLM ancestral sampler (config.py rejects other combinations)."""
   s, algo = config.sample, config.diffusion.algo
 
-  def sample(params, key):
+  def sample(params, key, prefix=None):
     model = nnx.merge(graphdef, params)
     if algo in ("udlm", "duo"):
       def log_probs_fn(zt, t):
@@ -52,7 +58,8 @@ def _teacher_sampler(config, graphdef, mask_id, schedule, num_steps, batch_size)
       return uniform_samplers.duo_ancestral(
           log_probs_fn, key, batch_size=batch_size, seq_len=config.data.seq_len,
           vocab_size=model.vocab_size, alpha_fn=schedule.alpha, num_steps=num_steps,
-          eps=s.eps, precision=s.precision, noise_removal=s.noise_removal, top_p=s.top_p)
+          eps=s.eps, precision=s.precision, noise_removal=s.noise_removal, top_p=s.top_p,
+          prefix=prefix)
 
     def log_score_fn(xt, t):
       sigma = schedule.sigma(t)
@@ -65,27 +72,68 @@ def _teacher_sampler(config, graphdef, mask_id, schedule, num_steps, batch_size)
         log_score_fn, key, kind=s.sampler, graph=config.diffusion.process,
         batch_size=batch_size, seq_len=config.data.seq_len, vocab_size=model.vocab_size,
         mask_id=mask_id, schedule=schedule, num_steps=num_steps, eps=s.eps,
-        precision=s.precision, noise_removal=s.noise_removal)
+        precision=s.precision, noise_removal=s.noise_removal, prefix=prefix)
 
   return sample
 
 
-def generate(config, graphdef, params, tokenizer, mesh, *, seed: int, num_steps=None) -> dict:
-  """`sample.num_samples` sequences: token ids, decoded texts, NFE and wall-clock seconds."""
+def load_prompts(prompt: str) -> list[str] | None:
+  """config.sample.prompt -> prompts: the lines of a file (blank lines skipped), the string
+  itself, or None for "" (unconditional)."""
+  if not prompt:
+    return None
+  path = pathlib.Path(prompt)
+  if path.is_file():
+    lines = [line.rstrip("\n") for line in path.read_text().splitlines()]
+    return [line for line in lines if line.strip()] or None
+  return [prompt]
+
+
+def prompt_prefix(tokenizer, texts, num_rows: int, seq_len: int) -> np.ndarray:
+  """int32 [num_rows, P]: row i holds [BOS] + tokens of texts[i % n], -1 after it (free);
+  P is the longest prompt, which must leave room to generate."""
+  ids = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
+  width = max(len(i) for i in ids)
+  if width >= seq_len:
+    raise ValueError(f"sample.prompt: a prompt of {width} tokens (with [BOS]) leaves no room "
+                     f"in data.seq_len={seq_len}")
+  table = np.full((len(ids), width), -1, np.int32)
+  for row, i in enumerate(ids):
+    table[row, :len(i)] = i
+  return table[np.arange(num_rows) % len(ids)]
+
+
+def generate(config, graphdef, params, tokenizer, mesh, *, seed: int, num_steps=None,
+             prefix_texts=None) -> dict:
+  """`sample.num_samples` sequences: token ids, decoded texts, NFE and wall-clock seconds.
+
+  `prefix_texts` (default: `sample.prompt`, see `load_prompts`): sample i continues
+  [BOS] + prompt i mod n, whose tokens are clamped; None/"" is unconditional."""
   s = config.sample
   num_steps = num_steps or s.steps
   batch = s.batch_size
   sampler = make_sampler(config, graphdef, tokenizer.mask_id, num_steps=num_steps,
                          batch_size=batch)
+  if prefix_texts is None:
+    prefix_texts = load_prompts(s.get("prompt", ""))
+  n_batches = -(-s.num_samples // batch)
+  prefix = None
+  if prefix_texts:
+    prefix = prompt_prefix(tokenizer, list(prefix_texts), n_batches * batch, config.data.seq_len)
   tokens, nfes = [], []
   start = time.time()
   with categorical.x64_scope(s.precision), parallel.mesh_context(mesh):
-    for i in range(-(-s.num_samples // batch)):
-      out = sampler(params, jax.random.fold_in(jax.random.key(seed), i))
+    for i in range(n_batches):
+      key = jax.random.fold_in(jax.random.key(seed), i)
+      if prefix is None:
+        out = sampler(params, key)
+      else:
+        out = sampler(params, key, prefix[i * batch:(i + 1) * batch])
       tokens.append(out.tokens)
       nfes.append(out.nfe)
-    tokens, nfes = jax.device_get((tokens, nfes))
+    tokens, nfes = parallel.to_host((tokens, nfes))  # also when sharded over hosts
   seconds = time.time() - start
   ids = np.concatenate(tokens)[:s.num_samples]
   return {"tokens": ids, "texts": tokenizer.decode_batch(ids.tolist()),
-          "nfe": float(np.mean(nfes)), "steps": num_steps, "seconds": seconds}
+          "nfe": float(np.mean(nfes)), "steps": num_steps, "seconds": seconds,
+          "prompts": list(prefix_texts) if prefix_texts else []}

@@ -63,15 +63,62 @@ def test_mdlm_model_through_score_samplers(sampler):
   """An MDLM model samples with SEDD's analytic/Euler samplers via the score conversion."""
   cfg, graphdef, params = _tiny()
   cfg.sample.sampler = sampler
-
-  class Tok:
-    mask_id = MASK
-
-    @staticmethod
-    def decode_batch(ids):
-      return [" ".join(map(str, row)) for row in ids]
-
   mesh = parallel.make_mesh(cfg.parallel, jax.devices()[:1])
-  out = samples.generate(cfg, graphdef, params, Tok, mesh, seed=0)
+  prompts = ["5 6"] if sampler == "analytic" else None  # prompts clamp here too (issue #8)
+  out = samples.generate(cfg, graphdef, params, _PromptTok, mesh, seed=0, prefix_texts=prompts)
   assert out["tokens"].shape == (4, cfg.data.seq_len)
   assert not np.any(out["tokens"] == MASK) and out["nfe"] == cfg.sample.steps + 1
+  if prompts:
+    np.testing.assert_array_equal(out["tokens"][:, :3], [[1, 5, 6]] * 4)
+
+
+class _PromptTok:
+  """Ids as numbers; a prompt "5 6" encodes to [5, 6] ([BOS] = 1)."""
+  mask_id, bos_id = MASK, 1
+
+  @staticmethod
+  def encode(text):
+    return [int(w) for w in text.split()]
+
+  @staticmethod
+  def decode_batch(ids):
+    return [" ".join(map(str, row)) for row in ids]
+
+
+def test_r2_sampler_dispatch_with_prompts():
+  """sample.sampler = "r2" builds `mdlm_r2` on the DiT (traced, not compiled: the sampler's
+  values are tested in tests/diffusion/test_r2.py; prompts through `generate` above)."""
+  cfg, graphdef, params = _tiny()
+  cfg.sample.sampler = "r2"
+  cfg.sample.r2.rules = "threshold,confidence_cluster,token_cluster,temporal"
+  config_lib.validate(cfg)
+  sampler = samples.make_sampler(cfg, graphdef, MASK, num_steps=4, batch_size=4)
+  prefix = samples.prompt_prefix(_PromptTok, ["5 6 7", "9"], 4, cfg.data.seq_len)
+  with categorical.x64_scope(cfg.sample.precision):
+    out = jax.eval_shape(sampler, params, jax.random.key(0), prefix)
+  assert out.tokens.shape == (4, cfg.data.seq_len) and out.nfe.shape == ()
+  assert out.commits.shape == (6,) and out.row_nfe.shape == (4,)
+
+
+def test_prompt_config_field(tmp_path):
+  path = tmp_path / "prompts.txt"
+  path.write_text("first prompt\n\nsecond\n")
+  assert samples.load_prompts("") is None
+  assert samples.load_prompts("hello there") == ["hello there"]
+  assert samples.load_prompts(str(path)) == ["first prompt", "second"]
+  table = samples.prompt_prefix(_PromptTok, ["5 6", "7"], 3, 8)
+  np.testing.assert_array_equal(table, [[1, 5, 6], [1, 7, -1], [1, 5, 6]])
+  with pytest.raises(ValueError, match="no room"):
+    samples.prompt_prefix(_PromptTok, ["5 6 7"], 1, 4)
+
+
+def test_r2_config_validation():
+  cfg = config_lib.load_config("configs/demo.py:smoke", ["sample.sampler=r2",
+                                                         "sample.r2.rules=temporal,threshold"])
+  assert cfg.sample.sampler == "r2"
+  with pytest.raises(config_lib.ConfigError, match="sample.r2.rules"):
+    config_lib.load_config("configs/demo.py:smoke", ["sample.r2.rules=temporal,bogus"])
+  with pytest.raises(config_lib.ConfigError, match="sample.r2.temporal_eval"):
+    config_lib.load_config("configs/demo.py:smoke", ["sample.r2.temporal_eval=ave"])
+  with pytest.raises(config_lib.ConfigError, match="sample.sampler"):
+    config_lib.load_config("configs/duo_lm1b.py:smoke", ["sample.sampler=r2"])

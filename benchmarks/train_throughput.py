@@ -1,15 +1,25 @@
-"""Train-step and forward throughput of the DDiT at paper shapes, with MFU.
+"""Train-step and forward throughput of the DDiT at paper shapes, with MFU and memory.
 
   python benchmarks/train_throughput.py --config=configs/mdlm_owt.py --L 1024 --B 32
+  python benchmarks/train_throughput.py --config=configs/mdlm_lm1b.py --L 128 --B 512 \
+      --fwd-L 128 --fwd-B 512
+  python benchmarks/train_throughput.py --vocab-pad 0 --remat block    # ablations
   python benchmarks/train_throughput.py --smoke            # tiny shapes, CPU, seconds
   python benchmarks/train_throughput.py --torch-ref ../shared/bench/ddit_torch_reference.py
 
 Measures the full MDLM train step of idlm_jax (forward, backward, clipping, AdamW, EMA; jitted,
-state donated) on random tokens, and one sampler network call. Warm-up steps are excluded;
-median and mean step times over --steps repetitions are reported.
-MFU = (6 N + 12 n_layers L d) tokens / step time / peak, N = parameters (the formula of
+state donated) on random tokens, and one sampler network call. The first call and
+`--warmup - 1` more are excluded (executables are compiled ahead of time); `--steps` calls are timed; median (and mean) reported.
+
+MFU = (6 N + 12 n_layers L d) FLOPs per token x tokens / step time / peak (989 TFLOP/s dense
+bf16 on H100/H200), N = parameters WITHOUT vocabulary padding (the useful FLOPs; the formula of
 reference/perf_anchors.md and the PyTorch reference); forward: (2 N + 4 n_layers L d).
-With --torch-ref, the PyTorch reference runs in the same job on the same device.
+Memory: the device's peak bytes in use (GPU/TPU; process-wide, so the forward row inherits
+the train step's peak) and XLA's compiled memory plan of each executable (any backend).
+
+`bench_step(step, state, batch, ...)` times any donated step function: the hook for other
+objectives' steps (e.g. IDLM's student + fake-score step), see its docstring.
+With --torch-ref, the PyTorch reference runs first, in its own process, on the same device.
 """
 
 import argparse
@@ -20,105 +30,125 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from idlm_jax import config as config_lib  # noqa: E402
 from idlm_jax import models  # noqa: E402
 from idlm_jax.objectives import get_objective  # noqa: E402
 from idlm_jax.train import parallel, state as state_lib  # noqa: E402
 
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "cpu": float("nan")}
+
+def flops_per_token(n_params: int, n_layers: int, L: int, d: int, train: bool = True) -> float:
+  """6 N + 12 n_layers L d (train) or 2 N + 4 n_layers L d (forward) FLOPs per token."""
+  return (6 * n_params + 12 * n_layers * L * d) if train else (2 * n_params + 4 * n_layers * L * d)
 
 
-def peak_tflops() -> float:
-  kind = jax.devices()[0].device_kind
-  for name, tf in PEAK_TFLOPS.items():
-    if name.lower() in kind.lower():
-      return tf
-  return float("nan")
+def useful_params(cfg, vocab: int) -> int:
+  """Parameters of the configured DiT without vocabulary padding (the N of the MFU formula)."""
+  abstract = nnx.eval_shape(lambda: models.build_model(cfg.model, vocab, nnx.Rngs(0)))
+  return models.count_params(abstract) - getattr(abstract, "padding_params", 0)
 
 
-def timed(fn, steps: int, warmup: int):
-  """(median_s, mean_s, first_s): first call includes compilation."""
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  for _ in range(max(warmup - 1, 0)):
-    jax.block_until_ready(fn())
-  times = []
-  t_all = time.perf_counter()
-  for _ in range(steps):
-    ts = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - ts)
-  return float(np.median(times)), (time.perf_counter() - t_all) / steps, first
+def bench_step(step, state, batch, *, steps: int, warmup: int, tokens: int,
+               flops_per_step: float, mesh=None) -> dict:
+  """Time `step(state, batch) -> (state, metrics)` (jitted, state donated) and measure memory.
+
+  The hook for any objective's train step: build its state and a batch, jit the step with
+  `donate_argnums=(0,)` (and shardings), pass tokens per step and the model FLOPs per step.
+  Returns timings (median/mean ms, tokens/s, TFLOP/s, MFU) and memory (device peak and XLA's
+  compiled plan). The state is consumed (donated); the caller must not reuse it.
+  """
+  with parallel.mesh_context(mesh):
+    t0 = time.perf_counter()
+    step = step.lower(state, batch).compile()  # ahead of time: compilation is never timed
+    compile_s = time.perf_counter() - t0
+  holder = {"state": state}
+
+  def one():
+    with parallel.mesh_context(mesh):
+      holder["state"], metrics = step(holder["state"], batch)
+    return metrics
+
+  t = common.timed(one, steps, warmup)
+  tflops = flops_per_step / t["median_s"] / 1e12
+  return dict(tokens_per_s=tokens / t["median_s"], step_ms_median=t["median_s"] * 1e3,
+              step_ms=t["mean_s"] * 1e3, tflops=tflops, mfu=tflops / common.peak_tflops(),
+              first_step_s=t["first_s"], compile_s=compile_s,
+              peak_mem_gib=common.device_peak_gib(), compiled_mem=common.compiled_memory(step))
 
 
-def bench_train(cfg, L: int, B: int, steps: int, warmup: int) -> dict:
+def random_batch(vocab: int, B: int, L: int, seed: int = 0) -> dict:
+  """Random token ids (never [MASK] = vocab - 1) with a full attention mask."""
+  rng = np.random.default_rng(seed)
+  return {"input_ids": rng.integers(0, vocab - 1, (B, L), dtype=np.int32),
+          "attention_mask": np.ones((B, L), np.int32)}
+
+
+def teacher_train_step(cfg, L: int, B: int):
+  """(jitted donated step(state, batch), state, batch, mesh) of teacher pretraining at [B, L].
+
+  The step is the trainer's: `objectives.get_objective(cfg, ...).train_step` under `jax.jit`
+  with the state's NamedShardings over the config's mesh, the state donated.
+  """
   cfg.data.seq_len, cfg.train.global_batch_size = L, B
   vocab = cfg_vocab(cfg)
   mesh = parallel.make_mesh(cfg.parallel)
   tx = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
   build = lambda rngs: models.build_model(cfg.model, vocab, rngs)
   graphdef, state, shardings = state_lib.create_state(build, tx, 0, mesh)
-  n_params = sum(x.size for x in jax.tree.leaves(state.params))
   obj = get_objective(cfg, graphdef, tx, mask_id=cfg_tokenizer(cfg).mask_id)
   batch_sh = parallel.batch_sharding(mesh)
-  step = jax.jit(obj.train_step, in_shardings=(shardings, None, batch_sh),
+  step = jax.jit(lambda s, b: obj.train_step(s, None, b), in_shardings=(shardings, batch_sh),
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
-  rng = np.random.default_rng(0)
-  batch = {"input_ids": rng.integers(0, vocab - 1, (B, L), dtype=np.int32),
-           "attention_mask": np.ones((B, L), np.int32)}
-  batch = jax.device_put(batch, batch_sh)
-  holder = {"state": state}
+  batch = jax.device_put(random_batch(vocab, B, L), batch_sh)
+  return step, state, batch, mesh
 
-  def one():
-    with parallel.mesh_context(mesh):
-      holder["state"], m = step(holder["state"], None, batch)
-    return m["loss"]
 
-  med, mean, first = timed(one, steps, warmup)
+def bench_train(cfg, L: int, B: int, steps: int, warmup: int) -> dict:
+  """The MDLM teacher-pretraining step (objective "diffusion") at [B, L]."""
+  step, state, batch, mesh = teacher_train_step(cfg, L, B)
+  n = useful_params(cfg, cfg_vocab(cfg))
   m = cfg.model
-  flops_tok = 6 * n_params + 12 * m.n_blocks * L * m.hidden_size
-  tflops = flops_tok * B * L / mean / 1e12
-  return dict(kind="train", L=L, B=B, tokens_per_s=B * L / mean, step_ms=mean * 1e3,
-              step_ms_median=med * 1e3, tflops=tflops, mfu=tflops / peak_tflops(),
-              first_step_s=first, n_params=n_params, peak_mem_gib=peak_mem_gib())
+  row = bench_step(step, state, batch, steps=steps, warmup=warmup, tokens=B * L,
+                   flops_per_step=flops_per_token(n, m.n_blocks, L, m.hidden_size) * B * L,
+                   mesh=mesh)
+  return dict(kind="train", L=L, B=B, n_params=n, **row)
 
 
 def bench_fwd(cfg, L: int, B: int, steps: int, warmup: int) -> dict:
+  """One sampler network call (forward, float32 logits) at [B, L]."""
   vocab = cfg_vocab(cfg)
   model = models.build_model(cfg.model, vocab, nnx.Rngs(0))
   graphdef, params = state_lib.split_params(model)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
-  fwd = jax.jit(lambda p, x, s: nnx.merge(graphdef, p)(x, s))
   x = jnp.asarray(np.random.default_rng(1).integers(0, vocab, (B, L), dtype=np.int32))
   sigma = jnp.full((B,), 0.5)
-  med, mean, first = timed(lambda: fwd(params, x, sigma), steps, warmup)
+  fwd = jax.jit(lambda p, x, s: nnx.merge(graphdef, p)(x, s)).lower(params, x, sigma).compile()
+  mem = common.compiled_memory(fwd)
+  t = common.timed(lambda: fwd(params, x, sigma), steps, warmup)
+  n = useful_params(cfg, vocab)
   m = cfg.model
-  tflops = (2 * n_params + 4 * m.n_blocks * L * m.hidden_size) * B * L / mean / 1e12
-  return dict(kind="fwd", L=L, B=B, tokens_per_s=B * L / mean, call_ms=mean * 1e3,
-              call_ms_median=med * 1e3, tflops=tflops, mfu=tflops / peak_tflops(),
-              first_call_s=first)
+  tflops = flops_per_token(n, m.n_blocks, L, m.hidden_size, train=False) * B * L
+  tflops = tflops / t["median_s"] / 1e12
+  return dict(kind="fwd", L=L, B=B, n_params=n, tokens_per_s=B * L / t["median_s"],
+              call_ms_median=t["median_s"] * 1e3, call_ms=t["mean_s"] * 1e3, tflops=tflops,
+              mfu=tflops / common.peak_tflops(), first_call_s=t["first_s"],
+              peak_mem_gib=common.device_peak_gib(), compiled_mem=mem)
 
 
 def cfg_tokenizer(cfg):
-  from idlm_jax.data import tokenizers
+  from idlm_jax.data import tokenizers  # noqa: PLC0415
   return tokenizers.get_tokenizer(cfg.data.tokenizer)
 
 
 def cfg_vocab(cfg) -> int:
   return cfg_tokenizer(cfg).model_vocab_size
-
-
-def peak_mem_gib():
-  stats = jax.devices()[0].memory_stats() or {}
-  return stats.get("peak_bytes_in_use", 0) / 2**30 or None
 
 
 def torch_reference(path: str, L: int, B: int, fwd_B: int, fwd_L: int, vocab: int, steps: int):
@@ -131,47 +161,96 @@ def torch_reference(path: str, L: int, B: int, fwd_B: int, fwd_L: int, vocab: in
   return json.loads(line[0][len("RESULTS "):])
 
 
-def main():
-  ap = argparse.ArgumentParser()
+def markdown(rows: list, info: dict, cfg) -> str:
+  """Results table of one run."""
+  m = cfg.model
+  text = common.header_markdown("DDiT train step and forward throughput", info)
+  text += (f"Model: d={m.hidden_size}, {m.n_blocks} blocks, {m.n_heads} heads, dtype "
+           f"{m.dtype}, attention {m.attention}, vocab_pad_multiple {m.vocab_pad_multiple}, "
+           f"remat {m.remat}. MFU = (6 N + 12 n_layers L d) tokens / step time / "
+           f"{common.peak_tflops()} TFLOP/s (forward: 2 N + 4 n_layers L d), N without "
+           f"vocabulary padding. Median of the timed repetitions after warm-up.\n\n"
+           "| framework | kind | L | B | tokens/s | ms (median / mean) | TFLOP/s | MFU | "
+           "peak GiB (device) | compiled GiB (args+out+temp-alias) |\n"
+           "|---|---|---|---|---|---|---|---|---|---|\n")
+  for r in rows:
+    if "error" in r:
+      text += f"| {r.get('framework')} | error: {r['error'][:80]!r} |\n"
+      continue
+    med = r.get("step_ms_median", r.get("call_ms_median"))
+    mean = r.get("step_ms", r.get("call_ms"))
+    text += (f"| {r.get('framework')} | {r.get('kind')} | {r.get('L')} | {r.get('B')} | "
+             f"{common.fmt(r.get('tokens_per_s'))} | {common.fmt(med)} / {common.fmt(mean)} | "
+             f"{common.fmt(r.get('tflops'))} | {common.fmt(100 * r.get('mfu', float('nan')))}% | "
+             f"{common.fmt(r.get('peak_mem_gib'), 2)} | "
+             f"{common.fmt(r.get('compiled_mem', {}).get('total_gib'), 3)} |\n")
+  return text
+
+
+def parse_args(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--config", default="configs/mdlm_owt.py")
   ap.add_argument("--set", action="append", default=[], help="config override field=value")
   ap.add_argument("--L", type=int, default=1024)
   ap.add_argument("--B", type=int, default=32)
   ap.add_argument("--fwd-B", type=int, default=64)
   ap.add_argument("--fwd-L", type=int, default=1024)
-  ap.add_argument("--steps", type=int, default=20)
-  ap.add_argument("--warmup", type=int, default=3)
+  ap.add_argument("--steps", type=int, default=20, help="timed repetitions")
+  ap.add_argument("--warmup", type=int, default=3, help="untimed calls, compilation included")
   ap.add_argument("--mode", choices=["train", "fwd", "both"], default="both")
+  ap.add_argument("--vocab-pad", type=int, default=None,
+                  help="model.vocab_pad_multiple (default: the config's, 128)")
+  ap.add_argument("--remat", choices=["none", "block"], default=None,
+                  help="model.remat (default: the config's, none)")
   ap.add_argument("--smoke", action="store_true", help="tiny shapes on any device")
   ap.add_argument("--torch-ref", default=None, help="path to ddit_torch_reference.py")
   ap.add_argument("--json", default=None, help="append results (JSON lines) here")
-  args = ap.parse_args()
+  ap.add_argument("--out", default=None,
+                  help="folder for <stem>.jsonl + <stem>.md (e.g. benchmarks/results)")
+  return ap.parse_args(argv)
+
+
+def main(argv=None) -> list:
+  """Run the benchmark; returns the result rows (also printed, and written if asked)."""
+  args = parse_args(argv)
   spec = args.config + (":smoke" if args.smoke else "")
-  overrides = ["model.dropout=0.0", *args.set]  # the PyTorch reference has no dropout
+  # teacher pretraining (objective "diffusion"); the PyTorch reference has no dropout
+  overrides = ["objective=diffusion", "model.dropout=0.0", *args.set]
+  if args.vocab_pad is not None:
+    overrides.append(f"model.vocab_pad_multiple={args.vocab_pad}")
+  if args.remat is not None:
+    overrides.append(f"model.remat={args.remat}")
   if args.smoke:
     args.L, args.B, args.fwd_L, args.fwd_B, args.steps, args.warmup = 32, 8, 32, 8, 3, 1
   cfg = config_lib.load_config(spec, overrides)
   # the PyTorch reference runs first, in its own process, before JAX takes the GPU's memory
   torch_results = (torch_reference(args.torch_ref, args.L, args.B, args.fwd_B, args.fwd_L,
                                    cfg_vocab(cfg), args.steps) if args.torch_ref else [])
-  dev = jax.devices()[0]
-  print(f"jax {jax.__version__} device={dev.device_kind} x{jax.device_count()} "
-        f"config={spec} dtype={cfg.model.dtype} attention={cfg.model.attention}", flush=True)
-  results = []
+  info = common.run_info(__file__, argv)
+  print(f"jax {jax.__version__} device={info['device']} x{jax.device_count()} config={spec} "
+        f"dtype={cfg.model.dtype} attention={cfg.model.attention} "
+        f"vocab_pad={cfg.model.vocab_pad_multiple} remat={cfg.model.remat}", flush=True)
+  rows = []
   if args.mode in ("train", "both"):
-    results.append(bench_train(cfg, args.L, args.B, args.steps, args.warmup))
+    rows.append(bench_train(cfg, args.L, args.B, args.steps, args.warmup))
   if args.mode in ("fwd", "both"):
-    results.append(bench_fwd(cfg, args.fwd_L, args.fwd_B, args.steps, args.warmup))
-  for r in results:
-    r.update(framework="idlm_jax", device=dev.device_kind, version=jax.__version__,
-             dtype=cfg.model.dtype)
-  results += torch_results
-  for r in results:
+    rows.append(bench_fwd(cfg, args.fwd_L, args.fwd_B, args.steps, args.warmup))
+  for r in rows:
+    r.update(framework="idlm_jax", device=info["device"], version=jax.__version__,
+             dtype=cfg.model.dtype, vocab_pad_multiple=cfg.model.vocab_pad_multiple,
+             remat=cfg.model.remat, config=spec)
+  rows += torch_results
+  for r in rows:
     print(json.dumps(r), flush=True)
   if args.json:
     with open(args.json, "a") as f:
-      for r in results:
+      for r in rows:
         f.write(json.dumps(r) + "\n")
+  if args.out:
+    stem = common.file_stem("train_throughput", info)
+    paths = common.write_results(rows, info, args.out, stem, markdown(rows, info, cfg))
+    print("wrote", *paths, flush=True)
+  return rows
 
 
 if __name__ == "__main__":

@@ -205,6 +205,18 @@ def get_config(arg=None):
   dc.divergence = "kl-bwd"  # "kl-bwd" (KL(student || teacher), the paper) or "kl-fwd".
   dc.teacher_ema = False  # True: the round teacher is the student's EMA (else its raw weights).
   dc.loss_precision = "float32"  # "float32" or "float64" (x64 inside the loss only).
+  # --- objective "r2_finetune" (issue #8 part 2, objectives/r2_finetune.py): fine-tune an MDLM
+  # teacher on its own R2 decoding trajectories, recorded and filtered by
+  # benchmarks/r2_record_trajectories.py (diffusion/r2_trajectories.py).
+  dd.r2ft = rf = ml_collections.ConfigDict()
+  rf.trajectories = ""  # the .npz of recorded trajectories (replaces the training split).
+  rf.sharpen_weight = 1.0  # lambda: weight of the confidence-sharpening hinge (0: NELBO only).
+  rf.sharpen_target = 0.95  # c*: the hinge max(0, log c* - log p) stops at this confidence.
+  rf.horizon = 3  # h: sharpen tokens the rules committed within the next h calls (R2's K).
+  rf.sharpen_rules = "threshold,confidence_cluster,token_cluster,temporal"  # whose commits.
+  rf.keep_fraction = 0.25  # recording: keep this best fraction of the samples by the filter.
+  rf.filter = "exact_nll"  # recording: "exact_nll" (synthetic_hmm) or "none".
+  rf.record_samples = 2048  # recording: trajectories drawn before filtering.
 
   # ---------------------------------------------------------------- optimisation
   c.optim = o = ml_collections.ConfigDict()

@@ -16,7 +16,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CHOICES = {
     "mode": ("train", "eval", "sample", "eval_samplers"),
-    "objective": ("diffusion", "ar", "idlm", "sdtt", "dcd", "didi"),
+    "objective": ("diffusion", "ar", "idlm", "sdtt", "dcd", "didi", "r2_finetune"),
     "distill.relaxation": ("simplex", "gumbel", "straight_through"),
     "distill.best_metric": ("gen_ppl", "exact_nll", "none"),
     "distill.sdtt.divergence": ("kl-bwd", "kl-fwd", "mse", "tvd"),  # baselines (issue #7)
@@ -32,7 +32,7 @@ CHOICES = {
     "diffusion.process": ("absorbing", "uniform"),
     "diffusion.parameterization": ("subs", "score", "mean"),
     "diffusion.algo": ("mdlm", "sedd", "udlm", "duo"),  # teachers (issue #3)
-    "sample.sampler": ("ancestral", "analytic", "euler"),
+    "sample.sampler": ("ancestral", "analytic", "euler", "r2"),
     "diffusion.schedule": ("loglinear",),
     "optim.decay": ("constant", "cosine"),
     "parallel.strategy": ("pjit", "pmap"),
@@ -119,7 +119,6 @@ RULES = {
 }
 
 # fast decoding (issue #8): the R2 sampler of MDLM models and its rules
-CHOICES["sample.sampler"] = CHOICES["sample.sampler"] + ("r2",)
 CHOICES.update({
     "sample.r2.floor": ("ancestral", "top1"),
     "sample.r2.commit": ("argmax", "sampled"),
@@ -209,22 +208,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 # teachers (issue #3): what each diffusion.algo needs, and which samplers run it
 TEACHERS = {  # algo -> (processes, parameterization, time-conditioned, samplers)
-    "mdlm": (("absorbing",), "subs", None, ("ancestral", "analytic", "euler")),
+    "mdlm": (("absorbing",), "subs", None, ("ancestral", "analytic", "euler", "r2")),
     "sedd": (("absorbing", "uniform"), "score", True, ("analytic", "euler")),
     "udlm": (("uniform",), "mean", True, ("ancestral",)),
     "duo": (("uniform",), "mean", True, ("ancestral",)),
 }
-TEACHERS["mdlm"] = TEACHERS["mdlm"][:3] + (TEACHERS["mdlm"][3] + ("r2",),)  # issue #8
 
 
 def _validate_teacher(config) -> None:
   """Consistency of diffusion.algo with process, parameterization, time conditioning, sampler."""
-  if config.objective not in ("diffusion", "idlm", "sdtt", "dcd", "didi"):
+  if config.objective not in ("diffusion", "idlm", "sdtt", "dcd", "didi", "r2_finetune"):
     return
   f, s = config.diffusion, config.sample
-  if config.objective in ("idlm", "sdtt", "dcd", "didi"):
+  if config.objective in ("idlm", "sdtt", "dcd", "didi", "r2_finetune"):
     _validate_distill(config)
     _validate_baselines(config)
+  if config.objective == "r2_finetune":
+    _validate_r2ft(config)
   processes, param, time_cond, samplers = TEACHERS[f.algo]
   if f.process not in processes:
     raise ConfigError(f"config.diffusion.process: {f.process!r} does not work with "
@@ -391,3 +391,33 @@ def _set(config, key: str, raw: str) -> None:
     node[parts[-1]] = value
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.{key}: cannot set {value!r}: {e}") from None
+
+
+# fine-tuning on R2 trajectories (issue #8 part 2): config.distill.r2ft
+CHOICES["distill.r2ft.filter"] = ("exact_nll", "none")
+RULES.update({
+    "distill.r2ft.sharpen_weight": (lambda v: v >= 0, ">= 0 (0: trajectory NELBO only)"),
+    "distill.r2ft.sharpen_target": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "distill.r2ft.horizon": (lambda v: v >= 1, ">= 1"),
+    "distill.r2ft.keep_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "distill.r2ft.record_samples": (lambda v: v >= 1, ">= 1"),
+})
+
+
+def _validate_r2ft(config) -> None:
+  """r2_finetune: an MDLM model, a trajectory file to train on, known sharpened rules."""
+  r = config.distill.r2ft
+  if config.diffusion.algo != "mdlm":
+    raise ConfigError(f"config.diffusion.algo: objective 'r2_finetune' fine-tunes MDLM models "
+                      f"(R2 trajectories), got {config.diffusion.algo!r}")
+  if config.mode == "train" and not r.trajectories:
+    raise ConfigError("config.distill.r2ft.trajectories: give the .npz written by "
+                      "benchmarks/r2_record_trajectories.py")
+  from idlm_jax.diffusion import r2
+  try:
+    r2.parse_rules(r.sharpen_rules)
+  except ValueError as e:
+    raise ConfigError(f"config.distill.r2ft.sharpen_rules: {e}") from None
+  if r.filter == "exact_nll" and config.data.source != "synthetic_hmm":
+    raise ConfigError("config.distill.r2ft.filter: 'exact_nll' needs data.source="
+                      f"'synthetic_hmm', got {config.data.source!r} (use 'none')")

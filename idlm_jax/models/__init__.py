@@ -53,6 +53,8 @@ def build_model(model_cfg, vocab_size: int, rngs: nnx.Rngs) -> DIT:
       dtype=DTYPES[model_cfg.dtype],
       attention=model_cfg.attention,
       time_conditioning=model_cfg.time_conditioning,
+      vocab_pad_multiple=model_cfg.vocab_pad_multiple,
+      remat=model_cfg.remat,
       rngs=rngs,
   )
 

@@ -11,6 +11,10 @@ rename and transpose (`to_torch_state_dict` / `from_torch_state_dict`):
   output_layer.linear.weight     [V, d]   output_layer.linear.kernel     [d, V]      yes
   rotary_emb.inv_freq            [hd/2]   (a constant buffer, recomputed; not a parameter)
 
+With `model.vocab_pad_multiple` the nnx arrays have Vp = padded_vocab_size(V) rows/columns
+(`vocab_embed.embedding`, `output_layer.linear.{kernel,bias}`; rows V.. zero); the PyTorch
+side always has V: `to_torch_state_dict` drops the padding, `from_torch_state_dict` adds it.
+
 Logical sharding names per parameter (`nnx.get_partition_spec`):
   vocab_embed.embedding ('vocab', 'embed'); sigma_map.mlp_{0,2}.kernel (None, 'cond'), bias
   ('cond',); norm*.scale ('embed',); attn_qkv.kernel ('embed', 'heads'); attn_out.kernel
@@ -30,6 +34,8 @@ from idlm_jax.models import layers
 
 ROPE_BASE = 10000.0
 ROTARY_BUFFER = "rotary_emb.inv_freq"
+# PyTorch keys whose first axis (torch layout) is the vocabulary: padded/unpadded in conversion.
+VOCAB_KEYS = ("vocab_embed.embedding", "output_layer.linear.weight", "output_layer.linear.bias")
 # PyTorch module registration order, which is the order of `DIT.parameters()` and so of the
 # Lightning EMA `shadow_params` list (teachers.md §1.5).
 _REGISTRATION_ORDER = (
@@ -39,17 +45,26 @@ _REGISTRATION_ORDER = (
 
 
 class EmbeddingLayer(nnx.Module):
-  """Raw [V, d] input embedding, untied from the output (MDLM EmbeddingLayer)."""
+  """Raw [V, d] input embedding, untied from the output (MDLM EmbeddingLayer).
 
-  def __init__(self, hidden_size: int, vocab_size: int, *, rngs: nnx.Rngs):
-    init = nnx.with_partitioning(layers.torch_uniform(hidden_size), ("vocab", "embed"))
-    self.embedding = nnx.Param(init(rngs.params(), (vocab_size, hidden_size), jnp.float32))
+  With `padded_size` > V the table has padded_size rows; rows V.. are zero and never read
+  (ids are < V; probability inputs use the first V rows).
+  """
+
+  def __init__(self, hidden_size: int, vocab_size: int, padded_size: Optional[int] = None, *,
+               rngs: nnx.Rngs):
+    rows = padded_size or vocab_size
+    init = layers.padded_rows(layers.torch_uniform(hidden_size), vocab_size)
+    init = nnx.with_partitioning(init, ("vocab", "embed"))
+    self.vocab_size = vocab_size
+    self.embedding = nnx.Param(init(rngs.params(), (rows, hidden_size), jnp.float32))
 
   def __call__(self, x: jax.Array, dtype) -> jax.Array:
     """E[ids] for int ids [B, L]; the expected embedding x @ E for probabilities [B, L, V]."""
     table = self.embedding[...]
     if jnp.issubdtype(x.dtype, jnp.integer):
       return jnp.take(table, x, axis=0)
+    table = table[:self.vocab_size]
     if jnp.dtype(dtype) == jnp.float32:  # exact: one-hot rows reproduce E[ids] bit for bit.
       return jnp.matmul(x.astype(jnp.float32), table, precision=jax.lax.Precision.HIGHEST)
     return jnp.matmul(x.astype(dtype), table.astype(dtype)).astype(jnp.float32)
@@ -115,13 +130,17 @@ class DDiTBlock(nnx.Module):
 
 
 class DDitFinalLayer(nnx.Module):
-  """adaLN(shift, scale) -> LayerNorm -> zero-initialised Linear(d, V) (MDLM DDitFinalLayer)."""
+  """adaLN(shift, scale) -> LayerNorm -> zero-initialised Linear(d, V) (MDLM DDitFinalLayer).
 
-  def __init__(self, hidden_size: int, vocab_size: int, cond_dim: int, dtype=jnp.float32, *,
-               rngs: nnx.Rngs):
-    self.dtype = dtype
+  With `padded_size` > V the projection has padded_size columns (a tile-aligned logits
+  matmul); the padded logits are sliced off, so callers always see exactly V logits.
+  """
+
+  def __init__(self, hidden_size: int, vocab_size: int, cond_dim: int, dtype=jnp.float32,
+               padded_size: Optional[int] = None, *, rngs: nnx.Rngs):
+    self.dtype, self.vocab_size = dtype, vocab_size
     self.norm_final = layers.layer_norm(hidden_size, rngs=rngs)
-    self.linear = layers.linear(hidden_size, vocab_size, axes=("embed", "vocab"),
+    self.linear = layers.linear(hidden_size, padded_size or vocab_size, axes=("embed", "vocab"),
                                 zero_init=True, dtype=dtype, rngs=rngs)
     self.adaLN_modulation = layers.linear(cond_dim, 2 * hidden_size, axes=("cond", "adaln"),
                                           zero_init=True, dtype=dtype, rngs=rngs)
@@ -131,11 +150,12 @@ class DDitFinalLayer(nnx.Module):
 
     No float32 matmul output (preferred_element_type) here: its backward runs float32
     matmuls, which made a bf16 training step of the small model ~25% slower on an H100.
+    The slice to V fuses with the bias add and cast (benchmarks/results/cpu_hlo_checks.md).
     """
     mods = self.adaLN_modulation(c)[:, None, :].astype(jnp.float32)
     shift, scale = jnp.split(mods, 2, axis=-1)
     h = layers.modulate(self.norm_final(x), shift, scale).astype(self.dtype)
-    return self.linear(h).astype(jnp.float32)
+    return self.linear(h)[..., :self.vocab_size].astype(jnp.float32)
 
 
 class DIT(nnx.Module):
@@ -147,28 +167,43 @@ class DIT(nnx.Module):
   else JAX's default, which is XLA in jax 0.10-0.11), "xla" or "cudnn". The residual stream
   gets sharding hints with the logical names `layers.ACTIVATION_AXES` at block boundaries,
   active only under a mesh and `flax.core.spmd.logical_axis_rules` that map them.
+  `vocab_pad_multiple` (0/1: off) pads the embedding rows and output columns to a multiple
+  (`padded_vocab_size`); logits keep exactly `vocab_size` entries. `remat="block"` recomputes
+  each block's activations in the backward pass (`nnx.remat`), trading compute for memory.
   """
 
   def __init__(self, *, vocab_size: int, hidden_size: int, n_blocks: int, n_heads: int,
                cond_dim: int, mlp_ratio: int = 4, dropout: float = 0.0, dtype=jnp.float32,
-               attention: str = "auto", time_conditioning: bool = True, rngs: nnx.Rngs):
+               attention: str = "auto", time_conditioning: bool = True,
+               vocab_pad_multiple: int = 0, remat: str = "none", rngs: nnx.Rngs):
     if attention not in layers.ATTENTION_KINDS:
       raise ValueError(f"attention must be one of {layers.ATTENTION_KINDS}, got {attention!r}")
     if (hidden_size // max(n_heads, 1)) % 2:
       raise ValueError(f"head_dim {hidden_size // n_heads} must be even for RoPE")
+    if remat not in layers.REMAT_KINDS:
+      raise ValueError(f"remat must be one of {layers.REMAT_KINDS}, got {remat!r}")
     self.vocab_size, self.hidden_size, self.n_heads = vocab_size, hidden_size, n_heads
+    self.padded_vocab_size = layers.padded_vocab_size(vocab_size, vocab_pad_multiple)
     self.dtype, self.dropout, self.time_conditioning = dtype, dropout, time_conditioning
-    self.vocab_embed = EmbeddingLayer(hidden_size, vocab_size, rngs=rngs)
+    self.remat = remat
+    self.vocab_embed = EmbeddingLayer(hidden_size, vocab_size, self.padded_vocab_size,
+                                      rngs=rngs)
     self.sigma_map = TimestepEmbedder(cond_dim, rngs=rngs)
     self.blocks = nnx.List([
         DDiTBlock(hidden_size, n_heads, cond_dim, mlp_ratio, dropout, dtype, attention,
                   rngs=rngs) for _ in range(n_blocks)])
-    self.output_layer = DDitFinalLayer(hidden_size, vocab_size, cond_dim, dtype, rngs=rngs)
+    self.output_layer = DDitFinalLayer(hidden_size, vocab_size, cond_dim, dtype,
+                                       self.padded_vocab_size, rngs=rngs)
 
   @property
   def head_dim(self) -> int:
     """Per-head width d / n_heads."""
     return self.hidden_size // self.n_heads
+
+  @property
+  def padding_params(self) -> int:
+    """Parameters added by vocabulary padding (embedding rows, output columns and bias)."""
+    return (self.padded_vocab_size - self.vocab_size) * (2 * self.hidden_size + 1)
 
   def __call__(self, x: jax.Array, sigma: jax.Array, *,
                dropout_key: Optional[jax.Array] = None) -> jax.Array:
@@ -186,9 +221,15 @@ class DIT(nnx.Module):
     keys = [None] * len(self.blocks)
     if dropout_key is not None and self.dropout > 0.0:
       keys = list(jax.random.split(dropout_key, len(self.blocks)))
+    run = nnx.remat(_run_block) if self.remat == "block" else _run_block
     for block, key in zip(self.blocks, keys):
-      h = layers.constrain(block(h, c, rope, dropout_key=key))
+      h = layers.constrain(run(block, h, c, rope, key))
     return self.output_layer(h, c)
+
+
+def _run_block(block: DDiTBlock, h: jax.Array, c: jax.Array, rope, key) -> jax.Array:
+  """One block as a function of the module (the unit `nnx.remat` recomputes)."""
+  return block(h, c, rope, dropout_key=key)
 
 
 # ---------------------------------------------------------------------------- torch mapping
@@ -231,13 +272,22 @@ def torch_param_names(state) -> dict[str, tuple[tuple, bool]]:
   return {_torch_key(path)[0]: (path, _torch_key(path)[1]) for path in paths}
 
 
-def to_torch_state_dict(state, *, head_dim: Optional[int] = None) -> dict[str, np.ndarray]:
-  """float32 NumPy arrays under PyTorch keys and layouts; adds the RoPE buffer if head_dim given."""
+def to_torch_state_dict(state, *, head_dim: Optional[int] = None,
+                        vocab_size: Optional[int] = None) -> dict[str, np.ndarray]:
+  """float32 NumPy arrays under PyTorch keys and layouts; adds the RoPE buffer if head_dim given.
+
+  Vocabulary padding is removed: the `VOCAB_KEYS` keep their first `vocab_size` rows
+  (default: a DIT module's own `vocab_size`; a bare state is exported as stored unless
+  vocab_size is given).
+  """
+  if vocab_size is None and isinstance(state, DIT):
+    vocab_size = state.vocab_size
   flat = dict(nnx.to_flat_state(_as_state(state)))
   out = {}
   for key, (path, transpose) in torch_param_names(state).items():
     value = np.asarray(jax.device_get(_leaf_value(flat[path])))
-    out[key] = value.T if transpose else value
+    value = value.T if transpose else value
+    out[key] = value[:vocab_size] if key in VOCAB_KEYS and vocab_size else value
   if head_dim is not None:
     out[ROTARY_BUFFER] = rotary_inv_freq(head_dim)
   return out
@@ -258,6 +308,31 @@ def _check_buffer(value, head_dim: Optional[int]) -> list[str]:
   return []
 
 
+def _vocab_rows(state) -> Optional[int]:
+  """Rows of the (possibly padded) input embedding of a DIT state, None if it has none."""
+  flat = dict(nnx.to_flat_state(state))
+  leaf = flat.get(("vocab_embed", "embedding"))
+  return None if leaf is None else int(_leaf_value(leaf).shape[0])
+
+
+def pad_vocab_rows(state_dict, rows: Optional[int]) -> dict:
+  """`state_dict` with the `VOCAB_KEYS` zero-padded along their first axis to `rows`.
+
+  Only when all three are present, agree on a vocabulary V and V < rows; anything else is
+  returned unchanged (and shape mismatches are reported by `from_torch_state_dict`).
+  """
+  if rows is None or not all(k in state_dict for k in VOCAB_KEYS):
+    return state_dict
+  sizes = {np.shape(state_dict[k])[0] for k in VOCAB_KEYS}
+  if len(sizes) != 1 or sizes.pop() >= rows:
+    return state_dict
+  out = dict(state_dict)
+  for k in VOCAB_KEYS:
+    value = np.asarray(state_dict[k])
+    out[k] = np.pad(value, [(0, rows - value.shape[0])] + [(0, 0)] * (value.ndim - 1))
+  return out
+
+
 def from_torch_state_dict(state_dict, abstract_state, *,
                           head_dim: Optional[int] = None) -> nnx.State:
   """A DIT nnx.State (host NumPy values, dtypes and sharding metadata of abstract_state).
@@ -266,8 +341,11 @@ def from_torch_state_dict(state_dict, abstract_state, *,
   `abstract_state` is e.g. `nnx.state(nnx.eval_shape(lambda: DIT(...)))`. A missing or
   unexpected key, or a shape mismatch, raises ValueError naming the key and both shapes.
   The `rotary_emb.inv_freq` buffer may be present; it is checked when head_dim is given.
+  A vocabulary-padded model (`model.vocab_pad_multiple`) takes an unpadded checkpoint: the
+  `VOCAB_KEYS` get zero rows up to the model's padded size (`pad_vocab_rows`).
   """
   abstract_state = _as_state(abstract_state)
+  state_dict = pad_vocab_rows(state_dict, _vocab_rows(abstract_state))
   flat = dict(nnx.to_flat_state(abstract_state))
   names = torch_param_names(abstract_state)
   problems = [f"unexpected key '{k}' with shape {tuple(np.shape(v))}"

@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec
 
 FREQ_EMBED_SIZE = 256  # TimestepEmbedder frequency_embedding_size (MDLM default).
 ATTENTION_KINDS = ("auto", "xla", "cudnn")
+REMAT_KINDS = ("none", "block")
 # Logical names of the [B, L, d] residual stream, for optional activation sharding hints.
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
@@ -57,7 +58,35 @@ def layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",)), rngs=rngs)
 
 
+def padded_rows(init: nnx.Initializer, rows: int) -> nnx.Initializer:
+  """`init` over the first `rows` rows of the requested shape, zeros in the padding rows.
+
+  The first rows get exactly the values `init` gives an unpadded [rows, ...] table for the
+  same key, so a vocabulary-padded model starts from the unpadded model's parameters.
+  """
+
+  def wrapped(key, shape, dtype=jnp.float32):
+    table = init(key, (rows, *shape[1:]), dtype)
+    return jnp.pad(table, [(0, shape[0] - rows)] + [(0, 0)] * (len(shape) - 1))
+
+  return wrapped
+
+
 # ---------------------------------------------------------------------------- pure functions
+
+
+def padded_vocab_size(vocab_size: int, multiple: int) -> int:
+  """vocab_size rounded up to a multiple of `multiple` (0 or 1: no padding).
+
+  Padding the embedding rows and the output projection's columns to a multiple of 64/128
+  gives the logits matmul and its gradients tile-aligned shapes (GPT-2's 50258 -> 50304).
+  """
+  if multiple < 0:
+    raise ValueError(f"vocab_pad_multiple must be >= 0, got {multiple}")
+  if multiple <= 1:
+    return vocab_size
+  return -(-vocab_size // multiple) * multiple
+
 
 
 def timestep_embedding(sigma: jax.Array, dim: int = FREQ_EMBED_SIZE,

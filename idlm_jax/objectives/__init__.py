@@ -2,7 +2,7 @@
 
 from typing import Any, Callable, NamedTuple
 
-DISTILLATION = ("idlm",)  # objectives that start from a frozen teacher (config.distill)
+DISTILLATION = ("idlm", "sdtt", "dcd", "didi", "r2_finetune")  # objectives that start from a frozen teacher (config.distill)
 
 
 class Objective(NamedTuple):
@@ -15,6 +15,8 @@ class Objective(NamedTuple):
     (e.g. {"nelbo_sum", "tokens"}) so a whole split reduces exactly.
   aux_txs: {name: optimizer} of the other networks it trains (TrainState.aux), e.g. IDLM's
     {"fake": AdamW}; each starts as a copy of the initial params.
+    A `train.state.AuxNet(tx, init, abstract)` value instead gives a network of another
+    structure its own init from the initial params (DiDi's {"disc": discriminator}).
   """
 
   train_step: Callable[..., Any]
@@ -34,4 +36,16 @@ def get_objective(config, graphdef, tx, mask_id: int) -> Objective:
   if config.objective == "idlm":  # inverse distillation (reference/idlm.md)
     from idlm_jax.objectives import idlm
     return idlm.make_objective(config, graphdef, tx, mask_id)
+  if config.objective == "sdtt":  # baseline: self-distillation through time (teachers.md §6)
+    from idlm_jax.objectives import sdtt
+    return sdtt.make_objective(config, graphdef, tx, mask_id)
+  if config.objective == "dcd":  # baseline: Duo's discrete consistency distillation (§4.4)
+    from idlm_jax.objectives import dcd
+    return dcd.make_objective(config, graphdef, tx, mask_id)
+  if config.objective == "didi":  # DiDi-Instruct (reference/didi_instruct.md)
+    from idlm_jax.objectives import didi
+    return didi.make_objective(config, graphdef, tx, mask_id)
+  if config.objective == "r2_finetune":  # fine-tuning on R2 trajectories (issue #8)
+    from idlm_jax.objectives import r2_finetune
+    return r2_finetune.make_objective(config, graphdef, tx, mask_id)
   raise ValueError(f"objective: unknown {config.objective!r}")

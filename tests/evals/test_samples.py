@@ -16,7 +16,7 @@ MASK = 3  # demo-bpe-2048's [MASK]
 
 
 def _tiny():
-  cfg = config_lib.load_config("configs/demo.py:smoke", ["sample.steps=8", "sample.num_samples=4",
+  cfg = config_lib.load_config("configs/demo_teacher.py:smoke", ["sample.steps=8", "sample.num_samples=4",
                                                          "sample.batch_size=4"])
   model = models.build_model(cfg.model, 2048, nnx.Rngs(0))
   graphdef, params = state_lib.split_params(model)
@@ -113,12 +113,12 @@ def test_prompt_config_field(tmp_path):
 
 
 def test_r2_config_validation():
-  cfg = config_lib.load_config("configs/demo.py:smoke", ["sample.sampler=r2",
+  cfg = config_lib.load_config("configs/demo_teacher.py:smoke", ["sample.sampler=r2",
                                                          "sample.r2.rules=temporal,threshold"])
   assert cfg.sample.sampler == "r2"
   with pytest.raises(config_lib.ConfigError, match="sample.r2.rules"):
-    config_lib.load_config("configs/demo.py:smoke", ["sample.r2.rules=temporal,bogus"])
+    config_lib.load_config("configs/demo_teacher.py:smoke", ["sample.r2.rules=temporal,bogus"])
   with pytest.raises(config_lib.ConfigError, match="sample.r2.temporal_eval"):
-    config_lib.load_config("configs/demo.py:smoke", ["sample.r2.temporal_eval=ave"])
+    config_lib.load_config("configs/demo_teacher.py:smoke", ["sample.r2.temporal_eval=ave"])
   with pytest.raises(config_lib.ConfigError, match="sample.sampler"):
     config_lib.load_config("configs/duo_lm1b.py:smoke", ["sample.sampler=r2"])

@@ -34,7 +34,7 @@ VOCAB, N_HEADS = 2048, 2  # demo-bpe-2048 model vocabulary; demo:smoke heads
 
 
 def _config(tmp_path, *overrides):
-  return config_lib.load_config("configs/demo.py:smoke", [
+  return config_lib.load_config("configs/demo_teacher.py:smoke", [
       f"data.cache_dir='{tmp_path / 'cache'}'", "ckpt.async_save=False", "log.tensorboard=False",
       "model.n_blocks=2", *overrides])
 
@@ -44,7 +44,7 @@ def _model(params=None, cfg=None):
 
   Built from nnx.eval_shape: eager initialisation compiles op by op (seconds on 2 cores).
   """
-  cfg = cfg or config_lib.load_config("configs/demo.py:smoke", ["model.n_blocks=2"])
+  cfg = cfg or config_lib.load_config("configs/demo_teacher.py:smoke", ["model.n_blocks=2"])
   abstract = nnx.eval_shape(lambda: models.build_model(cfg.model, VOCAB, nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract, nnx.Param)
   state = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), state)
@@ -449,7 +449,7 @@ def test_convert_then_eval(tmp_path, weights):
 def test_cli(tmp_path, weights):
   folder = _hf_folder(tmp_path / "sedd", _with_buffer(weights[0]),
                       {"model": {"n_heads": N_HEADS}})
-  cmd = [sys.executable, "-m", "idlm_jax.convert", "--config=configs/demo.py:smoke",
+  cmd = [sys.executable, "-m", "idlm_jax.convert", "--config=configs/demo_teacher.py:smoke",
          f"--source={folder}", f"--workdir={tmp_path / 'out'}", "--config.model.n_blocks=2",
          "--config.model.time_conditioning=True"]
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}

@@ -357,7 +357,9 @@ def _base_config():
 def test_build_model_from_config():
   cfg = _base_config().model
   abstract = nnx.eval_shape(lambda: build_model(cfg, 50258, nnx.Rngs(0)))
-  assert count_params(abstract) == 169_627_218
+  assert abstract.padded_vocab_size == 50304  # model.vocab_pad_multiple = 128
+  assert count_params(abstract) - abstract.padding_params == 169_627_218
+  assert count_params(abstract) == 169_627_218 + 46 * (2 * 768 + 1)
   assert abstract.dropout == cfg.dropout and abstract.time_conditioning is False
   cfg.hidden_size, cfg.n_blocks, cfg.n_heads, cfg.cond_dim, cfg.dtype = 32, 1, 2, 8, "bfloat16"
   model = build_model(cfg, 11, nnx.Rngs(0))

@@ -64,7 +64,7 @@ def draw(config, graphdef, params, mask_id: int, mesh, *, num_steps: int, num_sa
     outs = [sampler(params, jax.random.fold_in(key, i)) for i in range(n_batches)]
     outs = jax.block_until_ready(outs)
     seconds = time.time() - t0
-    outs = jax.device_get(outs)
+    outs = parallel.to_host(outs)  # also when sharded over hosts
   tokens = np.concatenate([o.tokens for o in outs])[:num_samples]
   nfe = float(np.mean([o.nfe for o in outs]))
   return {"tokens": tokens, "nfe": nfe, "seconds": seconds, "compile_seconds": compile_s,

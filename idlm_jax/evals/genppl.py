@@ -142,12 +142,12 @@ def gen_ppl(evaluator: Evaluator, texts: Sequence[str], batch_size: int = 8) -> 
 def export_checkpoint(config, workdir: str, out: str, command: str) -> dict:
   """Write the (EMA) params of a trained "ar" run as an HF-layout evaluator folder."""
   from idlm_jax.models import gpt2
-  from idlm_jax.train import loop
+  from idlm_jax.train import loop, parallel
   run = loop.build(config, workdir)
   step = loop.restore_latest(run)
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}")
-  params = jax.device_get(loop.eval_params(run))
+  params = parallel.to_host(loop.eval_params(run))  # also when sharded over hosts
   val = loop.validate_now(run, step)
   flat = {}
 

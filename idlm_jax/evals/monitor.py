@@ -81,7 +81,7 @@ class Monitor:
     with categorical.x64_scope(c.sample.precision), parallel.mesh_context(self.run.mesh):
       outs = [self._sampler(steps)(params, jax.random.fold_in(key, i))
               for i in range(-(-n // batch))]
-      outs = jax.device_get(outs)
+      outs = parallel.to_host(outs)  # also when sharded over hosts
     tokens = np.concatenate([o.tokens for o in outs])[:n]
     texts = self.run.tokenizer.decode_batch(tokens.tolist())
     row = evaluate.evaluate_cell(tokens, texts, evaluator=self.evaluator, hmm=self.hmm,

@@ -4,15 +4,31 @@ Layout: <workdir>/checkpoints/<step>/{state, data_iter, meta}. orbax writes each
 temporary directory and renames it when complete, so a crash never leaves a half checkpoint
 that looks finished. Saves happen every `ckpt.every` steps, on the last step, and at a
 preemption sync point (multi-host runs with jax.distributed).
+
+Workdirs may be local paths or URLs (`gs://bucket/run`, what every host of a pod reaches):
+paths are `etils.epath.Path`s (`as_path`), the filesystem layer orbax itself uses.
 """
 
-import pathlib
 from typing import Any, Optional
 
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 ITEMS = ("state", "data_iter", "meta")
+
+
+def is_url(path) -> bool:
+  """Whether `path` names remote storage (gs://, s3://, ...) rather than a local file."""
+  return "://" in str(path)
+
+
+def as_path(path) -> epath.Path:
+  """A workdir or checkpoint folder: a URL as it is, a local path with ~ expanded and made
+  absolute (orbax needs absolute paths; pathlib's `.absolute()` would mangle a URL)."""
+  if is_url(path):
+    return epath.Path(str(path))
+  return epath.Path(path).expanduser().absolute()
 
 
 class Checkpointer:
@@ -20,7 +36,7 @@ class Checkpointer:
 
   def __init__(self, directory, *, every: int, keep: int, async_save: bool = True,
                read_only: bool = False):
-    self.directory = pathlib.Path(directory).expanduser().absolute()
+    self.directory = as_path(directory)
     options = ocp.CheckpointManagerOptions(
         save_decision_policy=policies.AnySavePolicy([
             policies.FixedIntervalPolicy(every),

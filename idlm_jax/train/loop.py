@@ -5,14 +5,14 @@
 
 import dataclasses
 import json
+import logging
 import math
-import pathlib
 import time
 from typing import Any, Optional
 
 import jax
 import ml_collections
-import logging
+from etils import epath
 
 from idlm_jax import config as config_lib
 from idlm_jax import models
@@ -30,7 +30,7 @@ class Run:
   """Everything built for one run (returned for inspection by tests and notebooks)."""
 
   config: ml_collections.ConfigDict
-  workdir: pathlib.Path
+  workdir: epath.Path
   mesh: Any
   tokenizer: Any
   graphdef: Any
@@ -52,7 +52,7 @@ class Run:
 def build(config, workdir, devices=None) -> Run:
   """Validate the config, then build mesh, data, model state, objective and checkpointer."""
   config_lib.validate(config)
-  workdir = pathlib.Path(workdir).expanduser()
+  workdir = checkpoint.as_path(workdir)  # local, or a URL such as gs://bucket/run
   mesh = parallel.make_mesh(config.parallel, devices)
   divisor = parallel.batch_divisor(mesh)
   for field in ("train.global_batch_size", "eval.batch_size", "sample.batch_size"):
@@ -86,7 +86,10 @@ def build(config, workdir, devices=None) -> Run:
   batch_sh = parallel.batch_sharding(mesh)
   rep = parallel.replicated(mesh)
   frozen_sh = frozen and {"teacher": shardings.params}
-  run.p_train_step = jax.jit(objective.train_step, in_shardings=(shardings, frozen_sh, batch_sh),
+  train_step = objective.train_step
+  if config.parallel.strategy == "pmap":  # per-device step, explicit gradient pmean
+    train_step = parallel.pmap_train_step(train_step, mesh)
+  run.p_train_step = jax.jit(train_step, in_shardings=(shardings, frozen_sh, batch_sh),
                              out_shardings=(shardings, rep), donate_argnums=(0,))
   run.p_eval_step = jax.jit(objective.eval_step, in_shardings=(shardings.params, None, batch_sh, rep),
                             out_shardings=rep)
@@ -100,6 +103,9 @@ def load_data(config, tokenizer):
   eval_samplers: no data (a converted teacher samples without its training corpus).
   """
   where = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  if config.mode == "train" and config.objective == "r2_finetune":  # recorded trajectories
+    from idlm_jax.objectives import r2_finetune
+    return r2_finetune.get_datasets(config, tokenizer, **where)
   if config.mode == "train":
     return pipeline.get_datasets(config.data, tokenizer,
                                  global_batch_size=config.train.global_batch_size,
@@ -259,7 +265,7 @@ def teacher_from_scratch(config, workdir, devices=None):
   <workdir>/teacher first (resuming it if interrupted), then distil it. Returns the config
   with distill.teacher pointing at the trained teacher."""
   spec = config.distill.teacher[len("scratch:"):]
-  teacher_dir = pathlib.Path(workdir).expanduser() / "teacher"
+  teacher_dir = checkpoint.as_path(workdir) / "teacher"
   if not (teacher_dir / "results.json").is_file():  # written when the teacher run finished
     log.info("distill.teacher: training the teacher %s into %s first", spec, teacher_dir)
     run(config_lib.load_config(spec, [f"data.cache_dir={config.data.cache_dir}"]), teacher_dir,

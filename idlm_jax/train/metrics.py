@@ -1,16 +1,27 @@
-"""Metric writers (JSONL + TensorBoard), finiteness checks and progress with ETA."""
+"""Metric writers (JSONL + TensorBoard), finiteness checks and progress with ETA.
+
+The workdir may be a local path or a URL (`gs://bucket/run`): every file goes through
+`etils.epath`, the filesystem layer orbax uses (tf.io.gfile when TensorFlow is installed,
+otherwise fsspec, which needs `gcsfs` for gs://), TensorBoard event files too
+(`_epath_event_files` routes tensorboardX's writer through it). Object stores cannot append
+(gcsfs silently overwrites), so on a URL metrics.jsonl is kept whole in memory and rewritten
+at most every `REMOTE_SYNC_S` seconds and at flush/close (`_RemoteLog`).
+"""
 
 import json
+import logging
 import math
-import pathlib
 import time
 from typing import Optional
 
 import jax
 import numpy as np
-import logging
+from etils import epath
+
+from idlm_jax.train import checkpoint
 
 log = logging.getLogger("idlm_jax")
+REMOTE_SYNC_S = 60.0
 
 
 class NonFiniteError(FloatingPointError):
@@ -24,27 +35,32 @@ class MetricWriter:
   """
 
   def __init__(self, workdir, tensorboard: bool = True):
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = epath.Path(workdir)
     self.active = jax.process_index() == 0
     self._tb = None
     if self.active:
       self.workdir.mkdir(parents=True, exist_ok=True)
-      self._jsonl = open(self.workdir / "metrics.jsonl", "a")
+      jsonl = self.workdir / "metrics.jsonl"
+      self._jsonl = _RemoteLog(jsonl) if checkpoint.is_url(jsonl) else jsonl.open("a")
       if tensorboard:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+        logdir = self.workdir / "tensorboard"
+        if checkpoint.is_url(logdir):
+          _epath_event_files(str(logdir).split("://")[0])
+        self._tb = SummaryWriter(str(logdir))
 
   def scalars(self, step: int, values: dict) -> None:
     if not self.active:
       return
     values = {k: float(v) for k, v in values.items()}
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
-    self._jsonl.flush()
+    if not isinstance(self._jsonl, _RemoteLog):  # (that one syncs every REMOTE_SYNC_S)
+      self._jsonl.flush()
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, int(step))
 
-  def texts(self, step: int, name: str, texts: list[str], extra: Optional[dict] = None) -> pathlib.Path:
+  def texts(self, step: int, name: str, texts: list[str], extra: Optional[dict] = None) -> epath.Path:
     """Write samples as <workdir>/samples/<name>_step<step>.txt (+ .jsonl with metadata)."""
     out = self.workdir / "samples" / f"{name}_step{int(step)}.txt"
     if not self.active:
@@ -52,7 +68,7 @@ class MetricWriter:
     out.parent.mkdir(parents=True, exist_ok=True)
     sep = "\n" + "=" * 80 + "\n"
     out.write_text(sep.join(texts) + "\n")
-    with open(out.with_suffix(".jsonl"), "w") as f:
+    with out.with_suffix(".jsonl").open("w") as f:
       for i, text in enumerate(texts):
         f.write(json.dumps({"index": i, "text": text, **(extra or {})}) + "\n")
     if self._tb is not None:
@@ -60,6 +76,8 @@ class MetricWriter:
     return out
 
   def flush(self) -> None:
+    if self.active:
+      self._jsonl.flush()
     if self._tb is not None:
       self._tb.flush()
 
@@ -68,6 +86,49 @@ class MetricWriter:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+
+
+class _RemoteLog:
+  """An append-only text file on object storage: the whole text is kept and rewritten (the
+  previous run's lines first, when resuming) at most every REMOTE_SYNC_S seconds on write,
+  and always on flush/close."""
+
+  def __init__(self, path: epath.Path):
+    self.path = path
+    self._chunks = [path.read_text()] if path.exists() else []
+    self._last = time.time()
+    self._dirty = False
+
+  def write(self, text: str) -> None:
+    self._chunks.append(text)
+    self._dirty = True
+    if time.time() - self._last >= REMOTE_SYNC_S:
+      self.flush()
+
+  def flush(self) -> None:
+    if self._dirty:
+      self.path.write_text("".join(self._chunks))
+      self._dirty, self._last = False, time.time()
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathEventFiles:
+  """A tensorboardX record-writer factory that opens event files through etils.epath."""
+
+  def open(self, path):
+    return epath.Path(path).open("wb")
+
+  def directory_check(self, path):
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _epath_event_files(scheme: str) -> None:
+  """Route tensorboardX's event files under `scheme`:// through epath (its own gs:// writer
+  would need google-cloud-storage; this one uses the workdir's filesystem layer)."""
+  from tensorboardX import record_writer
+  record_writer.register_writer_factory(scheme, _EpathEventFiles())
 
 
 def check_finite(history: list[tuple[int, dict]]) -> None:

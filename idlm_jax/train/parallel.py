@@ -1,8 +1,22 @@
-"""Device mesh, logical-axis sharding rules and global batches (pjit = jit with shardings)."""
+"""Device mesh, logical-axis sharding rules, global batches and the two parallel strategies.
+
+parallel.strategy = "pjit" (default): the train step runs under `jax.jit` with NamedShardings;
+  parameters and optimizer moments are sharded by LOGICAL_RULES (FSDP over 'fsdp', tensor
+  parallel over 'tensor'), the batch over ('data', 'fsdp'); XLA inserts the collectives.
+parallel.strategy = "pmap": pure data parallelism with explicit collectives. The mesh puts every
+  device on 'data' (shape (n, 1, 1)), so the state is replicated; the same train step runs per
+  device on its rows of the batch (`pmap_train_step`), with the gradients averaged by
+  `lax.pmean` inside `state.apply_gradients` (the `gradient_reduction` hook) and the metrics
+  averaged after the step. It is written with `jax.shard_map`, which is what `jax.pmap` itself
+  has been built on since JAX 0.8: the replicated state is an ordinary global array (no leading
+  device axis to replicate and unreplicate), so checkpoints are the same TrainState under both
+  strategies and restore into either.
+"""
 
 import contextlib
+import contextvars
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -50,11 +64,17 @@ def fill_mesh_shape(shape: Sequence[int], n: int, what: str) -> tuple[int, ...]:
 
 
 def make_mesh(parallel_cfg, devices=None) -> Mesh:
-  """Mesh over ('data', 'fsdp', 'tensor'); DCN sizes across slices, ICI sizes within one."""
+  """Mesh over ('data', 'fsdp', 'tensor'); DCN sizes across slices, ICI sizes within one.
+
+  Under the pmap strategy the sizes are (n, 1, 1) whatever ici_mesh/dcn_mesh say.
+  """
   devices = list(jax.devices() if devices is None else devices)
   num_slices = len({getattr(d, "slice_index", 0) for d in devices})
-  dcn = fill_mesh_shape(parallel_cfg.dcn_mesh, num_slices, "dcn_mesh")
-  ici = fill_mesh_shape(parallel_cfg.ici_mesh, len(devices) // num_slices, "ici_mesh")
+  dcn_shape, ici_shape = parallel_cfg.dcn_mesh, parallel_cfg.ici_mesh
+  if parallel_cfg.get("strategy", "pjit") == "pmap":  # every device on 'data': replicated state
+    dcn_shape, ici_shape = (-1, 1, 1), (-1, 1, 1)
+  dcn = fill_mesh_shape(dcn_shape, num_slices, "dcn_mesh")
+  ici = fill_mesh_shape(ici_shape, len(devices) // num_slices, "ici_mesh")
   if num_slices > 1:
     from jax.experimental import mesh_utils  # multi-slice TPU pods
     grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
@@ -141,3 +161,72 @@ def to_host(tree):
     return np.asarray(jax.device_get(x))
 
   return jax.tree.map(one, tree)
+
+
+# ------------------------------------------------------------------ the pmap strategy
+
+_GRAD_REDUCTION: contextvars.ContextVar = contextvars.ContextVar("grad_reduction", default=None)
+
+
+@contextlib.contextmanager
+def gradient_reduction(reduce: Callable[[Any], Any]):
+  """While a step is traced inside this context, `reduce_gradients` applies `reduce`.
+
+  `state.apply_gradients` calls `reduce_gradients` on every gradient tree before the
+  optimizer, so every objective that updates its networks through it (all of them) gets the
+  pmap strategy's `lax.pmean` without knowing about it.
+  """
+  token = _GRAD_REDUCTION.set(reduce)
+  try:
+    yield
+  finally:
+    _GRAD_REDUCTION.reset(token)
+
+
+def reduce_gradients(grads):
+  """The gradients as the optimizer must see them: averaged over devices under the pmap
+  strategy (inside `gradient_reduction`), unchanged otherwise (pjit reduces implicitly)."""
+  reduce = _GRAD_REDUCTION.get()
+  return grads if reduce is None else reduce(grads)
+
+
+def reduce_metrics(metrics: dict, axes) -> dict:
+  """Per-device step metrics -> global ones: counts named `tokens` are summed, the rest
+  (per-device means: loss, gradient norms) averaged."""
+  return {k: jax.lax.psum(v, axes) if k == "tokens" else jax.lax.pmean(v, axes)
+          for k, v in metrics.items()}
+
+
+def pmap_train_step(train_step: Callable, mesh: Mesh, device_keys: bool = True) -> Callable:
+  """The pmap strategy's step: `train_step(state, frozen, batch)` run on every device with the
+  replicated state and frozen networks and that device's rows of the batch (or of each batch
+  of a tuple), gradients `lax.pmean`-ed over all devices, metrics reduced by `reduce_metrics`.
+
+  Wrap the result in `jax.jit` with the state/batch shardings as for pjit. device_keys: each
+  device folds its index into the state's key, so devices draw independent noise (diffusion
+  times, masks, dropout); False makes every device draw the same noise for its rows (then a
+  batch of n identical per-device slices reproduces the pjit step on one slice exactly, which
+  is how tests/train/test_pmap.py compares the two strategies).
+
+  Loss normalisation: each device normalises by its own token count and the gradients are
+  averaged (PyTorch DDP's rule, the papers' trainers); pjit divides the global sum by the
+  global count. The two agree when every device holds the same number of loss tokens (packed
+  rows, or equally padded ones), and differ slightly with unevenly padded rows.
+  """
+  axes = tuple(mesh.axis_names)
+
+  def per_device(state, frozen, batch):
+    rng = state.rng
+    if device_keys:
+      key = jax.random.fold_in(state.key(), jax.lax.axis_index(axes))
+      state = state.replace(rng=jax.random.key_data(key))
+    # per-device code: no activation sharding constraints (the mesh axes are manual here)
+    with gradient_reduction(lambda grads: jax.lax.pmean(grads, axes)), \
+        nnx.logical_axis_rules(()):
+      state, metrics = train_step(state, frozen, batch)
+    return state.replace(rng=rng), reduce_metrics(metrics, axes)
+
+  # check_vma=False: gradients w.r.t. the replicated params stay per-device (pmap semantics)
+  # until the explicit pmean; with vma checking, autodiff would psum them already.
+  return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(BATCH_AXES)),
+                       out_specs=(P(), P()), check_vma=False)

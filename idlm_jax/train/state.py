@@ -1,6 +1,6 @@
 """The train state pytree, the optimizer, EMA and sharded state creation."""
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax
 import jax
@@ -84,6 +84,24 @@ def abstract_model(build_model: Callable[[nnx.Rngs], nnx.Module], seed: int):
   return nnx.split(model, nnx.Param)
 
 
+class AuxNet(NamedTuple):
+  """An objective's extra network whose params differ from the model's (DiDi's discriminator):
+  an `aux_txs` value in place of a bare optimizer. init(source_params, key) -> its params
+  (source: the model's initial params, i.e. the teacher's in distillation); abstract: its
+  nnx.State of abstract Params (for the shardings)."""
+
+  tx: optax.GradientTransformation
+  init: Callable
+  abstract: nnx.State
+
+
+def _aux_net(spec, params, key) -> NetState:
+  """The NetState of one aux_txs entry: a copy of `params`, or an AuxNet's own init."""
+  if isinstance(spec, AuxNet):
+    return init_net(spec.init(params, key), spec.tx)
+  return init_net(params, spec)
+
+
 def init_net(params, tx: optax.GradientTransformation) -> NetState:
   """A fresh NetState starting at `params` (its EMA starts there too)."""
   return NetState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
@@ -110,7 +128,8 @@ def create_state(build_model: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gradie
     params = jax.tree.map(jnp.copy, source)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       ema_params=params, rng=jax.random.key_data(k_train),
-                      aux={name: init_net(params, t) for name, t in aux_txs.items()})
+                      aux={name: _aux_net(t, params, jax.random.fold_in(k_params, i))
+                           for i, (name, t) in enumerate(sorted(aux_txs.items()))})
 
   graphdef, abstract_params = abstract_model(build_model, seed)
   shardings = state_shardings(tx, abstract_params, mesh, aux_txs)
@@ -121,8 +140,9 @@ def create_state(build_model: Callable[[nnx.Rngs], nnx.Module], tx: optax.Gradie
 
 def _opt_shardings(tx, abstract_params: nnx.State, p_sh, rep):
   abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params))
-  return optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_sh,
-                               transform_non_params=lambda _: rep)
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # leaves a masked optimizer skips
+  return optax.tree_map_params(tx, lambda v, s: v if masked(v) else s, abstract_opt, p_sh,
+                               transform_non_params=lambda _: rep, is_leaf=masked)
 
 
 def state_shardings(tx, abstract_params: nnx.State, mesh,
@@ -132,7 +152,12 @@ def state_shardings(tx, abstract_params: nnx.State, mesh,
   rep = parallel.replicated(mesh)
   aux = {name: NetState(step=rep, params=p_sh, opt_state=_opt_shardings(t, abstract_params, p_sh,
                                                                          rep), ema_params=p_sh)
-         for name, t in (aux_txs or {}).items()}
+         for name, t in (aux_txs or {}).items() if not isinstance(t, AuxNet)}
+  for name, t in (aux_txs or {}).items():  # networks with their own structure (AuxNet)
+    if isinstance(t, AuxNet):
+      a_sh = parallel.param_shardings(t.abstract, mesh)
+      aux[name] = NetState(step=rep, params=a_sh, opt_state=_opt_shardings(t.tx, t.abstract, a_sh,
+                                                                            rep), ema_params=a_sh)
   return TrainState(step=rep, params=p_sh, opt_state=_opt_shardings(tx, abstract_params, p_sh, rep),
                     ema_params=p_sh, rng=rep, aux=aux)
 
@@ -144,7 +169,12 @@ def abstract_state(state: TrainState, shardings: TrainState) -> TrainState:
 
 
 def apply_gradients(state, grads, tx: optax.GradientTransformation, ema_decay: float):
-  """One optimizer step plus the EMA update; increments `step` (a TrainState or a NetState)."""
+  """One optimizer step plus the EMA update; increments `step` (a TrainState or a NetState).
+
+  The gradients first go through `parallel.reduce_gradients`: the identity under pjit, the
+  device `lax.pmean` of the pmap strategy (so every objective gets it without knowing).
+  """
+  grads = parallel.reduce_gradients(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = ema_update(state.ema_params, params, state.step, ema_decay)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from idlm_jax import config as config_lib
@@ -28,9 +29,9 @@ MODEL_FIELDS = ("name", "hidden_size", "n_blocks", "n_heads", "cond_dim", "mlp_r
                 "time_conditioning")
 
 
-def resolve(spec: str) -> pathlib.Path:
-  """The folder named by distill.teacher ("demo" = the shipped asset)."""
-  path = DEMO if spec == "demo" else pathlib.Path(spec).expanduser()
+def resolve(spec: str) -> epath.Path:
+  """The folder named by distill.teacher ("demo" = the shipped asset); local or a URL."""
+  path = checkpoint.as_path(DEMO if spec == "demo" else spec)
   if not path.exists():
     raise FileNotFoundError(f"config.distill.teacher: {spec!r} does not exist"
                             + (" (the demo teacher asset is missing from the package)"
@@ -94,7 +95,8 @@ def load(config, abstract_params: nnx.State, mesh, vocab_size: int):
   if (path / "params.npz").is_file():
     meta = json.loads((path / "teacher.json").read_text())
     _check_meta(config, meta, path)
-    flat = dict(np.load(path / "params.npz"))
+    with (path / "params.npz").open("rb") as f:
+      flat = dict(np.load(f))
     return place(_unflatten(flat, target, path, vocab_size))
   ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
   ckpt = checkpoint.Checkpointer(ckpt_dir, every=1, keep=1, async_save=False, read_only=True)
@@ -151,10 +153,10 @@ def _unflatten(flat: dict, target, where, vocab_size: int):
   return build(target)
 
 
-def export(workdir, out, use_ema: bool = True) -> pathlib.Path:
+def export(workdir, out, use_ema: bool = True) -> epath.Path:
   """Write <out>/params.npz (the EMA params, float32) and <out>/teacher.json (its config)."""
   from idlm_jax.train import loop  # the teacher's own run, rebuilt in sample mode (no data)
-  workdir, out = pathlib.Path(workdir).expanduser(), pathlib.Path(out)
+  workdir, out = checkpoint.as_path(workdir), checkpoint.as_path(out)
   saved = json.loads((workdir / "config.json").read_text())  # written by loop.run
   cfg = config_lib.base_config()
   known = _flat_cfg(cfg.to_dict())
@@ -165,7 +167,8 @@ def export(workdir, out, use_ema: bool = True) -> pathlib.Path:
   step = loop.restore_latest(run)
   params = run.state.ema_params if use_ema else run.state.params
   out.mkdir(parents=True, exist_ok=True)
-  np.savez(out / "params.npz", **_flatten(jax.device_get(params)))
+  with (out / "params.npz").open("wb") as f:
+    np.savez(f, **_flatten(parallel.to_host(params)))
   meta = {"step": step, "source": str(workdir), "tokenizer": cfg.data.tokenizer,
           "config": json.loads(cfg.to_json_best_effort()), "ema": use_ema}
   (out / "teacher.json").write_text(json.dumps(meta, indent=2) + "\n")

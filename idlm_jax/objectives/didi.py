@@ -1,0 +1,341 @@
+"""DiDi-Instruct: integral-KL distillation of an MDLM teacher by policy gradient
+(reference/didi_instruct.md §1-3, §8).
+
+  grad L = E_{tau, x ~ p_nu, z ~ Q(.|x)} [ omega(tau)/pi(tau) R(z, tau) grad log p_nu(x) ]   (§1.1)
+
+R = log q_nu/q_theta is estimated by a discriminator d (teacher trunk + spectral-norm head,
+models/discriminator.py) fitted to tell real sequences (data, or teacher samples) from student
+samples, both masked at the same tau. One train step (§8), from B real rows:
+  1. tau ~ Beta(a, b) clamped to [tau_min, tau_max], one per rollout, N = B G rollouts.
+  2. Two-step student rollout (SUBS, ancestral): all-[MASK] at t=1 -> x_tau -> x0_hat at t0;
+     log p_nu(x0_hat) ~ logp_1 + logp_2, each the sum of log x_theta at the NEWLY unmasked
+     tokens (intermediate-state matching, §1.3; staying masked has a constant probability).
+  3. z_real, z_fake: real rows (repeated G times) and x0_hat masked at rate 1 - alpha(tau).
+  4. Discriminator update: label-smoothed BCE on masked positions, 1/2 (real + fake).
+  5. Reward (updated d, no dropout): r = mean over z_fake's masked positions of the clipped
+     log-odds log(sig(d) + 1e-6) - log(1 - sig(d) + 1e-6); grouped normalisation over each G
+     consecutive rollouts, A = clip((r - mean_g) / (std_g + 1e-8)).
+  6. Student update: L = -mean(sg(omega A) (logp_1 + logp_2)) + kl_beta (kl_hi KL_1 + kl_lo KL_2)
+     - entropy_beta H, with KL_k = forward KL(teacher || student) at rollout step k; omega =
+     -alpha'/(1 - alpha) at tau clipped (optionally / pi(tau)).
+The rollout's log-probabilities are differentiated with ONE forward per step (jax.vjp, kept
+across the discriminator update), where the reference recomputes each step with grad.
+Every network (student, teacher, discriminator trunk) sees sigma through the same DIT, which
+zeros it for `model.time_conditioning=False`, so the time input is handled consistently
+(§3.2's pitfall); the discriminator and the student are new copies made after the teacher is
+loaded (train/state.create_state; §3.1's pitfall).
+"""
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from idlm_jax.diffusion import categorical, mdlm, samplers
+from idlm_jax.diffusion.schedules import get_schedule
+from idlm_jax.models import discriminator as disc_lib
+from idlm_jax.objectives import Objective, diffusion, teachers
+from idlm_jax.train.state import AuxNet, apply_gradients, make_optimizer
+
+ROLLOUT_PRECISION = "exact32"  # categorical draws inside the step (no x64 in the train step)
+LOG_ODDS_EPS = 1e-6  # the reference's log(sig + 1e-6) - log(1 - sig + 1e-6)
+ADV_EPS = 1e-8
+
+
+# ------------------------------------------------------------------ pure maths
+
+
+def sample_tau(key: jax.Array, n: int, a: float, b: float, lo: float, hi: float):
+  """(tau [n], pi(tau) [n]): tau ~ Beta(a, b) clamped to [lo, hi]; pi is the Beta pdf (§2.2)."""
+  tau = jnp.clip(jax.random.beta(key, a, b, (n,)), lo, hi)
+  return tau, jnp.exp(jax.scipy.stats.beta.logpdf(tau, a, b))
+
+
+def time_weight(schedule, tau: jax.Array, lo: float, hi: float, pi=None) -> jax.Array:
+  """omega(tau) = -alpha'(tau) / (1 - alpha(tau)) clipped to [lo, hi] (1/tau for log-linear),
+  divided by pi(tau) when given (the importance weight)."""
+  w = jnp.clip(mdlm.nelbo_weight(schedule.alpha(tau), schedule.dalpha(tau)), lo, hi)
+  return w if pi is None else w / pi
+
+
+def token_log_odds(logits: jax.Array, clip: float) -> jax.Array:
+  """clip(log(sig(d) + 1e-6) - log(1 - sig(d) + 1e-6), +-clip): ~ d, the estimated log ratio."""
+  p = jax.nn.sigmoid(logits.astype(jnp.float32))
+  return jnp.clip(jnp.log(p + LOG_ODDS_EPS) - jnp.log(1.0 - p + LOG_ODDS_EPS), -clip, clip)
+
+
+def sequence_rewards(logits: jax.Array, masked: jax.Array, clip: float) -> jax.Array:
+  """r [N]: mean clipped log-odds over each row's masked positions (0 with none)."""
+  masked = masked.astype(jnp.float32)
+  return (token_log_odds(logits, clip) * masked).sum(-1) / jnp.maximum(masked.sum(-1), 1.0)
+
+
+def group_advantages(rewards: jax.Array, group_size: int, clip: float) -> jax.Array:
+  """A = clip((r - mean_g r) / (std_g r + 1e-8), +-clip) over consecutive groups of G rollouts;
+  std is the unbiased estimate (torch's default), GRPO-style (§2.1)."""
+  g = rewards.reshape(-1, group_size).astype(jnp.float32)
+  centred = g - g.mean(axis=1, keepdims=True)
+  std = jnp.sqrt((centred ** 2).sum(axis=1, keepdims=True) / (group_size - 1))
+  return jnp.clip(centred / (std + ADV_EPS), -clip, clip).reshape(-1)
+
+
+def smoothed_bce(logits: jax.Array, target: float, weights: jax.Array) -> jax.Array:
+  """Masked mean of BCE-with-logits softplus(d) - y d at smoothed label y."""
+  per = jax.nn.softplus(logits) - target * logits
+  return (per * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def discriminator_loss(logits_real, masked_real, logits_fake, masked_fake,
+                       smoothing: float) -> jax.Array:
+  """L_D = 1/2 (BCE(real, 1 - s) + BCE(fake, s)), each over its masked positions (§1.2)."""
+  return 0.5 * (smoothed_bce(logits_real, 1.0 - smoothing, masked_real) +
+                smoothed_bce(logits_fake, smoothing, masked_fake))
+
+
+def policy_gradient_loss(logp: jax.Array, weight: jax.Array, advantage: jax.Array) -> jax.Array:
+  """-mean(sg(omega A) log p): its gradient is the score-function estimator (§1.3)."""
+  return -jnp.mean(jax.lax.stop_gradient(weight * advantage) * logp)
+
+
+def forward_kl(log_teacher: jax.Array, log_student: jax.Array, masked: jax.Array) -> jax.Array:
+  """Mean over masked positions of KL(teacher || student) = sum_v p_T (log p_T - log p_S);
+  the teacher is a constant (§2.3)."""
+  log_teacher = jax.lax.stop_gradient(log_teacher)
+  kl = jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=-1)
+  return (kl * masked).sum() / jnp.maximum(masked.sum(), 1.0)
+
+
+def mean_entropy(log_p: jax.Array, masked: jax.Array) -> jax.Array:
+  """Mean categorical entropy -sum_v p log p over masked positions."""
+  ent = -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
+  return (ent * masked).sum() / jnp.maximum(masked.sum(), 1.0)
+
+
+def ancestral_step(key, log_x0, x, alpha_t, alpha_s, mask_id: int,
+                   precision: str = ROLLOUT_PRECISION):
+  """One MDLM ancestral step t -> s ([N] times): (x_s, log-prob of the newly unmasked tokens
+  [N]), differentiable in log_x0 only (the draw is a constant)."""
+  logits = samplers.masked_posterior_logits(jax.lax.stop_gradient(log_x0),
+                                            alpha_t[:, None, None], alpha_s[:, None, None],
+                                            mask_id, jnp.float32)
+  draw = categorical.sample_categorical(key, logits, precision)
+  x_s = jnp.where(x == mask_id, draw, x)
+  newly = (x == mask_id) & (x_s != mask_id)
+  picked = jnp.take_along_axis(log_x0, x_s[..., None], axis=-1)[..., 0]
+  return x_s, jnp.where(newly, picked, 0.0).sum(-1)
+
+
+class Rollout(NamedTuple):
+  x_tau: jax.Array  # int32 [N, L]
+  x0: jax.Array  # int32 [N, L]: the student sample x0_hat
+  logp: jax.Array  # [N] logp_1 + logp_2 (differentiable)
+  kl: jax.Array  # [] kl_hi KL_1 + kl_lo KL_2
+  entropy: jax.Array  # [] mean of the two steps' masked-position entropies
+
+
+def student_rollout(student, teacher, key, tau, *, schedule, mask_id: int, seq_len: int,
+                    t0: float, kl_hi: float = 0.0, kl_lo: float = 0.0,
+                    student_2=None) -> Rollout:
+  """The two-step rollout 1 -> tau -> t0 (§1.3). student/teacher(x, t) -> SUBS log x_theta
+  [N, L, V]; teacher=None skips the KL terms; student_2 (default: student) runs the second
+  step (the same network with another dropout draw)."""
+  student_2 = student_2 or student
+  n = tau.shape[0]
+  k1, k2 = jax.random.split(key)
+  one, end = jnp.ones((n,)), jnp.full((n,), t0)
+  x1 = jnp.full((n, seq_len), mask_id, jnp.int32)
+  log1 = student(x1, one)
+  x_tau, logp1 = ancestral_step(k1, log1, x1, schedule.alpha(one), schedule.alpha(tau), mask_id)
+  log2 = student_2(x_tau, tau)
+  x0, logp2 = ancestral_step(k2, log2, x_tau, schedule.alpha(tau), schedule.alpha(end), mask_id)
+  m1 = jnp.ones(x1.shape, jnp.float32)
+  m2 = (x_tau == mask_id).astype(jnp.float32)
+  kl = jnp.zeros(())
+  if teacher is not None and (kl_hi or kl_lo):
+    kl = kl_hi * forward_kl(teacher(x1, one), log1, m1) + \
+        kl_lo * forward_kl(teacher(x_tau, tau), log2, m2)
+  entropy = 0.5 * (mean_entropy(log1, m1) + mean_entropy(log2, m2))
+  return Rollout(x_tau, x0, logp1 + logp2, kl, entropy)
+
+
+# ------------------------------------------------------------------ networks and optimizers
+
+
+def disc_optimizer(config, labels: dict) -> optax.GradientTransformation:
+  """AdamW at distill.didi.disc_lr with clipping disc_grad_clip on the leaves labelled "train"
+  (disc_lib.trainable_labels); every other leaf gets a zero update and no moments."""
+  d = config.distill.didi
+  o = ml_collections.ConfigDict(config.optim.to_dict())
+  o.update(lr=d.disc_lr, grad_clip=d.disc_grad_clip, weight_decay=d.disc_weight_decay)
+  train = make_optimizer(o, config.train.steps)
+  return optax.multi_transform({"train": train, "frozen": optax.set_to_zero()}, labels)
+
+
+def disc_network(config, vocab_size: int):
+  """(graphdef, abstract params nnx.State) of the discriminator, nothing allocated."""
+  model = nnx.eval_shape(lambda: disc_lib.build(config.model, vocab_size, nnx.Rngs(params=0)))
+  return nnx.split(model, nnx.Param)
+
+
+def _nan_to_num(tree):
+  return jax.tree.map(jnp.nan_to_num, tree)
+
+
+def _nonfinite(tree) -> jax.Array:
+  """Number of NaN/Inf entries (float32, a finite metric so the loop's NaN stop does not fire
+  on what nan_to_num repairs)."""
+  return sum(jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(tree)).astype(jnp.float32)
+
+
+def discriminator_update(disc, disc_net, tx, labels, batch, key, smoothing: float,
+                         nan_to_num: bool):
+  """One discriminator step on batch = (z_real, m_real, z_fake, m_fake, sigma): power iteration
+  of the spectral norms, then the BCE gradient of the leaves labelled "train" (the
+  frozen ones are stop-gradient inside the loss, so no backward runs through the frozen
+  blocks; the optimizer zeroes their updates). -> (NetState, metrics)."""
+  z_real, m_real, z_fake, m_fake, sigma = batch
+  params = disc_lib.power_iterate_params(disc.params)
+  frozen = jax.tree.map(lambda label: label == "frozen", labels)
+  k_r, k_f = jax.random.split(key)
+
+  def loss_fn(p):
+    p = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, frozen)
+    model = disc_net(p)
+    logits_real = model(z_real, sigma, dropout_key=k_r)
+    logits_fake = model(z_fake, sigma, dropout_key=k_f)
+    loss = discriminator_loss(logits_real, m_real, logits_fake, m_fake, smoothing)
+    acc = 0.5 * (((logits_real > 0) * m_real).sum() / jnp.maximum(m_real.sum(), 1.0) +
+                 ((logits_fake < 0) * m_fake).sum() / jnp.maximum(m_fake.sum(), 1.0))
+    return loss, acc
+
+  (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  metrics = {"disc_loss": loss, "disc_acc": acc, "disc_nonfinite": _nonfinite(grads)}
+  grads = _nan_to_num(grads) if nan_to_num else grads
+  disc = apply_gradients(disc.replace(params=params), grads, tx, 0.0)  # no EMA: RGAS reads params
+  return disc, {**metrics, "disc_grad_norm": optax.tree.norm(grads)}
+
+
+# ------------------------------------------------------------------ the objective
+
+
+def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
+  """Pure DiDi-Instruct step: discriminator update, then the student's policy-gradient update."""
+  from idlm_jax.data import tokenizers
+  d, f = config.distill.didi, config.diffusion
+  if f.algo != "mdlm":
+    raise ValueError(f"didi: distils MDLM (SUBS) teachers, got diffusion.algo={f.algo!r}")
+  schedule = get_schedule(f.schedule, f.eps)
+  vocab = tokenizers.get_tokenizer(config.data.tokenizer).model_vocab_size
+  net = functools.partial(nnx.merge, graphdef)
+  disc_graphdef, disc_abstract = disc_network(config, vocab)
+  disc_net = functools.partial(nnx.merge, disc_graphdef)
+  labels = disc_lib.trainable_labels(nnx.to_pure_dict(disc_abstract), d.unfreeze_blocks)
+  d_tx = disc_optimizer(config, labels)
+  G, seq_len, ema = int(d.group_size), config.data.seq_len, config.optim.ema
+  _, eval_sums = diffusion.teacher_losses(config, mask_id)
+
+  def log_probs(params, dropout_key=None):
+    model = net(params)
+    return lambda x, t: mdlm.subs_log_probs(model(x, schedule.sigma(t), dropout_key=dropout_key),
+                                            x, mask_id)
+
+  def real_rows(frozen, batch, key, n):
+    """The real side: data rows (each repeated G times), or fresh teacher samples."""
+    if d.real == "teacher":
+      out = samplers.mdlm_ancestral(log_probs(frozen["teacher"]), key, batch_size=n,
+                                    seq_len=seq_len, mask_id=mask_id, schedule=schedule,
+                                    num_steps=d.teacher_steps, cache=True,
+                                    time_conditioned=config.model.time_conditioning,
+                                    precision=ROLLOUT_PRECISION, noise_removal="argmax")
+      return jax.lax.stop_gradient(out.tokens), jnp.ones((n, seq_len), jnp.float32)
+    return (jnp.repeat(batch["input_ids"], G, axis=0),
+            jnp.repeat(teachers.valid_weights(batch), G, axis=0))
+
+  def train_step(state, frozen, batch):
+    key = jax.random.fold_in(state.key(), state.step)
+    k_tau, k_roll, k_drop, k_real, k_zr, k_zf, k_d = jax.random.split(key, 7)
+    n = batch["input_ids"].shape[0] * G
+    tau, pi = sample_tau(k_tau, n, d.tau_a, d.tau_b, d.tau_min, d.tau_max)
+    teacher = log_probs(frozen["teacher"])
+
+    def rollout(params):
+      k_1, k_2 = jax.random.split(k_drop)  # residual dropout (train mode), one draw per step
+      r = student_rollout(log_probs(params, k_1), teacher, k_roll, tau, schedule=schedule,
+                          mask_id=mask_id, seq_len=seq_len, t0=d.t0, kl_hi=d.kl_hi,
+                          kl_lo=d.kl_lo, student_2=log_probs(params, k_2))
+      reg = d.kl_beta * r.kl - d.entropy_beta * r.entropy
+      return (r.logp, reg), r
+
+    (logp, reg), vjp_fn, roll = jax.vjp(rollout, state.params, has_aux=True)
+    x_real, valid = real_rows(frozen, batch, k_real, n)
+    alpha = schedule.alpha(tau)
+    z_real = mdlm.q_xt(k_zr, x_real, alpha, mask_id)
+    z_fake = mdlm.q_xt(k_zf, roll.x0, alpha, mask_id)
+    m_real = (z_real == mask_id) * valid
+    m_fake = (z_fake == mask_id).astype(jnp.float32)
+    sigma = schedule.sigma(tau)
+    disc, d_metrics = discriminator_update(
+        state.aux["disc"], disc_net, d_tx, labels, (z_real, m_real, z_fake, m_fake, sigma), k_d,
+        d.label_smoothing, d.nan_to_num)
+    rewards = sequence_rewards(disc_net(disc.params)(z_fake, sigma), m_fake, d.reward_clip)
+    adv = group_advantages(rewards, G, d.advantage_clip)
+    omega = time_weight(schedule, tau, d.omega_min, d.omega_max,
+                        pi if d.importance_weight else None)
+    coef = jax.lax.stop_gradient(omega * adv)
+    pg = policy_gradient_loss(logp, omega, adv)
+    (grads,) = vjp_fn((-coef / n, jnp.ones_like(reg)))
+    nonfinite = _nonfinite(grads)
+    grads = _nan_to_num(grads) if d.nan_to_num else grads
+    grad_norm = optax.tree.norm(grads)
+    state = apply_gradients(state, grads, tx, ema)
+    state = state.replace(aux={**state.aux, "disc": disc})
+    metrics = {"loss": pg + reg, "pg_loss": pg, "kl": roll.kl, "entropy": roll.entropy,
+               "reward": rewards.mean(), "reward_std": rewards.std(), "omega": omega.mean(),
+               "logp": logp.mean(), "grad_norm": grad_norm, "nonfinite": nonfinite,
+               "tau": tau.mean(),
+               "tokens": jnp.float32(n * seq_len), **d_metrics}
+    return state, metrics
+
+  def eval_step(params, frozen, batch, key):
+    """The student's own validation NELBO under the teacher's loss (a denoising check)."""
+    del frozen
+    return eval_sums(net(params), batch, key)
+
+  def init_disc(teacher_params, key):
+    return disc_lib.init_from_teacher(teacher_params, key, config.model.hidden_size)
+
+  return Objective(train_step=train_step, eval_step=eval_step,
+                   aux_txs={"disc": AuxNet(d_tx, init_disc, disc_abstract)})
+
+
+# ------------------------------------------------------------------ RGAS sampling
+
+
+def make_rgas_sampler(config, graphdef, mask_id: int, *, num_steps: int, batch_size: int):
+  """jitted (student_params, disc_params, key) -> rgas.RGASOutput: config.distill.didi.rgas_*
+  with sample.eps/precision/noise_removal; every network sees sigma(t) as in training. Trace
+  and run inside categorical.x64_scope(sample.precision)."""
+  from idlm_jax.data import tokenizers
+  from idlm_jax.diffusion import rgas
+  d, s = config.distill.didi, config.sample
+  schedule = get_schedule(config.diffusion.schedule, config.diffusion.eps)
+  vocab = tokenizers.get_tokenizer(config.data.tokenizer).model_vocab_size
+  disc_graphdef, _ = disc_network(config, vocab)
+
+  def sample(student_params, disc_params, key):
+    student, disc = nnx.merge(graphdef, student_params), nnx.merge(disc_graphdef, disc_params)
+    log_probs_fn = lambda x, t: mdlm.subs_log_probs(student(x, schedule.sigma(t)), x, mask_id)
+    disc_fn = lambda z, t: disc(z, schedule.sigma(t))
+    return rgas.rgas(log_probs_fn, disc_fn, key, batch_size=batch_size,
+                     seq_len=config.data.seq_len, mask_id=mask_id, schedule=schedule,
+                     num_steps=num_steps, eps=s.eps, rerank_ratio=d.rgas_rerank_ratio,
+                     scale_start=d.rgas_scale_start, scale_end=d.rgas_scale_end,
+                     grad_clip=d.rgas_grad_clip, num_candidates=d.rgas_candidates,
+                     temperature=d.rgas_temperature, precision=s.precision,
+                     noise_removal=s.noise_removal)
+
+  return jax.jit(sample)

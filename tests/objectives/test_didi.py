@@ -1,0 +1,247 @@
+"""DiDi-Instruct (objectives/didi.py, models/discriminator.py, diffusion/rgas.py): grouped
+rewards, the score-function gradient, spectral normalisation, the RGAS tilt, and the trainer
+path (pure, sharded-equal, exact resume)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from idlm_jax import config as config_lib
+from idlm_jax.diffusion import mdlm, rgas, samplers
+from idlm_jax.diffusion.categorical import x64_scope
+from idlm_jax.diffusion.schedules import LogLinear
+from idlm_jax.models import discriminator as disc_lib
+from idlm_jax.objectives import didi
+from idlm_jax.train import loop
+
+
+# ------------------------------------------------------------------ pure maths
+
+
+def test_group_advantages_and_reward_clipping_by_hand():
+  r = jnp.asarray([1, 2, 3, 4, 5, 5, 5, 5, 0, 0, 0, 100], jnp.float32)
+  s = np.sqrt(5 / 3)  # unbiased std of 1, 2, 3, 4
+  want = [-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s, 0, 0, 0, 0, -0.5, -0.5, -0.5, 1.5]
+  np.testing.assert_allclose(didi.group_advantages(r, 4, 3.0), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(didi.group_advantages(r, 4, 1.0), np.clip(want, -1, 1), rtol=1e-5,
+                             atol=1e-6)
+  # per-token log-odds ~ the logit, clipped at +-8; mean over masked positions only
+  logits = jnp.asarray([[0.5, 20.0, -30.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+  masked = jnp.asarray([[1, 1, 1, 0], [0, 0, 0, 0]])
+  got = didi.sequence_rewards(logits, masked, 8.0)
+  odds = np.log(1 / (1 + np.exp(-0.5)) + 1e-6) - np.log(1 - 1 / (1 + np.exp(-0.5)) + 1e-6)
+  np.testing.assert_allclose(got, [(odds + 8.0 - 8.0) / 3, 0.0], rtol=1e-4, atol=1e-5)
+
+
+def test_discriminator_loss_and_time_weight_by_hand():
+  lr, lf = jnp.asarray([[1.0, -2.0]]), jnp.asarray([[0.5, 3.0]])
+  mr, mf = jnp.asarray([[1.0, 0.0]]), jnp.asarray([[1.0, 1.0]])
+  bce = lambda x, y: -(y * np.log(1 / (1 + np.exp(-x))) + (1 - y) * np.log(1 / (1 + np.exp(x))))
+  want = 0.5 * (bce(1.0, 0.9) + 0.5 * (bce(0.5, 0.1) + bce(3.0, 0.1)))
+  np.testing.assert_allclose(didi.discriminator_loss(lr, mr, lf, mf, 0.1), want, rtol=1e-5)
+  tau = jnp.asarray([0.02, 0.5, 0.98])  # log-linear: omega = 1/tau (eps -> 0), clipped
+  w = didi.time_weight(LogLinear(1e-3), tau, 0.1, 10.0)
+  np.testing.assert_allclose(w, [10.0, 1 / 0.5, 1 / 0.98], rtol=2e-3)
+  tau, pi = didi.sample_tau(jax.random.key(0), 4000, 2.0, 2.0, 0.02, 0.98)
+  assert float(tau.min()) >= np.float32(0.02) and float(tau.max()) <= np.float32(0.98)
+  np.testing.assert_allclose(pi, 6 * tau * (1 - tau), rtol=1e-4)  # Beta(2,2) pdf
+  assert abs(float(tau.mean()) - 0.5) < 0.02
+
+
+def _toy_student(theta):
+  """SUBS log-probs whose logits at a position are theta[token] (t ignored)."""
+  def log_probs(x, t):
+    del t
+    return mdlm.subs_log_probs(theta[x], x, 4)
+  return log_probs
+
+
+def test_policy_gradient_is_the_score_function_estimator():
+  v, mask, n, length = 5, 4, 6, 7  # tokens 0..3, [MASK] = 4
+  theta = jnp.asarray(np.random.default_rng(0).normal(size=(v, v)), jnp.float32)
+  tau = jnp.asarray([0.2, 0.4, 0.5, 0.6, 0.8, 0.9])
+  coef = jnp.asarray([1.0, -2.0, 0.5, 3.0, -1.0, 0.25])  # omega * A
+  roll = functools.partial(didi.student_rollout, teacher=None, key=jax.random.key(1), tau=tau,
+                           schedule=LogLinear(1e-3), mask_id=mask, seq_len=length, t0=1e-3)
+  loss = lambda th: didi.policy_gradient_loss(roll(_toy_student(th)).logp, coef, 1.0)
+  grad = np.asarray(jax.jit(jax.grad(loss))(theta), np.float64)
+  r = jax.jit(lambda th: roll(_toy_student(th)))(theta)
+  # by hand: every newly unmasked token was predicted from a [MASK] input, i.e. from row
+  # theta[mask], whose softmax over the 4 real tokens is p: d log p_x / d theta[mask] = e_x - p
+  p = np.exp(np.asarray(theta[mask, :mask], np.float64))
+  p /= p.sum()
+  want = np.zeros((v, v))
+  x1, x_tau, x0 = np.full((n, length), mask), np.asarray(r.x_tau), np.asarray(r.x0)
+  for i in range(n):
+    for prev, new in ((x1[i], x_tau[i]), (x_tau[i], x0[i])):
+      for l in range(length):
+        if prev[l] == mask and new[l] != mask:
+          want[mask, :mask] -= float(coef[i]) / n * (np.eye(mask)[new[l]] - p)
+  np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-6)
+  assert (np.asarray(r.x_tau) == mask).any() and (np.asarray(r.x_tau) != mask).any()
+  # the step's single-forward VJP with cotangent -coef / N is the same gradient
+  pullback = jax.jit(lambda th, ct: jax.vjp(lambda t: roll(_toy_student(t)).logp, th)[1](ct)[0])
+  np.testing.assert_allclose(pullback(theta, -coef / n), grad, rtol=1e-5, atol=1e-7)
+
+
+def test_spectral_norm_power_iteration_converges_to_top_singular_value():
+  rng = np.random.default_rng(0)
+  for shape in ((16, 8), (12, 1), (6, 10)):
+    w = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    u = disc_lib._normalize(jnp.asarray(rng.normal(size=shape[1]), jnp.float32))
+    u = jax.jit(lambda u: jax.lax.fori_loop(0, 100, lambda _, u: disc_lib.power_iteration(w, u),
+                                            u))(u)
+    top = np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)[0]
+    np.testing.assert_allclose(disc_lib.spectral_sigma(w, u), top, rtol=1e-4)
+    # d sigma / dW = v u^T, the top singular pair's outer product (torch's constant u, v)
+    g = jax.grad(lambda k: disc_lib.spectral_sigma(k, u))(w)
+    uu, _, vt = np.linalg.svd(np.asarray(w, np.float64))
+    np.testing.assert_allclose(np.abs(g), np.abs(np.outer(uu[:, 0], vt[0])), atol=1e-3)
+  # the head normalises its kernels and power iteration moves only sn_u
+  params = disc_lib.head_params(8, jax.random.key(0))
+  moved = disc_lib.power_iterate_params({"head": params})["head"]
+  for name in params:
+    np.testing.assert_array_equal(moved[name]["kernel"], params[name]["kernel"])
+    assert not np.allclose(moved[name]["sn_u"], params[name]["sn_u"]) or name == "linear_2"
+
+
+def _toy_disc(a, c):
+  """Per-token logits of probability vectors [B, L, V] (or ids), coupled across positions."""
+  def disc_fn(z, t):
+    p = jax.nn.one_hot(z, a.shape[0]) if z.ndim == 2 else z
+    h = jnp.tanh(p @ a)  # [B, L, H]
+    return (h @ c)[..., 0] + 0.3 * jnp.mean(h[..., :1], axis=1) * t[:, None]
+  return disc_fn
+
+
+def test_rgas_tilt_equals_finite_difference_gradient():
+  v, mask, b, length = 6, 5, 2, 5
+  rng = np.random.default_rng(0)
+  with jax.enable_x64(True):
+    a = jnp.asarray(rng.normal(size=(v, 3)))
+    c = jnp.asarray(rng.normal(size=(3, 1)))
+    disc_fn = _toy_disc(a, c)
+    x = jnp.asarray([[mask, 1, mask, mask, 0], [2, mask, mask, 3, mask]])
+    log_x0 = mdlm.subs_log_probs(jnp.asarray(rng.normal(size=(b, length, v))), x, mask)
+    log_x0 = log_x0.astype(jnp.float64)
+    t = jnp.asarray([0.7, 0.3])
+    g = np.asarray(rgas.tilt_gradient(disc_fn, log_x0, x, t, mask, 1e9))
+    masked = np.asarray(x == mask)
+
+    score_jit = jax.jit(lambda l: jnp.sum(disc_fn(jax.nn.softmax(l, -1), t) * masked))
+    score = lambda l: float(score_jit(l))
+
+    h = 1e-6
+    for bi in range(b):
+      for li in range(length):
+        for vi in range(v):
+          if not masked[bi, li] or vi == mask:
+            assert g[bi, li, vi] == 0.0
+            continue
+          e = jnp.zeros_like(log_x0).at[bi, li, vi].set(h)
+          fd = (score(log_x0 + e) - score(log_x0 - e)) / (2 * h)
+          np.testing.assert_allclose(g[bi, li, vi], fd, rtol=1e-5, atol=1e-8)
+    clipped = np.asarray(rgas.tilt_gradient(disc_fn, log_x0, x, t, mask, 0.01))
+    np.testing.assert_allclose(clipped, np.clip(g, -0.01, 0.01))
+
+
+def test_rgas_without_guidance_is_the_ancestral_sampler_and_counts_calls():
+  v, mask, b, length = 6, 5, 3, 12
+  rng = np.random.default_rng(1)
+  theta = jnp.asarray(rng.normal(size=(v, v)), jnp.float32)
+  log_probs_fn = lambda x, t: mdlm.subs_log_probs(theta[x], x, mask)
+  disc_fn = _toy_disc(jnp.asarray(rng.normal(size=(v, 3)), jnp.float32),
+                      jnp.asarray(rng.normal(size=(3, 1)), jnp.float32))
+  common = dict(batch_size=b, seq_len=length, mask_id=mask, schedule=LogLinear(1e-3),
+                num_steps=6, precision="float64", noise_removal="ancestral")
+  with x64_scope("float64"):
+    plain = samplers.mdlm_ancestral(log_probs_fn, jax.random.key(2), cache=False, **common)
+    unguided = rgas.rgas(log_probs_fn, disc_fn, jax.random.key(2), rerank_ratio=0.0,
+                         scale_start=0.0, scale_end=0.0, **common)
+    guided = jax.jit(functools.partial(rgas.rgas, log_probs_fn, disc_fn, rerank_ratio=0.5,
+                                       num_candidates=3, **common))(jax.random.key(3))
+  np.testing.assert_array_equal(unguided.tokens, plain.tokens)
+  assert int(unguided.nfe) == 7 and int(unguided.disc_forwards) == 6
+  assert (np.asarray(guided.tokens) != mask).all()
+  assert (int(guided.nfe), int(guided.disc_forwards), int(guided.disc_grads)) == (7, 3 + 3 * 3, 3)
+
+
+# ------------------------------------------------------------------ the trainer path
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+  """A 2-step smoke MDLM teacher checkpoint (the demo teacher's architecture, smoke size)."""
+  work = tmp_path_factory.mktemp("teacher")
+  cfg = config_lib.load_config("configs/demo_teacher.py:smoke", [
+      "train.steps=2", f"data.cache_dir='{work / 'cache'}'", "ckpt.async_save=False"])
+  run = loop.build(cfg, work, devices=jax.devices()[:1])
+  loop.train(run)
+  return work
+
+
+def _didi_run(teacher_dir, work, devices, extra=()):
+  cfg = config_lib.load_config("configs/demo.py:smoke", [
+      "objective='didi'", f"distill.teacher='{teacher_dir}'",
+      f"data.cache_dir='{teacher_dir / 'cache'}'", "distill.monitor_every=0",
+      "ckpt.async_save=False", "ckpt.every=1", "train.steps=2", "train.global_batch_size=8",
+      "distill.didi.group_size=2", "optim.warmup_steps=0", "optim.grad_clip=0.5",
+      "train.log_every=1", *extra])
+  return loop.build(cfg, work, devices=devices)
+
+
+def test_step_is_pure_sharded_equal_and_resumes_exactly(teacher_dir, tmp_path):
+  one = _didi_run(teacher_dir, tmp_path / "one", jax.devices()[:1])
+  teacher = one.frozen["teacher"]
+  disc = one.state.aux["disc"].params  # a copy of the teacher's trunk + a new head
+  for k in disc_lib.TRUNK:
+    jax.tree.map(np.testing.assert_array_equal, disc[k], teacher[k])
+  assert "output_layer" not in disc and set(disc["head"]) == {"linear_0", "linear_2"}
+  # pure: the same state, teacher and batch give the same new state and metrics
+  position = one.train_iter.get_state()
+  batch = loop.parallel.global_batch(next(one.train_iter), one.mesh)
+  one.train_iter.set_state(position)
+  with loop.parallel.mesh_context(one.mesh):
+    outs = [one.p_train_step(jax.tree.map(jnp.copy, one.state), one.frozen, batch)
+            for _ in range(2)]
+  jax.tree.map(np.testing.assert_array_equal, *outs)
+  new = outs[0][0]
+  assert int(new.aux["disc"].step) == 1
+  labels = disc_lib.trainable_labels(disc, 4)
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new.aux["disc"].params, disc)
+  for (path, lab), (_, mv) in zip(jax.tree_util.tree_leaves_with_path(labels),
+                                  jax.tree_util.tree_leaves_with_path(moved)):
+    name = jax.tree_util.keystr(path)
+    if lab == "frozen":
+      assert not mv or "sn_u" in name, name  # frozen trunk; sn_u moves by power iteration
+  assert any(jax.tree.leaves(moved))
+  loop.train(one)  # 2 steps from the untouched state and data position
+  eight = _didi_run(teacher_dir, tmp_path / "eight", jax.devices())
+  assert eight.mesh.size == 8
+  loop.train(eight, until=1)  # stop at step 1 (checkpointed) ...
+  resumed = _didi_run(teacher_dir, tmp_path / "eight", jax.devices())
+  loop.train(resumed)  # ... and resume to 2 on 8 devices
+  for a, b in ((one.state.params, resumed.state.params),
+               (one.state.aux["disc"].params, resumed.state.aux["disc"].params),
+               (one.state.aux["disc"].opt_state, resumed.state.aux["disc"].opt_state)):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6), a, b)
+  assert int(resumed.state.step) == 2 and int(resumed.state.aux["disc"].step) == 2
+
+
+def test_didi_config_errors():
+  with pytest.raises(config_lib.ConfigError, match="group_size"):
+    config_lib.load_config("configs/didi_mdlm_owt.py:smoke", ["distill.teacher='x'",
+                                                              "distill.didi.group_size=1"])
+  with pytest.raises(config_lib.ConfigError, match="tau_min"):
+    config_lib.load_config("configs/didi_mdlm_owt.py:smoke", ["distill.teacher='x'",
+                                                              "distill.didi.tau_min=0.99"])
+  with pytest.raises(config_lib.ConfigError, match="didi.real"):
+    config_lib.load_config("configs/didi_mdlm_owt.py:smoke", ["distill.teacher='x'",
+                                                              "distill.didi.real='gan'"])
+  with pytest.raises(config_lib.ConfigError, match="diffusion.algo"):
+    config_lib.load_config("configs/didi_mdlm_owt.py:smoke", [
+        "distill.teacher='x'", "diffusion.algo='sedd'", "diffusion.parameterization='score'",
+        "model.time_conditioning=True", "sample.sampler='analytic'"])

@@ -214,6 +214,9 @@ def get_config(arg=None):
   rf.sharpen_target = 0.95  # c*: the hinge max(0, log c* - log p) stops at this confidence.
   rf.horizon = 3  # h: sharpen tokens the rules committed within the next h calls (R2's K).
   rf.sharpen_rules = "threshold,confidence_cluster,token_cluster,temporal"  # whose commits.
+  # Masks of the NELBO term: "trajectory" (the recorded x_k) or "random" (the ablation: the
+  # same number of masks at uniformly random positions, i.e. MDLM masking of the samples).
+  rf.masks = "trajectory"
   rf.keep_fraction = 0.25  # recording: keep this best fraction of the samples by the filter.
   rf.filter = "exact_nll"  # recording: "exact_nll" (synthetic_hmm) or "none".
   rf.record_samples = 2048  # recording: trajectories drawn before filtering.

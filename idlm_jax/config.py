@@ -395,6 +395,7 @@ def _set(config, key: str, raw: str) -> None:
 
 # fine-tuning on R2 trajectories (issue #8 part 2): config.distill.r2ft
 CHOICES["distill.r2ft.filter"] = ("exact_nll", "none")
+CHOICES["distill.r2ft.masks"] = ("trajectory", "random")
 RULES.update({
     "distill.r2ft.sharpen_weight": (lambda v: v >= 0, ">= 0 (0: trajectory NELBO only)"),
     "distill.r2ft.sharpen_target": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -405,14 +406,12 @@ RULES.update({
 
 
 def _validate_r2ft(config) -> None:
-  """r2_finetune: an MDLM model, a trajectory file to train on, known sharpened rules."""
+  """r2_finetune: an MDLM model and known sharpened rules (the trajectory file is checked when
+  the data load, r2_finetune.get_datasets, so that configs validate without one)."""
   r = config.distill.r2ft
   if config.diffusion.algo != "mdlm":
     raise ConfigError(f"config.diffusion.algo: objective 'r2_finetune' fine-tunes MDLM models "
                       f"(R2 trajectories), got {config.diffusion.algo!r}")
-  if config.mode == "train" and not r.trajectories:
-    raise ConfigError("config.distill.r2ft.trajectories: give the .npz written by "
-                      "benchmarks/r2_record_trajectories.py")
   from idlm_jax.diffusion import r2
   try:
     r2.parse_rules(r.sharpen_rules)

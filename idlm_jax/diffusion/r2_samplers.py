@@ -50,6 +50,11 @@ class R2Output(NamedTuple):
   nfe: jax.Array  # int32 []: network calls made for the whole batch
   commits: jax.Array  # int32 [len(COUNTS)]: tokens committed by each rule, summed over the batch
   row_nfe: jax.Array  # int32 [B]: calls made while that row still had a [MASK]
+  # the trajectory (r2_trajectories.py): per position, the index (0-based, among the calls
+  # made while its row had a [MASK]) of the call whose x_theta committed it, -1 for prompt
+  # tokens; and the COUNTS index of the rule that committed it (-1 for prompt tokens)
+  commit_step: jax.Array | None = None  # int32 [B, L]
+  commit_rule: jax.Array | None = None  # int32 [B, L]
 
 
 class R2Options(NamedTuple):
@@ -141,7 +146,8 @@ def mdlm_r2(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, seq_le
   vocab = jax.eval_shape(log_probs_fn, x, jax.ShapeDtypeStruct((batch_size,), jnp.float32)).shape[-1]
 
   def step(carry):
-    x, i, block_step, cur_block, cached, valid, nfe, row_nfe, streak, counts = carry
+    x, i, block_step, cur_block, cached, valid, nfe, row_nfe, streak, counts, step_of, rule_of \
+        = carry
     masked = x == mask_id
     first = jnp.argmax(masked, axis=-1)
     active_block = jnp.where(masked.any(-1), first // block, n_blocks).astype(jnp.int32)
@@ -187,9 +193,12 @@ def mdlm_r2(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, seq_le
     extra = masks[0] | masks[1] | masks[2] | masks[3]
     x_new = jnp.where(extra, rule_tokens, x)
     counts = counts + jnp.stack([m.sum() for m in [floor, *masks, final]]).astype(jnp.int32)
+    for r, m in enumerate([floor, *masks, final]):  # the trajectory record (disjoint masks)
+      step_of = jnp.where(m, (row_nfe - 1)[:, None], step_of)
+      rule_of = jnp.where(m, r, rule_of)
     valid = jnp.logical_and(jnp.all(x_new == carry[0]), not time_conditioned)
     return (x_new, i + 1, next_step(block_step, x_new, active), active_block, log_x0, valid,
-            nfe, row_nfe, streak, counts)
+            nfe, row_nfe, streak, counts, step_of, rule_of)
 
   def next_step(block_step, x, active):
     """clock "steps": k + 1. clock "masked": the latest grid step k' whose masked fraction
@@ -210,6 +219,7 @@ def mdlm_r2(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, seq_le
           jnp.full((batch_size,), -1, jnp.int32),
           jnp.zeros((batch_size, seq_len, vocab), jnp.float32), jnp.array(False), jnp.int32(0),
           jnp.zeros((batch_size,), jnp.int32), r2.empty_streak((batch_size, seq_len)),
-          jnp.zeros((len(COUNTS),), jnp.int32))
+          jnp.zeros((len(COUNTS),), jnp.int32), jnp.full((batch_size, seq_len), -1, jnp.int32),
+          jnp.full((batch_size, seq_len), -1, jnp.int32))
   out = jax.lax.while_loop(not_done, step, init)
-  return R2Output(out[0], out[6], out[9], out[7])
+  return R2Output(out[0], out[6], out[9], out[7], out[10], out[11])

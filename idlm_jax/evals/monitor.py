@@ -120,6 +120,6 @@ class Monitor:
       log.info("monitor step %d: new best %s %.4g (entropy %.3f)", step, self.metric,
                row[self.metric], row["entropy"])
     if jax.process_index() == 0:
-      with self.path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+      # rewritten whole: object stores (gs://) cannot append
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
     return row

@@ -1,7 +1,9 @@
 """Markdown tables and PNG plots (matplotlib, Agg) of `eval_samplers` results."""
 
 import math
-import pathlib
+import io
+
+from etils import epath
 
 
 def _fmt(v, spec=".2f"):
@@ -55,7 +57,7 @@ def plots(results: dict, out_dir) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  out_dir = pathlib.Path(out_dir)
+  out_dir = epath.Path(out_dir)  # local or gs://
   rows, h = results["rows"], results["header"]
   key = "gen_ppl" if any("gen_ppl" in r for r in rows) else "exact_nll"
   label = "Gen PPL" if key == "gen_ppl" else "exact source NLL (nats/token)"
@@ -100,6 +102,8 @@ def _finish(fig, ax, rows, key, label, title, path) -> str:
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  buf = io.BytesIO()  # through epath: works for gs:// workdirs too
+  fig.savefig(buf, format="png", dpi=110)
+  epath.Path(path).write_bytes(buf.getvalue())
   plt.close(fig)
   return str(path)

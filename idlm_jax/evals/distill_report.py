@@ -46,18 +46,7 @@ def run_report(run, step: int) -> dict:
                   evaluate.parse_steps(c.distill.report_teacher_steps), evaluator, hmm)
   rows += rows_for(run, f"{c.objective} student {sampler}", loop.eval_params(run),
                    evaluate.parse_steps(c.eval.sampling_steps), evaluator, hmm)
-  header = {"step": int(step), "workdir": str(run.workdir), "data_source": c.data.source,
-            "tokenizer": run.tokenizer.name, "seq_len": int(c.data.seq_len),
-            "num_samples": int(c.eval.num_samples), "seed": int(c.eval.seed),
-            "precision": c.sample.precision, "device": jax.devices()[0].platform,
-            "teacher": c.distill.teacher,
-            "evaluator": evaluator.describe() if evaluator else "none"}
-  if hmm is not None:
-    n = int(c.data.seq_len) - 2
-    header.update(source_entropy_per_token=synthetic.sequence_entropy(hmm, n) / n,
-                  source_entropy_rate=synthetic.entropy_rate(hmm),
-                  hmm={k: c.data.synthetic[k] for k in ("seed", "num_states", "vocab_size",
-                                                        "branching", "concentration")})
+  header = evaluate.run_header(run, step, evaluator, hmm, teacher=c.distill.teacher)
   results = {"header": header, "rows": rows,
              "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
   table = report.markdown(results)

@@ -91,6 +91,24 @@ def evaluate_cell(tokens, texts, *, evaluator=None, hmm=None, tokenizer=None,
   return row
 
 
+def run_header(run, step: int, evaluator, hmm, **extra) -> dict:
+  """The setup every sample-quality report states (and the synthetic source's entropies)."""
+  c, e = run.config, run.config.eval
+  header = {"step": int(step), "workdir": str(run.workdir), "data_source": c.data.source,
+            "tokenizer": run.tokenizer.name, "seq_len": int(c.data.seq_len),
+            "num_samples": int(e.num_samples), "seed": int(e.seed),
+            "sample_batch_size": int(c.sample.batch_size), "precision": c.sample.precision,
+            "use_ema": bool(e.use_ema), "device": jax.devices()[0].platform,
+            "evaluator": evaluator.describe() if evaluator else "none", **extra}
+  if hmm is not None:
+    n = int(c.data.seq_len) - 2
+    header.update(source_entropy_per_token=synthetic.sequence_entropy(hmm, n) / n,
+                  source_entropy_rate=synthetic.entropy_rate(hmm),
+                  hmm={k: c.data.synthetic[k] for k in ("seed", "num_states", "vocab_size",
+                                                        "branching", "concentration")})
+  return header
+
+
 def run_eval(run, step: int) -> dict:
   """The eval mode on a built, restored `loop.Run`; returns the results dict."""
   from idlm_jax.train import loop
@@ -101,18 +119,7 @@ def run_eval(run, step: int) -> dict:
   evaluator = genppl.load_evaluator(e.evaluator, e.evaluator_max_length) if e.evaluator else None
   hmm = synthetic.from_config(c.data.synthetic) if c.data.source == "synthetic_hmm" else None
   params = loop.eval_params(run)
-  header = {"step": int(step), "workdir": str(run.workdir), "data_source": c.data.source,
-            "tokenizer": run.tokenizer.name, "seq_len": int(c.data.seq_len),
-            "num_samples": int(e.num_samples), "seed": int(e.seed),
-            "sample_batch_size": int(c.sample.batch_size), "precision": c.sample.precision,
-            "use_ema": bool(e.use_ema), "device": jax.devices()[0].platform,
-            "evaluator": evaluator.describe() if evaluator else "none"}
-  if hmm is not None:
-    n = int(c.data.seq_len) - 2
-    header.update(source_entropy_per_token=synthetic.sequence_entropy(hmm, n) / n,
-                  source_entropy_rate=synthetic.entropy_rate(hmm),
-                  hmm={k: c.data.synthetic[k] for k in ("seed", "num_states", "vocab_size",
-                                                        "branching", "concentration")})
+  header = run_header(run, step, evaluator, hmm)
   rows = []
   for name in sampler_names(c):
     cfg = with_sampler(c, name)

@@ -172,17 +172,6 @@ def test_rgas_without_guidance_is_the_ancestral_sampler_and_counts_calls():
 # ------------------------------------------------------------------ the trainer path
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  """A 2-step smoke MDLM teacher checkpoint (the demo teacher's architecture, smoke size)."""
-  work = tmp_path_factory.mktemp("teacher")
-  cfg = config_lib.load_config("configs/demo_teacher.py:smoke", [
-      "train.steps=2", f"data.cache_dir='{work / 'cache'}'", "ckpt.async_save=False"])
-  run = loop.build(cfg, work, devices=jax.devices()[:1])
-  loop.train(run)
-  return work
-
-
 def _didi_run(teacher_dir, work, devices, extra=()):
   cfg = config_lib.load_config("configs/demo.py:smoke", [
       "objective='didi'", f"distill.teacher='{teacher_dir}'",

@@ -163,17 +163,6 @@ def test_student_gradient_finite_at_extreme_logits(algo, factor, tmp_path):
 # ------------------------------------------------------------------ the trainer path
 
 
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory):
-  """A 2-step smoke MDLM teacher checkpoint (the demo teacher's architecture, smoke size)."""
-  work = tmp_path_factory.mktemp("teacher")
-  cfg = config_lib.load_config("configs/demo_teacher.py:smoke", [
-      "train.steps=2", f"data.cache_dir='{work / 'cache'}'", "ckpt.async_save=False"])
-  run = loop.build(cfg, work, devices=jax.devices()[:1])
-  loop.train(run)
-  return work
-
-
 def _idlm_run(teacher_dir, work, devices, extra=()):
   cfg = config_lib.load_config("configs/demo.py:smoke", [
       f"distill.teacher='{teacher_dir}'", f"data.cache_dir='{teacher_dir / 'cache'}'",

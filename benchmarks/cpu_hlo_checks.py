@@ -8,8 +8,12 @@ For the real MDLM train step and the sampler's forward at a small DiT shape:
      inside fusions), the dot shapes, and XLA's compiled memory plan;
   2. buffer donation: the compiled step aliases the state (alias bytes, HLO
      input_output_alias) and running it raises no "donated buffers were not usable" warning;
-  3. rematerialisation (model.remat none vs block): compiled temp memory, dot count, CPU time.
+  3. rematerialisation (model.remat none vs block): compiled temp memory, dot count, CPU time;
+  4. chunked cross-entropy (model.loss_chunk 0 vs N): the logits-sized buffers and compiled
+     temp memory of the train step (the full [B, L, V] float32 logits must disappear).
 Timings are CPU timings (labelled so); GPU numbers come from train_throughput.py.
+Section 4's measured numbers (--skip-vocab --skip-remat --loss-chunks 0,64,16) are in
+benchmarks/results/distill_step_cpu.md: temp 0.68 -> 0.34 GiB (chunk 32) -> 0.23 GiB (16).
 """
 
 import argparse
@@ -17,7 +21,6 @@ import collections
 import pathlib
 import re
 import sys
-import time
 import warnings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -147,6 +150,27 @@ def remat_rows(spec: str, overrides: list, L: int, B: int, reps: int) -> list:
   return rows
 
 
+def loss_chunk_rows(spec: str, L: int, B: int, chunks: list, reps: int) -> list:
+  """Logits-sized materialised buffers, compiled memory and CPU step time per model.loss_chunk."""
+  rows = []
+  for chunk in chunks:
+    cfg = load(spec, [f"model.loss_chunk={chunk}"])
+    compiled, state, batch, mesh = compile_step(cfg, L, B)
+    big = top_level_buffers(compiled.as_text(), B * L * tt.cfg_vocab(cfg))
+    holder = {"s": state}
+
+    def one():
+      with parallel.mesh_context(mesh):
+        holder["s"], m = compiled(holder["s"], batch)
+      return m
+
+    t = common.timed(one, reps, 1) if reps else {"median_s": float("nan")}
+    rows.append(dict(check="loss_chunk", loss_chunk=chunk, logits_buffers=len(big),
+                     buffers=collections.Counter(f"{op} {dt}{list(s)}" for _, op, dt, s in big),
+                     mem=common.compiled_memory(compiled), cpu_step_ms=t["median_s"] * 1e3))
+  return rows
+
+
 def control_remat_row() -> dict:
   """Control: plain jax.checkpoint on a 12-layer MLP stack (no Flax), compiled temp memory."""
   w = jnp.full((12, 1024, 1024), 0.01)
@@ -161,6 +185,20 @@ def control_remat_row() -> dict:
       return jnp.sum(h ** 2)
     out[name] = common.compiled_memory(jax.jit(jax.grad(loss)).lower(w).compile())["temp_gib"]
   return out
+
+
+def loss_chunk_markdown(args, rows: list) -> str:
+  """Section 4 of the report."""
+  text = ("\n## 4. Chunked cross-entropy (model.loss_chunk)\n\n"
+          f"`{args.spec}` with {args.set}, train step at B={args.B}, L={args.L}; logits-sized "
+          "buffers as in section 1.\n\n"
+          "| loss_chunk | logits-sized buffers | temp GiB | compiled GiB | CPU step ms (median) |"
+          "\n|---|---|---|---|---|\n")
+  for r in rows:
+    bufs = "; ".join(f"{k} x{v}" for k, v in sorted(r["buffers"].items())) or "none"
+    text += (f"| {r['loss_chunk']} | {bufs} | {r['mem']['temp_gib']:.4f} | "
+             f"{r['mem']['total_gib']:.4f} | {r['cpu_step_ms']:.0f} |\n")
+  return text
 
 
 def markdown(info, args, vocab, donation, remat, control) -> str:
@@ -186,6 +224,8 @@ def markdown(info, args, vocab, donation, remat, control) -> str:
            f"{donation['hlo_alias']}\n"
            f"- warnings mentioning donation while running 2 steps: "
            f"{donation['donation_warnings'] or 'none'}\n")
+  if not remat:  # --skip-remat
+    return text
   text += ("\n## 3. Rematerialisation (model.remat)\n\n"
            f"`{args.remat_spec}` with {args.remat_set}, train step at B={args.B}, "
            f"L={args.remat_L} (a small vocabulary, so that block activations dominate).\n\n"
@@ -213,6 +253,9 @@ def main(argv=None):
   ap.add_argument("--remat-L", type=int, default=256)
   ap.add_argument("--reps", type=int, default=1, help="timed CPU steps per remat row (0: none)")
   ap.add_argument("--skip-vocab", action="store_true")
+  ap.add_argument("--skip-remat", action="store_true")
+  ap.add_argument("--loss-chunks", default="0,32",
+                  help="model.loss_chunk values of section 4 ('' skips it)")
   ap.add_argument("--out", default=None, help="write the Markdown report here")
   args = ap.parse_args(argv)
   global load
@@ -221,13 +264,18 @@ def main(argv=None):
   info = common.run_info(__file__, argv)
   vocab = [] if args.skip_vocab else vocab_rows(args.spec, args.L, args.B)
   donation = donation_row(args.spec, args.L, args.B)
-  remat = remat_rows(args.remat_spec, args.remat_set, args.remat_L, args.B, args.reps)
-  control = control_remat_row()
+  remat, control = [], {"none": float("nan"), "block": float("nan")}
+  if not args.skip_remat:
+    remat = remat_rows(args.remat_spec, args.remat_set, args.remat_L, args.B, args.reps)
+    control = control_remat_row()
+  chunks = [int(c) for c in args.loss_chunks.split(",") if c.strip()]
+  chunk_rows = loss_chunk_rows(args.spec, args.L, args.B, chunks, args.reps) if chunks else []
   text = markdown(info, args, vocab, donation, remat, control)
+  text += loss_chunk_markdown(args, chunk_rows) if chunk_rows else ""
   print(text)
   if args.out:
     pathlib.Path(args.out).write_text(text)
-  return vocab, donation, remat
+  return vocab, donation, remat, chunk_rows
 
 
 if __name__ == "__main__":

@@ -6,10 +6,18 @@
   python benchmarks/train_throughput.py --vocab-pad 0 --remat block    # ablations
   python benchmarks/train_throughput.py --smoke            # tiny shapes, CPU, seconds
   python benchmarks/train_throughput.py --torch-ref ../shared/bench/ddit_torch_reference.py
+  python benchmarks/train_throughput.py --objectives=teacher,idlm --loss-chunk 128 --mode train
 
 Measures the full MDLM train step of idlm_jax (forward, backward, clipping, AdamW, EMA; jitted,
-state donated) on random tokens, and one sampler network call. The first call and
-`--warmup - 1` more are excluded (executables are compiled ahead of time); `--steps` calls are timed; median (and mean) reported.
+state donated) on random tokens, and one sampler network call. `--objectives` (default
+teacher,idlm,didi) also times the distillation steps at the same [B, L] and model, as the
+trainer builds them (train/loop.build): IDLM (student + fake updates, frozen teacher; consumes
+distill.fake_steps + 1 batches per step) and DiDi-Instruct (discriminator + student update
+on B real rows x distill.didi.group_size rollouts; 1 batch per step), with random-init
+networks, each row with its step time over the teacher step's (`x_teacher_step`; the issue's
+target for IDLM is <= 3.2) and tokens/s over the data tokens a step consumes.
+`--loss-chunk N` sets the teacher's model.loss_chunk (chunked cross-entropy).
+The first call and `--warmup - 1` more are excluded (executables are compiled ahead of time); `--steps` calls are timed; median (and mean) reported.
 
 MFU = (6 N + 12 n_layers L d) FLOPs per token x tokens / step time / peak (989 TFLOP/s dense
 bf16 on H100/H200), N = parameters WITHOUT vocabulary padding (the useful FLOPs; the formula of
@@ -17,8 +25,8 @@ reference/perf_anchors.md and the PyTorch reference); forward: (2 N + 4 n_layers
 Memory: the device's peak bytes in use (GPU/TPU; process-wide, so the forward row inherits
 the train step's peak) and XLA's compiled memory plan of each executable (any backend).
 
-`bench_step(step, state, batch, ...)` times any donated step function: the hook for other
-objectives' steps (e.g. IDLM's student + fake-score step), see its docstring.
+`bench_step(step, state, batch, ...)` times any donated step function (`objective_train_step`
+builds the trainer's step of any objective for it), see its docstring.
 With --torch-ref, the PyTorch reference runs first, in its own process, on the same device.
 """
 
@@ -45,6 +53,9 @@ from idlm_jax.objectives import get_objective  # noqa: E402
 from idlm_jax.train import parallel, state as state_lib  # noqa: E402
 
 
+OBJECTIVES = ("teacher", "idlm", "didi")  # teacher = MDLM pretraining (objective "diffusion")
+
+
 def flops_per_token(n_params: int, n_layers: int, L: int, d: int, train: bool = True) -> float:
   """6 N + 12 n_layers L d (train) or 2 N + 4 n_layers L d (forward) FLOPs per token."""
   return (6 * n_params + 12 * n_layers * L * d) if train else (2 * n_params + 4 * n_layers * L * d)
@@ -59,6 +70,7 @@ def useful_params(cfg, vocab: int) -> int:
 def bench_step(step, state, batch, *, steps: int, warmup: int, tokens: int,
                flops_per_step: float, mesh=None) -> dict:
   """Time `step(state, batch) -> (state, metrics)` (jitted, state donated) and measure memory.
+  `batch` is any pytree of the step's other inputs (`objective_train_step`: (frozen, batch)).
 
   The hook for any objective's train step: build its state and a batch, jit the step with
   `donate_argnums=(0,)` (and shardings), pass tokens per step and the model FLOPs per step.
@@ -91,35 +103,69 @@ def random_batch(vocab: int, B: int, L: int, seed: int = 0) -> dict:
           "attention_mask": np.ones((B, L), np.int32)}
 
 
-def teacher_train_step(cfg, L: int, B: int):
-  """(jitted donated step(state, batch), state, batch, mesh) of teacher pretraining at [B, L].
+def objective_train_step(cfg, L: int, B: int):
+  """(jitted donated step(state, inputs), state, inputs, mesh, batches_per_step) of
+  cfg.objective at [B, L], built as the trainer builds it (train/loop.build).
 
-  The step is the trainer's: `objectives.get_objective(cfg, ...).train_step` under `jax.jit`
-  with the state's NamedShardings over the config's mesh, the state donated.
+  The step is `objectives.get_objective(cfg, ...).train_step` under `jax.jit` with the state's
+  NamedShardings over the config's mesh, the state donated. `inputs` = (frozen, batch): frozen
+  is None for teacher pretraining and {"teacher": params} (never donated) for distillation,
+  here a random-init copy of the student's initial params (throughput does not depend on
+  trained weights); batch is one [B, L] batch of random tokens, or a tuple of
+  `batches_per_step` of them (IDLM: distill.fake_steps + 1).
   """
   cfg.data.seq_len, cfg.train.global_batch_size = L, B
   vocab = cfg_vocab(cfg)
   mesh = parallel.make_mesh(cfg.parallel)
   tx = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
   build = lambda rngs: models.build_model(cfg.model, vocab, rngs)
-  graphdef, state, shardings = state_lib.create_state(build, tx, 0, mesh)
+  graphdef, _ = state_lib.abstract_model(build, cfg.seed)
   obj = get_objective(cfg, graphdef, tx, mask_id=cfg_tokenizer(cfg).mask_id)
+  graphdef, state, shardings = state_lib.create_state(build, tx, 0, mesh, aux_txs=obj.aux_txs)
+  frozen_sh = None if cfg.objective == "diffusion" else {"teacher": shardings.params}
+  frozen = frozen_sh and {"teacher": jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                                             out_shardings=shardings.params)(state.params)}
   batch_sh = parallel.batch_sharding(mesh)
-  step = jax.jit(lambda s, b: obj.train_step(s, None, b), in_shardings=(shardings, batch_sh),
+  n = obj.batches_per_step
+  batches = tuple(jax.device_put(random_batch(vocab, B, L, seed=i), batch_sh) for i in range(n))
+  step = jax.jit(lambda s, inputs: obj.train_step(s, *inputs),
+                 in_shardings=(shardings, (frozen_sh, batch_sh)),
                  out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
-  batch = jax.device_put(random_batch(vocab, B, L), batch_sh)
-  return step, state, batch, mesh
+  return step, state, (frozen, batches[0] if n == 1 else batches), mesh, n
+
+
+def teacher_train_step(cfg, L: int, B: int):
+  """(jitted donated step(state, inputs), state, inputs, mesh) of teacher pretraining at
+  [B, L] (cfg.objective "diffusion"; inputs = (None, batch)), see `objective_train_step`."""
+  return objective_train_step(cfg, L, B)[:4]
+
+
+def bench_objective(name: str, cfg, L: int, B: int, steps: int, warmup: int) -> dict:
+  """The train step of cfg.objective at [B, L] real rows per batch (the row `name`).
+
+  tokens/s counts the data tokens a step consumes: batches_per_step x B x L (IDLM: fake_steps
+  + 1 batches). FLOPs (for TFLOP/s, MFU) are the teacher step's 6 N + 12 n_layers L d per
+  data token: the useful work of a teacher step on the same tokens, not the objective's own
+  count, so MFU is comparable only on the teacher row.
+  """
+  step, state, inputs, mesh, n_batches = objective_train_step(cfg, L, B)
+  n = useful_params(cfg, cfg_vocab(cfg))
+  m = cfg.model
+  tokens = n_batches * B * L
+  row = bench_step(step, state, inputs, steps=steps, warmup=warmup, tokens=tokens,
+                   flops_per_step=flops_per_token(n, m.n_blocks, L, m.hidden_size) * tokens,
+                   mesh=mesh)
+  extra = {}
+  if cfg.objective == "didi":
+    extra = dict(group_size=cfg.distill.didi.group_size,
+                 rollout_rows=B * cfg.distill.didi.group_size)
+  return dict(kind="train", objective=name, L=L, B=B, batches_per_step=n_batches,
+              n_params=n, loss_chunk=cfg.model.loss_chunk, **extra, **row)
 
 
 def bench_train(cfg, L: int, B: int, steps: int, warmup: int) -> dict:
   """The MDLM teacher-pretraining step (objective "diffusion") at [B, L]."""
-  step, state, batch, mesh = teacher_train_step(cfg, L, B)
-  n = useful_params(cfg, cfg_vocab(cfg))
-  m = cfg.model
-  row = bench_step(step, state, batch, steps=steps, warmup=warmup, tokens=B * L,
-                   flops_per_step=flops_per_token(n, m.n_blocks, L, m.hidden_size) * B * L,
-                   mesh=mesh)
-  return dict(kind="train", L=L, B=B, n_params=n, **row)
+  return bench_objective("teacher", cfg, L, B, steps, warmup)
 
 
 def bench_fwd(cfg, L: int, B: int, steps: int, warmup: int) -> dict:
@@ -161,6 +207,19 @@ def torch_reference(path: str, L: int, B: int, fwd_B: int, fwd_L: int, vocab: in
   return json.loads(line[0][len("RESULTS "):])
 
 
+def add_ratios(rows: list) -> None:
+  """Each train row's step time over the teacher row's of the same run (`x_teacher_step`), and
+  per data token (`x_teacher_per_token`: the step's time per consumed token over the
+  teacher's)."""
+  teacher = next((r for r in rows if r.get("objective") == "teacher"), None)
+  if teacher is None:
+    return
+  for r in rows:
+    if r.get("kind") == "train":
+      r["x_teacher_step"] = r["step_ms_median"] / teacher["step_ms_median"]
+      r["x_teacher_per_token"] = teacher["tokens_per_s"] / r["tokens_per_s"]
+
+
 def markdown(rows: list, info: dict, cfg) -> str:
   """Results table of one run."""
   m = cfg.model
@@ -169,21 +228,39 @@ def markdown(rows: list, info: dict, cfg) -> str:
            f"{m.dtype}, attention {m.attention}, vocab_pad_multiple {m.vocab_pad_multiple}, "
            f"remat {m.remat}. MFU = (6 N + 12 n_layers L d) tokens / step time / "
            f"{common.peak_tflops()} TFLOP/s (forward: 2 N + 4 n_layers L d), N without "
-           f"vocabulary padding. Median of the timed repetitions after warm-up.\n\n"
-           "| framework | kind | L | B | tokens/s | ms (median / mean) | TFLOP/s | MFU | "
-           "peak GiB (device) | compiled GiB (args+out+temp-alias) |\n"
-           "|---|---|---|---|---|---|---|---|---|---|\n")
+           f"vocabulary padding. Median of the timed repetitions after warm-up. "
+           "Objectives: teacher = MDLM pretraining (loss_chunk: model.loss_chunk); idlm = "
+           "distill.fake_steps fake updates + one student update, each on its own batch "
+           "(batches/step = fake_steps + 1); didi = discriminator + student update on B real "
+           "rows x distill.didi.group_size rollouts (1 batch). tokens/s = batches/step x B x L "
+           "/ step time; x teacher = step time / the teacher step's (per token: time per "
+           "consumed token / the teacher's); TFLOP/s and MFU count the teacher's FLOPs per "
+           "data token (meaningful on the teacher row only).\n\n"
+           "| framework | kind | objective | L | B | batches/step | tokens/s | ms (median / mean) "
+           "| x teacher (step / per token) | TFLOP/s | MFU | peak GiB (device) | "
+           "compiled GiB (args+out+temp-alias) | temp GiB |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
   for r in rows:
     if "error" in r:
       text += f"| {r.get('framework')} | error: {r['error'][:80]!r} |\n"
       continue
     med = r.get("step_ms_median", r.get("call_ms_median"))
     mean = r.get("step_ms", r.get("call_ms"))
-    text += (f"| {r.get('framework')} | {r.get('kind')} | {r.get('L')} | {r.get('B')} | "
+    ratio = (f"{r['x_teacher_step']:.2f} / {r['x_teacher_per_token']:.2f}"
+             if "x_teacher_step" in r else "-")
+    objective = r.get("objective", "-")
+    if r.get("loss_chunk"):
+      objective += f" (loss_chunk {r['loss_chunk']})"
+    if "group_size" in r:
+      objective += f" (G={r['group_size']}, {r['rollout_rows']} rollouts)"
+    mem = r.get("compiled_mem", {})
+    text += (f"| {r.get('framework')} | {r.get('kind')} | {objective} | {r.get('L')} | "
+             f"{r.get('B')} | {r.get('batches_per_step', '-')} | "
              f"{common.fmt(r.get('tokens_per_s'))} | {common.fmt(med)} / {common.fmt(mean)} | "
-             f"{common.fmt(r.get('tflops'))} | {common.fmt(100 * r.get('mfu', float('nan')))}% | "
-             f"{common.fmt(r.get('peak_mem_gib'), 2)} | "
-             f"{common.fmt(r.get('compiled_mem', {}).get('total_gib'), 3)} |\n")
+             f"{ratio} | {common.fmt(r.get('tflops'))} | "
+             f"{common.fmt(100 * r.get('mfu', float('nan')))}% | "
+             f"{common.fmt(r.get('peak_mem_gib'), 2)} | {common.fmt(mem.get('total_gib'), 3)} | "
+             f"{common.fmt(mem.get('temp_gib'), 3)} |\n")
   return text
 
 
@@ -202,6 +279,11 @@ def parse_args(argv=None):
                   help="model.vocab_pad_multiple (default: the config's, 128)")
   ap.add_argument("--remat", choices=["none", "block"], default=None,
                   help="model.remat (default: the config's, none)")
+  ap.add_argument("--objectives", default=",".join(OBJECTIVES),
+                  help="train steps to time, comma-separated from teacher,idlm,didi (ratios "
+                       "to the teacher step need 'teacher')")
+  ap.add_argument("--loss-chunk", type=int, default=None,
+                  help="model.loss_chunk of the teacher step (default: the config's, 0 = off)")
   ap.add_argument("--smoke", action="store_true", help="tiny shapes on any device")
   ap.add_argument("--torch-ref", default=None, help="path to ddit_torch_reference.py")
   ap.add_argument("--json", default=None, help="append results (JSON lines) here")
@@ -210,19 +292,37 @@ def parse_args(argv=None):
   return ap.parse_args(argv)
 
 
+def objective_overrides(name: str, args) -> list:
+  """Config overrides of one benchmarked train step: the objective, no dropout (as the PyTorch
+  reference), the user's --set, then the performance flags. Distillation steps never chunk
+  the loss (model.loss_chunk is MDLM-pretraining only) and name a teacher they never load."""
+  objective = {"teacher": "diffusion", "idlm": "idlm", "didi": "didi"}[name]
+  out = [f"objective={objective}", "model.dropout=0.0"]
+  if name != "teacher":
+    out.append("distill.teacher=random-init")
+  out += args.set
+  if args.vocab_pad is not None:
+    out.append(f"model.vocab_pad_multiple={args.vocab_pad}")
+  if args.remat is not None:
+    out.append(f"model.remat={args.remat}")
+  if name != "teacher":
+    out.append("model.loss_chunk=0")
+  elif args.loss_chunk is not None:
+    out.append(f"model.loss_chunk={args.loss_chunk}")
+  return out
+
+
 def main(argv=None) -> list:
   """Run the benchmark; returns the result rows (also printed, and written if asked)."""
   args = parse_args(argv)
   spec = args.config + (":smoke" if args.smoke else "")
-  # teacher pretraining (objective "diffusion"); the PyTorch reference has no dropout
-  overrides = ["objective=diffusion", "model.dropout=0.0", *args.set]
-  if args.vocab_pad is not None:
-    overrides.append(f"model.vocab_pad_multiple={args.vocab_pad}")
-  if args.remat is not None:
-    overrides.append(f"model.remat={args.remat}")
+  objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+  unknown = set(objectives) - set(OBJECTIVES)
+  if unknown:
+    raise SystemExit(f"--objectives: unknown {sorted(unknown)}, expected some of {OBJECTIVES}")
   if args.smoke:
     args.L, args.B, args.fwd_L, args.fwd_B, args.steps, args.warmup = 32, 8, 32, 8, 3, 1
-  cfg = config_lib.load_config(spec, overrides)
+  cfg = config_lib.load_config(spec, objective_overrides("teacher", args))
   # the PyTorch reference runs first, in its own process, before JAX takes the GPU's memory
   torch_results = (torch_reference(args.torch_ref, args.L, args.B, args.fwd_B, args.fwd_L,
                                    cfg_vocab(cfg), args.steps) if args.torch_ref else [])
@@ -232,7 +332,13 @@ def main(argv=None) -> list:
         f"vocab_pad={cfg.model.vocab_pad_multiple} remat={cfg.model.remat}", flush=True)
   rows = []
   if args.mode in ("train", "both"):
-    rows.append(bench_train(cfg, args.L, args.B, args.steps, args.warmup))
+    for name in objectives:
+      ocfg = cfg if name == "teacher" else config_lib.load_config(
+          spec, objective_overrides(name, args))
+      rows.append(bench_objective(name, ocfg, args.L, args.B, args.steps, args.warmup))
+      print(f"{name}: {rows[-1]['step_ms_median']:.1f} ms/step, "
+            f"{rows[-1]['batches_per_step']} batch(es)/step", flush=True)
+    add_ratios(rows)
   if args.mode in ("fwd", "both"):
     rows.append(bench_fwd(cfg, args.fwd_L, args.fwd_B, args.steps, args.warmup))
   for r in rows:

@@ -145,17 +145,26 @@ class DDitFinalLayer(nnx.Module):
     self.adaLN_modulation = layers.linear(cond_dim, 2 * hidden_size, axes=("cond", "adaln"),
                                           zero_init=True, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
-    """Float32 logits [B, L, V], cast from the compute dtype (as torch autocast's bf16 logits).
+  def features(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    """adaLN-modulated LayerNorm of the residual stream [B, L, d], in the compute dtype: the
+    input of the output projection."""
+    mods = self.adaLN_modulation(c)[:, None, :].astype(jnp.float32)
+    shift, scale = jnp.split(mods, 2, axis=-1)
+    return layers.modulate(self.norm_final(x), shift, scale).astype(self.dtype)
+
+  def project(self, h: jax.Array) -> jax.Array:
+    """Float32 logits [..., V] of features h [..., d], cast from the compute dtype (as torch
+    autocast's bf16 logits).
 
     No float32 matmul output (preferred_element_type) here: its backward runs float32
     matmuls, which made a bf16 training step of the small model ~25% slower on an H100.
     The slice to V fuses with the bias add and cast (benchmarks/results/cpu_hlo_checks.md).
     """
-    mods = self.adaLN_modulation(c)[:, None, :].astype(jnp.float32)
-    shift, scale = jnp.split(mods, 2, axis=-1)
-    h = layers.modulate(self.norm_final(x), shift, scale).astype(self.dtype)
     return self.linear(h)[..., :self.vocab_size].astype(jnp.float32)
+
+  def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    """Float32 logits [B, L, V]: `project(features(x, c))`."""
+    return self.project(self.features(x, c))
 
 
 class DIT(nnx.Module):
@@ -210,7 +219,19 @@ class DIT(nnx.Module):
     """Float32 logits [B, L, V] for ids [B, L] (or probabilities [B, L, V]) and sigma [B].
 
     dropout_key=None is evaluation (no dropout); a PRNG key enables residual dropout.
+    Equal to `project(features(x, sigma))`.
     """
+    return self.project(self.features(x, sigma, dropout_key=dropout_key))
+
+  def project(self, h: jax.Array) -> jax.Array:
+    """Float32 logits [..., V] of output features h [..., d] (the output projection only), so
+    that a loss can take the logits a chunk of positions at a time (mdlm.chunked_log_prob_of)."""
+    return self.output_layer.project(h)
+
+  def features(self, x: jax.Array, sigma: jax.Array, *,
+               dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    """The output projection's input [B, L, d] (compute dtype): every layer but the last
+    Linear(d, V), for ids [B, L] (or probabilities [B, L, V]) and sigma [B]."""
     if x.ndim == 3 and x.shape[-1] != self.vocab_size:
       raise ValueError(f"probability input has {x.shape[-1]} classes, expected {self.vocab_size}")
     if not self.time_conditioning:
@@ -224,7 +245,7 @@ class DIT(nnx.Module):
     run = nnx.remat(_run_block) if self.remat == "block" else _run_block
     for block, key in zip(self.blocks, keys):
       h = layers.constrain(run(block, h, c, rope, key))
-    return self.output_layer(h, c)
+    return self.output_layer.features(h, c)
 
 
 def _run_block(block: DDiTBlock, h: jax.Array, c: jax.Array, rope, key) -> jax.Array:

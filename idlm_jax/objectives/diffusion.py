@@ -15,12 +15,14 @@ from idlm_jax.train.state import TrainState, apply_gradients
 
 
 def mdlm_nelbo_sums(model, batch: dict, key: jax.Array, *, schedule, mask_id: int,
-                    antithetic: bool, train: bool) -> dict:
+                    antithetic: bool, train: bool, loss_chunk: int = 0) -> dict:
   """Sum of per-token NELBO over valid tokens, and their count, for one batch.
 
   t is antithetic over the batch; x_t from the absorbing process; loss only at masked, non-pad
   positions (SUBS gives 0 elsewhere; padding is excluded by the attention mask). Rows with
-  `weight` 0 (eval padding) count nothing.
+  `weight` 0 (eval padding) count nothing. loss_chunk > 0 (model.loss_chunk): the output
+  projection and log-softmax run that many positions at a time (mdlm.chunked_log_prob_of),
+  the same value without full [B, L, V] logits.
   """
   x0 = batch["input_ids"]
   valid = teachers.valid_weights(batch)
@@ -28,8 +30,13 @@ def mdlm_nelbo_sums(model, batch: dict, key: jax.Array, *, schedule, mask_id: in
   t = sample_t(k_t, x0.shape[0], schedule.eps, antithetic)
   alpha, dalpha = schedule.alpha(t), schedule.dalpha(t)
   xt = mdlm.q_xt(k_mask, x0, alpha, mask_id)
-  logits = model(xt, schedule.sigma(t), dropout_key=k_drop if train else None)
-  log_p = mdlm.subs_log_prob_of(logits, xt, x0, mask_id)
+  drop = k_drop if train else None
+  if loss_chunk > 0:
+    h = model.features(xt, schedule.sigma(t), dropout_key=drop)
+    log_p = mdlm.chunked_log_prob_of(model.project, h, xt, x0, mask_id, loss_chunk)
+  else:
+    log_p = mdlm.subs_log_prob_of(model(xt, schedule.sigma(t), dropout_key=drop), xt, x0,
+                                  mask_id)
   nelbo = mdlm.nelbo_per_token(log_p, alpha, dalpha) * valid
   return {"nelbo_sum": nelbo.sum(), "tokens": valid.sum()}
 
@@ -45,7 +52,7 @@ def teacher_losses(config, mask_id: int):
   schedule = get_schedule(f.schedule, f.eps)
   if f.algo == "mdlm":
     nelbo = functools.partial(mdlm_nelbo_sums, schedule=schedule, mask_id=mask_id,
-                              antithetic=f.antithetic)
+                              antithetic=f.antithetic, loss_chunk=config.model.loss_chunk)
   elif f.algo == "sedd":
     nelbo = functools.partial(teachers.sedd_sums, schedule=schedule, graph=f.process,
                               mask_id=mask_id, antithetic=f.antithetic)

@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 from benchmarks import generation_speed, train_throughput
 
 # the MDLM OWT pipeline at its :smoke size, with the 2048-id demo vocabulary (fast on a CPU)
@@ -10,19 +12,41 @@ CONFIG = ["--config=configs/mdlm_owt.py", "--set", "data.tokenizer=demo-bpe-2048
 
 
 def test_train_throughput_smoke(tmp_path):
-  rows = train_throughput.main(["--smoke", *CONFIG, "--out", str(tmp_path), "--remat",
-                                "block"])
-  train, fwd = rows
-  assert train["kind"] == "train" and fwd["kind"] == "fwd" and train["remat"] == "block"
-  assert train["tokens_per_s"] > 0 and train["step_ms_median"] > 0 and train["tflops"] > 0
+  rows = train_throughput.main(["--smoke", *CONFIG, "--out", str(tmp_path)])
+  teacher, idlm, didi, fwd = rows
+  assert [r["kind"] for r in rows] == ["train", "train", "train", "fwd"]
+  assert [r.get("objective") for r in rows] == ["teacher", "idlm", "didi", None]
+  assert teacher["remat"] == "none" and teacher["loss_chunk"] == 0
   # MFU = (6 N + 12 n_layers L d) tokens / step time / peak: NaN on a CPU (no peak known)
-  assert math.isnan(train["mfu"]) and train["n_params"] > 0
-  assert train["compiled_mem"]["total_gib"] > 0 and train["compiled_mem"]["alias_gib"] > 0
+  assert math.isnan(teacher["mfu"]) and teacher["n_params"] > 0
+  assert [r["batches_per_step"] for r in rows[:3]] == [1, 2, 1]  # IDLM: fake_steps + 1
+  assert didi["group_size"] == 4 and didi["rollout_rows"] == 4 * 8
+  for r in rows[:3]:
+    for key in ("tokens_per_s", "step_ms_median", "tflops", "x_teacher_step",
+                "x_teacher_per_token"):
+      assert math.isfinite(r[key]) and r[key] > 0, (r["objective"], key)
+    assert r["compiled_mem"]["total_gib"] > 0 and r["compiled_mem"]["alias_gib"] > 0
+    assert r["tokens_per_s"] * r["step_ms_median"] / 1e3 == pytest.approx(
+        r["batches_per_step"] * 8 * 32)
+  assert teacher["x_teacher_step"] == 1.0
+  assert idlm["x_teacher_per_token"] == pytest.approx(idlm["x_teacher_step"] / 2)
+  # the distillation steps hold more networks (fake / discriminator, frozen teacher)
+  assert idlm["compiled_mem"]["args_gib"] > teacher["compiled_mem"]["args_gib"]
   written = [json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.read_text()
              .splitlines()]
-  assert len(written) == 2 and {"device", "jax", "date", "command"} <= set(written[0])
+  assert len(written) == 4 and {"device", "jax", "date", "command"} <= set(written[0])
   assert written[0]["command"].startswith("python benchmarks/train_throughput.py --smoke")
-  assert "| idlm_jax | train | 32 | 8 |" in next(tmp_path.glob("*.md")).read_text()
+  text = next(tmp_path.glob("*.md")).read_text()
+  assert "| idlm_jax | train | teacher | 32 | 8 | 1 |" in text
+  assert "| idlm_jax | train | idlm | 32 | 8 | 2 |" in text
+  assert "| idlm_jax | train | didi (G=4, 32 rollouts) | 32 | 8 | 1 |" in text
+
+
+def test_train_throughput_perf_flags_smoke():
+  rows = train_throughput.main(["--smoke", *CONFIG, "--objectives=teacher", "--mode=train",
+                                "--loss-chunk", "8", "--remat", "block"])
+  assert len(rows) == 1 and rows[0]["loss_chunk"] == 8 and rows[0]["remat"] == "block"
+  assert rows[0]["step_ms_median"] > 0 and rows[0]["x_teacher_step"] == 1.0
 
 
 def test_generation_speed_smoke(tmp_path):

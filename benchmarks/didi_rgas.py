@@ -5,9 +5,12 @@ python benchmarks/didi_rgas.py --workdir=/tmp/didi_syn --steps=4,8,16 [--num_sam
 
 Reads the latest checkpoint of a `objective="didi"` run (EMA student, discriminator params),
 samples `num_samples` sequences per cell from the same keys with the plain ancestral sampler
-(sample.* of the run) and with RGAS (distill.didi.rgas_*), and scores them like
+(sample.* of the run) and with RGAS (sample.sampler="rgas": distill.didi.rgas_*), and scores
+them like
 eval_samplers: exact NLL under the source on the synthetic language, else Gen PPL under
 eval.evaluator (if set), plus unigram entropy. Writes <workdir>/didi_rgas/results.{json,md}.
+(`--config.mode=eval_samplers --config.eval.samplers=ancestral,rgas` gives the same cells in
+the standard report.)
 Timings exclude compilation (one discarded warm-up batch).
 """
 
@@ -25,7 +28,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from idlm_jax import config as config_lib  # noqa: E402
 from idlm_jax.diffusion import categorical  # noqa: E402
 from idlm_jax.evals import evaluate, genppl, samples, synthetic  # noqa: E402
-from idlm_jax.objectives import didi  # noqa: E402
 from idlm_jax.train import loop, parallel  # noqa: E402
 
 
@@ -78,23 +80,22 @@ def main(argv=None):
   evaluator = None
   if c.eval.evaluator and hmm is None:
     evaluator = genppl.load_evaluator(c.eval.evaluator, c.eval.evaluator_max_length)
-  student, disc = loop.eval_params(run), run.state.aux["disc"].params
+  student = loop.eval_params(run)
+  cfgs = {name: evaluate.with_sampler(c, name) for name in ("ancestral", "rgas")}
+  aux = samples.sampler_aux(cfgs["rgas"], run.state)  # the discriminator
   batch = c.sample.batch_size
   keys = [jax.random.fold_in(jax.random.key(a.seed), i) for i in range(-(-a.num_samples // batch))]
   rows = []
   for steps in evaluate.parse_steps(a.steps):
-    plain = samples.make_sampler(c, run.graphdef, tok.mask_id, num_steps=steps, batch_size=batch)
-    guided = didi.make_rgas_sampler(c, run.graphdef, tok.mask_id, num_steps=steps,
-                                    batch_size=batch)
-    for name, fn in (("ancestral", lambda k: plain(student, k)),
-                     ("rgas", lambda k: guided(student, disc, k))):
+    for name, cfg in cfgs.items():
+      sampler = samples.make_sampler(cfg, run.graphdef, tok.mask_id, num_steps=steps,
+                                     batch_size=batch)
+      fn = lambda k: sampler(student, k, None, aux)  # noqa: E731 (ancestral ignores aux)
       with categorical.x64_scope(c.sample.precision), parallel.mesh_context(run.mesh):
         outs, seconds = timed(fn, keys)
       tokens = np.concatenate([o.tokens for o in outs])[:a.num_samples]
-      row = {"sampler": name, "steps": steps, "nfe": float(np.mean([o.nfe for o in outs])),
-             "disc_forwards": float(np.mean([getattr(o, "disc_forwards", 0) for o in outs])),
-             "disc_grads": float(np.mean([getattr(o, "disc_grads", 0) for o in outs])),
-             "seconds_per_batch": seconds / len(keys)}
+      row = {"sampler": name, "steps": steps, "disc_forwards": 0.0, "disc_grads": 0.0,
+             **samples.call_counts(outs), "seconds_per_batch": seconds / len(keys)}
       row.update(evaluate.evaluate_cell(tokens, tok.decode_batch(tokens.tolist()),
                                         evaluator=evaluator, hmm=hmm, tokenizer=tok,
                                         evaluator_batch_size=int(c.eval.evaluator_batch_size)))

@@ -78,6 +78,11 @@ def get_config(arg=None):
   # "block": recompute each DiT block's activations in the backward pass (nnx.remat), less
   # activation memory for ~1/3 more compute; "none": keep them.
   m.remat = "none"
+  # > 0: the MDLM teacher loss takes the output projection, log-softmax and SUBS loss this many
+  # sequence positions at a time (rematerialised chunks), so the full [B, L, V] float32 logits
+  # are never live at once; same loss and gradients. 0 = off. objective "diffusion" with
+  # diffusion.algo "mdlm" only.
+  m.loss_chunk = 0
   # --- model.name "gpt2" only (causal LM of the "ar" objective): learned positions ---
   m.n_positions = 1024
 
@@ -225,7 +230,8 @@ def get_config(arg=None):
   c.optim = o = ml_collections.ConfigDict()
   o.lr = 3e-4
   o.warmup_steps = 2500  # linear warm-up, then constant (MDLM); see o.decay.
-  o.decay = "constant"  # "constant" or "cosine" (to o.final_lr_fraction * lr at train.steps).
+  o.decay = "constant"  # "constant", "cosine" or "linear" (to o.final_lr_fraction * lr at
+  # train.steps; DiDi-Instruct's reference decays linearly).
   o.final_lr_fraction = 0.1
   o.b1 = 0.9
   o.b2 = 0.999
@@ -304,6 +310,8 @@ def get_config(arg=None):
   # "euler" (SEDD Euler; same models). noise_removal for udlm/duo: "argmax" is Duo's greedy
   # tail, "ancestral" one more posterior step; for analytic/euler: the final denoise step is
   # sampled ("ancestral", SEDD) or its argmax taken ("argmax"). Both cost one more NFE.
+  # "rgas": DiDi-Instruct's reward-guided sampler (objective "didi" only: it reads the run's
+  # discriminator; distill.didi.rgas_*), "r2": see below.
   s.sampler = "ancestral"
   s.top_p = 1.0  # udlm/duo ancestral: nucleus on x_theta before the posterior (1 = off).
   # --- prompts and fast decoding (issue #8) --------------------------------------------

@@ -32,9 +32,9 @@ CHOICES = {
     "diffusion.process": ("absorbing", "uniform"),
     "diffusion.parameterization": ("subs", "score", "mean"),
     "diffusion.algo": ("mdlm", "sedd", "udlm", "duo"),  # teachers (issue #3)
-    "sample.sampler": ("ancestral", "analytic", "euler", "r2"),
+    "sample.sampler": ("ancestral", "analytic", "euler", "r2", "rgas"),
     "diffusion.schedule": ("loglinear",),
-    "optim.decay": ("constant", "cosine"),
+    "optim.decay": ("constant", "cosine", "linear"),
     "parallel.strategy": ("pjit", "pmap"),
     "sample.precision": ("float64", "exact32", "float32"),
     "sample.noise_removal": ("argmax", "ancestral"),
@@ -50,6 +50,7 @@ RULES = {
     "model.mlp_ratio": (lambda v: v > 0, "positive"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "model.vocab_pad_multiple": (lambda v: v >= 0, ">= 0 (0 or 1: no padding)"),
+    "model.loss_chunk": (lambda v: v >= 0, ">= 0 (0: off)"),
     "diffusion.eps": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
     "optim.lr": (lambda v: v > 0, "positive"),
     "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
@@ -192,7 +193,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if m.hidden_size % m.n_heads or (m.hidden_size // m.n_heads) % 2:
     raise ConfigError(f"config.model.hidden_size: {m.hidden_size} must split into "
                       f"{m.n_heads} heads of even size (rotary embedding)")
+  _validate_rgas(config)
   _validate_teacher(config)
+  _validate_loss_chunk(config)
   if config.data.source == "synthetic_hmm":
     want = f"symbols-{config.data.synthetic.vocab_size}"
     if config.data.tokenizer != want:
@@ -206,9 +209,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         f">= 1 or one -1 (fill), got {mesh!r}")
 
 
+def _validate_loss_chunk(config) -> None:
+  """model.loss_chunk > 0 is implemented for the MDLM teacher loss only (issue #10)."""
+  if config.model.loss_chunk > 0 and (config.objective != "diffusion"
+                                      or config.diffusion.algo != "mdlm"):
+    raise ConfigError(f"config.model.loss_chunk: the chunked loss is implemented for MDLM "
+                      f"teacher pretraining only (objective='diffusion', diffusion.algo='mdlm'); "
+                      f"got objective={config.objective!r}, diffusion.algo="
+                      f"{config.diffusion.algo!r}: set it to 0")
+
+
 # teachers (issue #3): what each diffusion.algo needs, and which samplers run it
 TEACHERS = {  # algo -> (processes, parameterization, time-conditioned, samplers)
-    "mdlm": (("absorbing",), "subs", None, ("ancestral", "analytic", "euler", "r2")),
+    "mdlm": (("absorbing",), "subs", None, ("ancestral", "analytic", "euler", "r2", "rgas")),
     "sedd": (("absorbing", "uniform"), "score", True, ("analytic", "euler")),
     "udlm": (("uniform",), "mean", True, ("ancestral",)),
     "duo": (("uniform",), "mean", True, ("ancestral",)),
@@ -316,6 +329,15 @@ RULES.update({
     "distill.didi.rgas_candidates": (lambda v: v >= 1, ">= 1"),
     "distill.didi.rgas_temperature": (lambda v: v > 0, "positive"),
 })
+
+
+def _validate_rgas(config) -> None:
+  """sample.sampler (or an eval.samplers entry) "rgas" reads a DiDi-Instruct discriminator."""
+  names = [n.strip() for n in config.eval.samplers.split(",")] + [config.sample.sampler]
+  if "rgas" in names and config.objective != "didi":
+    raise ConfigError(f"config.sample.sampler: 'rgas' (DiDi-Instruct's reward-guided sampler) "
+                      f"reads the discriminator of an objective='didi' run, got objective="
+                      f"{config.objective!r} (use 'ancestral')")
 
 
 def _validate_didi(config) -> None:

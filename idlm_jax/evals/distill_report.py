@@ -1,7 +1,9 @@
 """The quality-versus-steps table of a distillation run: the frozen teacher at
 `distill.report_teacher_steps` against the EMA student at `eval.sampling_steps`, with the same
 sampler, seeds, sample count and evaluator (evals/evaluate.py). Written to
-<workdir>/distill_report/{results.json, results.md, *.png} and printed.
+<workdir>/distill_report/{results.json, results.md, *.png} and printed. With
+sample.sampler="rgas" (a DiDi-Instruct run) the student is sampled with RGAS and its
+discriminator, the teacher (which has none) with the plain ancestral sampler.
 """
 
 import json
@@ -9,20 +11,25 @@ import logging
 import time
 
 import jax
+import ml_collections
 
-from idlm_jax.evals import evaluate, genppl, report, synthetic
+from idlm_jax.evals import evaluate, genppl, report, samples, synthetic
 
 log = logging.getLogger("idlm_jax")
 
 
-def rows_for(run, label: str, params, steps_list, evaluator, hmm) -> list[dict]:
-  c = run.config
+def rows_for(run, label: str, params, steps_list, evaluator, hmm, config=None,
+             aux=None) -> list[dict]:
+  """One row per step count: `params` sampled with `config` (default: the run's) and `aux`
+  (samples.sampler_aux), scored as in eval_samplers."""
+  c = config or run.config
   rows = []
   for steps in steps_list:
     d = evaluate.draw(c, run.graphdef, params, run.tokenizer.mask_id, run.mesh,
-                      num_steps=steps, num_samples=int(c.eval.num_samples), seed=int(c.eval.seed))
+                      num_steps=steps, num_samples=int(c.eval.num_samples), seed=int(c.eval.seed),
+                      aux=aux)
     texts = run.tokenizer.decode_batch(d["tokens"].tolist())
-    row = {"sampler": label, "steps": steps, "nfe": d["nfe"]}
+    row = {"sampler": label, "steps": steps, **{k: d[k] for k in samples.COUNTS if k in d}}
     row.update(evaluate.entropy_lib.throughput(len(d["tokens"]), int(c.data.seq_len),
                                                d["seconds"], d["num_batches"]))
     row.update(evaluate.evaluate_cell(d["tokens"], texts, evaluator=evaluator, hmm=hmm,
@@ -31,6 +38,16 @@ def rows_for(run, label: str, params, steps_list, evaluator, hmm) -> list[dict]:
     row["example"] = texts[0][:200]
     rows.append(row)
   return rows
+
+
+def teacher_config(config):
+  """The config the teacher is sampled with: the run's, with "ancestral" for RGAS (the
+  discriminator belongs to the student)."""
+  if config.sample.sampler != "rgas":
+    return config
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.sample.sampler = "ancestral"
+  return c
 
 
 def run_report(run, step: int) -> dict:
@@ -42,10 +59,13 @@ def run_report(run, step: int) -> dict:
   if c.eval.evaluator and hmm is None:
     evaluator = genppl.load_evaluator(c.eval.evaluator, c.eval.evaluator_max_length)
   sampler = c.sample.sampler
-  rows = rows_for(run, f"teacher {sampler}", run.frozen["teacher"],
-                  evaluate.parse_steps(c.distill.report_teacher_steps), evaluator, hmm)
+  teacher_cfg = teacher_config(c)
+  rows = rows_for(run, f"teacher {teacher_cfg.sample.sampler}", run.frozen["teacher"],
+                  evaluate.parse_steps(c.distill.report_teacher_steps), evaluator, hmm,
+                  config=teacher_cfg)
   rows += rows_for(run, f"{c.objective} student {sampler}", loop.eval_params(run),
-                   evaluate.parse_steps(c.eval.sampling_steps), evaluator, hmm)
+                   evaluate.parse_steps(c.eval.sampling_steps), evaluator, hmm,
+                   aux=samples.sampler_aux(c, run.state))
   header = evaluate.run_header(run, step, evaluator, hmm, teacher=c.distill.teacher)
   results = {"header": header, "rows": rows,
              "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

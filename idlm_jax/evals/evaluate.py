@@ -49,8 +49,9 @@ def with_sampler(config, name: str):
 
 
 def draw(config, graphdef, params, mask_id: int, mesh, *, num_steps: int, num_samples: int,
-         seed: int) -> dict:
-  """Token ids [num_samples, L], mean NFE, timed seconds (after one warm-up batch)."""
+         seed: int, aux=None) -> dict:
+  """Token ids [num_samples, L], mean NFE (and RGAS's discriminator calls: samples.call_counts),
+  timed seconds (after one warm-up batch). aux: see samples.sampler_aux."""
   batch = config.sample.batch_size
   sampler = samples.make_sampler(config, graphdef, mask_id, num_steps=num_steps,
                                  batch_size=batch)
@@ -58,17 +59,16 @@ def draw(config, graphdef, params, mask_id: int, mesh, *, num_steps: int, num_sa
   n_batches = -(-num_samples // batch)
   with categorical.x64_scope(config.sample.precision), parallel.mesh_context(mesh):
     t0 = time.time()
-    jax.block_until_ready(sampler(params, jax.random.fold_in(key, 10**6)))  # compile
+    jax.block_until_ready(sampler(params, jax.random.fold_in(key, 10**6), None, aux))  # compile
     compile_s = time.time() - t0
     t0 = time.time()
-    outs = [sampler(params, jax.random.fold_in(key, i)) for i in range(n_batches)]
+    outs = [sampler(params, jax.random.fold_in(key, i), None, aux) for i in range(n_batches)]
     outs = jax.block_until_ready(outs)
     seconds = time.time() - t0
     outs = parallel.to_host(outs)  # also when sharded over hosts
   tokens = np.concatenate([o.tokens for o in outs])[:num_samples]
-  nfe = float(np.mean([o.nfe for o in outs]))
-  return {"tokens": tokens, "nfe": nfe, "seconds": seconds, "compile_seconds": compile_s,
-          "num_batches": n_batches}
+  return {"tokens": tokens, **samples.call_counts(outs), "seconds": seconds,
+          "compile_seconds": compile_s, "num_batches": n_batches}
 
 
 def evaluate_cell(tokens, texts, *, evaluator=None, hmm=None, tokenizer=None,
@@ -125,9 +125,10 @@ def run_eval(run, step: int) -> dict:
     cfg = with_sampler(c, name)
     for steps in parse_steps(e.sampling_steps):
       d = draw(cfg, run.graphdef, params, run.tokenizer.mask_id, run.mesh, num_steps=steps,
-               num_samples=int(e.num_samples), seed=int(e.seed))
+               num_samples=int(e.num_samples), seed=int(e.seed),
+               aux=samples.sampler_aux(cfg, run.state))
       texts = run.tokenizer.decode_batch(d["tokens"].tolist())
-      row = {"sampler": name, "steps": steps, "nfe": d["nfe"],
+      row = {"sampler": name, "steps": steps, **{k: d[k] for k in samples.COUNTS if k in d},
              "compile_seconds": d["compile_seconds"]}
       row.update(entropy_lib.throughput(len(d["tokens"]), int(c.data.seq_len), d["seconds"],
                                         d["num_batches"]))

@@ -73,13 +73,14 @@ class Monitor:
           batch_size=self.config.sample.batch_size)
     return self._samplers[steps]
 
-  def cell(self, params, steps: int) -> dict:
-    """Metrics of monitor_samples samples at `steps` (fixed keys from eval.seed)."""
+  def cell(self, params, steps: int, aux=None) -> dict:
+    """Metrics of monitor_samples samples at `steps` (fixed keys from eval.seed); aux: see
+    samples.sampler_aux."""
     c = self.config
     n, batch = c.distill.monitor_samples, c.sample.batch_size
     key = jax.random.key(c.eval.seed)
     with categorical.x64_scope(c.sample.precision), parallel.mesh_context(self.run.mesh):
-      outs = [self._sampler(steps)(params, jax.random.fold_in(key, i))
+      outs = [self._sampler(steps)(params, jax.random.fold_in(key, i), None, aux)
               for i in range(-(-n // batch))]
       outs = parallel.to_host(outs)  # also when sharded over hosts
     tokens = np.concatenate([o.tokens for o in outs])[:n]
@@ -87,12 +88,13 @@ class Monitor:
     row = evaluate.evaluate_cell(tokens, texts, evaluator=self.evaluator, hmm=self.hmm,
                                  tokenizer=self.run.tokenizer,
                                  evaluator_batch_size=c.eval.evaluator_batch_size)
-    row["nfe"] = float(np.mean([o.nfe for o in outs]))
+    row.update(samples.call_counts(outs))  # NFE (and RGAS's discriminator calls)
     return row
 
   def __call__(self, step: int, state, save_best=None) -> dict:
     params = state.ema_params if self.config.eval.use_ema else state.params
-    cells = {s: self.cell(params, s) for s in self.steps}
+    aux = samples.sampler_aux(self.config, state)
+    cells = {s: self.cell(params, s, aux) for s in self.steps}
     top = cells[max(self.steps)]
     row = {"step": int(step), **{k: top[k] for k in ("entropy", "gen_ppl", "exact_nll")
                                  if k in top},

@@ -31,6 +31,9 @@ def markdown(results: dict) -> str:
                  "have nonzero probability under the noise-free source.")
   lines.append("")
   cols = [("sampler", "sampler", "s"), ("steps", "steps", "d"), ("NFE", "nfe", ".1f")]
+  if any("disc_forwards" in r for r in rows):  # RGAS: discriminator calls, apart from the NFE
+    cols += [("disc. forwards", "disc_forwards", ".1f"), ("of which with grad", "disc_grads",
+                                                          ".1f")]
   if any("gen_ppl" in r for r in rows):
     cols.append(("Gen PPL", "gen_ppl", ".2f"))
   if any("exact_nll" in r for r in rows):

@@ -19,7 +19,9 @@ samples, both masked at the same tau. One train step (§8), from B real rows:
      - entropy_beta H, with KL_k = forward KL(teacher || student) at rollout step k; omega =
      -alpha'/(1 - alpha) at tau clipped (optionally / pi(tau)).
 The rollout's log-probabilities are differentiated with ONE forward per step (jax.vjp, kept
-across the discriminator update), where the reference recomputes each step with grad.
+across the discriminator update), where the reference recomputes each step with grad. The
+first step's input is the same for every rollout (all-[MASK] at t = 1), so the teacher (and the
+student, without dropout) run it on one row (first_step_output).
 Every network (student, teacher, discriminator trunk) sees sigma through the same DIT, which
 zeros it for `model.time_conditioning=False`, so the time input is handled consistently
 (§3.2's pitfall); the discriminator and the student are new copies made after the teacher is
@@ -137,27 +139,40 @@ class Rollout(NamedTuple):
   entropy: jax.Array  # [] mean of the two steps' masked-position entropies
 
 
+def first_step_output(net, n: int, seq_len: int, mask_id: int, shared: bool) -> jax.Array:
+  """net(all-[MASK], t=1): [n, L, V], or [1, L, V] with `shared`. Every row has the same input
+  (all-[MASK] at t = 1), so a network without per-row randomness (no dropout) gives every row
+  the same output, and one row stands for all (broadcast it; the gradient sums over rows)."""
+  rows = 1 if shared else n
+  return net(jnp.full((rows, seq_len), mask_id, jnp.int32), jnp.ones((rows,)))
+
+
 def student_rollout(student, teacher, key, tau, *, schedule, mask_id: int, seq_len: int,
                     t0: float, kl_hi: float = 0.0, kl_lo: float = 0.0,
-                    student_2=None) -> Rollout:
+                    student_2=None, shared_first: bool = False) -> Rollout:
   """The two-step rollout 1 -> tau -> t0 (§1.3). student/teacher(x, t) -> SUBS log x_theta
   [N, L, V]; teacher=None skips the KL terms; student_2 (default: student) runs the second
-  step (the same network with another dropout draw)."""
+  step (the same network with another dropout draw). The teacher is deterministic, so its
+  first-step output is computed on one row; `shared_first=True` does the same for the
+  student (valid when it has no dropout): the values and gradients are those of N rows, the
+  first step's network work is 1/N."""
   student_2 = student_2 or student
   n = tau.shape[0]
   k1, k2 = jax.random.split(key)
   one, end = jnp.ones((n,)), jnp.full((n,), t0)
   x1 = jnp.full((n, seq_len), mask_id, jnp.int32)
-  log1 = student(x1, one)
-  x_tau, logp1 = ancestral_step(k1, log1, x1, schedule.alpha(one), schedule.alpha(tau), mask_id)
+  log1 = first_step_output(student, n, seq_len, mask_id, shared_first)
+  x_tau, logp1 = ancestral_step(k1, jnp.broadcast_to(log1, (n,) + log1.shape[1:]), x1,
+                                schedule.alpha(one), schedule.alpha(tau), mask_id)
   log2 = student_2(x_tau, tau)
   x0, logp2 = ancestral_step(k2, log2, x_tau, schedule.alpha(tau), schedule.alpha(end), mask_id)
-  m1 = jnp.ones(x1.shape, jnp.float32)
+  m1 = jnp.ones(log1.shape[:2], jnp.float32)  # all positions masked at t = 1
   m2 = (x_tau == mask_id).astype(jnp.float32)
   kl = jnp.zeros(())
-  if teacher is not None and (kl_hi or kl_lo):
-    kl = kl_hi * forward_kl(teacher(x1, one), log1, m1) + \
-        kl_lo * forward_kl(teacher(x_tau, tau), log2, m2)
+  if teacher is not None and kl_hi:
+    kl += kl_hi * forward_kl(first_step_output(teacher, 1, seq_len, mask_id, True), log1, m1)
+  if teacher is not None and kl_lo:
+    kl += kl_lo * forward_kl(teacher(x_tau, tau), log2, m2)
   entropy = 0.5 * (mean_entropy(log1, m1) + mean_entropy(log2, m2))
   return Rollout(x_tau, x0, logp1 + logp2, kl, entropy)
 
@@ -266,7 +281,8 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
       k_1, k_2 = jax.random.split(k_drop)  # residual dropout (train mode), one draw per step
       r = student_rollout(log_probs(params, k_1), teacher, k_roll, tau, schedule=schedule,
                           mask_id=mask_id, seq_len=seq_len, t0=d.t0, kl_hi=d.kl_hi,
-                          kl_lo=d.kl_lo, student_2=log_probs(params, k_2))
+                          kl_lo=d.kl_lo, student_2=log_probs(params, k_2),
+                          shared_first=config.model.dropout == 0.0)
       reg = d.kl_beta * r.kl - d.entropy_beta * r.entropy
       return (r.logp, reg), r
 
@@ -316,7 +332,8 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
 
 
 def make_rgas_sampler(config, graphdef, mask_id: int, *, num_steps: int, batch_size: int):
-  """jitted (student_params, disc_params, key) -> rgas.RGASOutput: config.distill.didi.rgas_*
+  """(student_params, disc_params, key, prefix=None) -> rgas.RGASOutput, not jitted (the
+  sample.sampler="rgas" of evals/samples.make_sampler jits it): config.distill.didi.rgas_*
   with sample.eps/precision/noise_removal; every network sees sigma(t) as in training. Trace
   and run inside categorical.x64_scope(sample.precision)."""
   from idlm_jax.data import tokenizers
@@ -326,7 +343,7 @@ def make_rgas_sampler(config, graphdef, mask_id: int, *, num_steps: int, batch_s
   vocab = tokenizers.get_tokenizer(config.data.tokenizer).model_vocab_size
   disc_graphdef, _ = disc_network(config, vocab)
 
-  def sample(student_params, disc_params, key):
+  def sample(student_params, disc_params, key, prefix=None):
     student, disc = nnx.merge(graphdef, student_params), nnx.merge(disc_graphdef, disc_params)
     log_probs_fn = lambda x, t: mdlm.subs_log_probs(student(x, schedule.sigma(t)), x, mask_id)
     disc_fn = lambda z, t: disc(z, schedule.sigma(t))
@@ -336,6 +353,6 @@ def make_rgas_sampler(config, graphdef, mask_id: int, *, num_steps: int, batch_s
                      scale_start=d.rgas_scale_start, scale_end=d.rgas_scale_end,
                      grad_clip=d.rgas_grad_clip, num_candidates=d.rgas_candidates,
                      temperature=d.rgas_temperature, precision=s.precision,
-                     noise_removal=s.noise_removal)
+                     noise_removal=s.noise_removal, prefix=prefix)
 
-  return jax.jit(sample)
+  return sample

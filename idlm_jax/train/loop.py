@@ -181,9 +181,10 @@ def validate_now(run: Run, step: int) -> dict:
 def sample_now(run: Run, step: int) -> dict:
   """Write `sample.num_samples` decoded samples to <workdir>/samples/."""
   out = samples.generate(run.config, run.graphdef, eval_params(run), run.tokenizer, run.mesh,
-                         seed=run.config.seed + 2)
-  path = run.writer.texts(step, "samples", out["texts"],
-                          extra={"steps": out["steps"], "nfe": out["nfe"]})
+                         seed=run.config.seed + 2,
+                         aux=samples.sampler_aux(run.config, run.state))  # RGAS: discriminator
+  counts = {k: out[k] for k in samples.COUNTS if k in out}  # NFE (+ RGAS's disc. calls)
+  path = run.writer.texts(step, "samples", out["texts"], extra={"steps": out["steps"], **counts})
   run.writer.scalars(step, {"sample/nfe": out["nfe"], "sample/seconds": out["seconds"]})
   log.info("step %d  wrote %d samples (%d steps, NFE %.1f, %.1fs) to %s\n  first: %r",
                step, len(out["texts"]), out["steps"], out["nfe"], out["seconds"], path,

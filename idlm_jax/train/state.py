@@ -42,12 +42,16 @@ class TrainState:
 
 
 def learning_rate(optim_cfg, total_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0, then constant (MDLM) or cosine to final_lr_fraction * lr."""
+  """Linear warm-up from 0 over warmup_steps, then constant (MDLM), or a cosine or linear
+  (DiDi-Instruct's reference) decay from lr to final_lr_fraction * lr at total_steps."""
   lr, warm = optim_cfg.lr, optim_cfg.warmup_steps
+  decay_steps, final = max(total_steps - warm, 1), optim_cfg.final_lr_fraction
   if optim_cfg.decay == "constant":
     after = optax.constant_schedule(lr)
+  elif optim_cfg.decay == "linear":
+    after = optax.linear_schedule(lr, final * lr, decay_steps)
   else:
-    after = optax.cosine_decay_schedule(lr, max(total_steps - warm, 1), optim_cfg.final_lr_fraction)
+    after = optax.cosine_decay_schedule(lr, decay_steps, final)
   if warm == 0:
     return after
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])

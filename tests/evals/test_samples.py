@@ -122,3 +122,50 @@ def test_r2_config_validation():
     config_lib.load_config("configs/demo_teacher.py:smoke", ["sample.r2.temporal_eval=ave"])
   with pytest.raises(config_lib.ConfigError, match="sample.sampler"):
     config_lib.load_config("configs/duo_lm1b.py:smoke", ["sample.sampler=r2"])
+
+
+def test_rgas_sampler_reads_the_discriminator_and_counts_its_calls():
+  """sample.sampler="rgas" on a didi config: generate() with aux={"disc": ...} gives clean
+  tokens, student NFE N + 1 and the discriminator's calls apart (RGAS: tilt + M x re-rank)."""
+  from idlm_jax.models import discriminator as disc_lib
+  cfg = config_lib.load_config("configs/didi_mdlm_owt.py:smoke", [
+      "data.tokenizer='demo-bpe-2048'", "distill.teacher='x'", "sample.sampler=rgas",
+      "sample.steps=4", "sample.num_samples=4", "sample.batch_size=4",
+      "distill.didi.rgas_candidates=3"])
+  tiny_cfg, graphdef, params = _tiny()
+  cfg.model.update(tiny_cfg.model.to_dict())  # the tiny DiT's shape
+  disc = disc_lib.init_from_teacher(params, jax.random.key(2), cfg.model.hidden_size)
+
+  class State:  # the slice of a TrainState that sampler_aux reads
+    aux = {"disc": state_lib.NetState(step=0, params=disc, opt_state=None, ema_params=disc)}
+
+  class Tok:
+    mask_id = MASK
+
+    @staticmethod
+    def decode_batch(ids):
+      return [" ".join(map(str, row)) for row in ids]
+
+  mesh = parallel.make_mesh(cfg.parallel, jax.devices()[:1])
+  aux = samples.sampler_aux(cfg, State)
+  out = samples.generate(cfg, graphdef, params, Tok, mesh, seed=0, aux=aux)
+  assert out["tokens"].shape == (4, cfg.data.seq_len) and not np.any(out["tokens"] == MASK)
+  # 4 steps, rerank ratio 0.5: 2 tilt steps (forward + backward) and 2 x 3 re-rank forwards
+  assert (out["nfe"], out["disc_forwards"], out["disc_grads"]) == (5.0, 8.0, 2.0)
+  with pytest.raises(ValueError, match="discriminator"):
+    samples.generate(cfg, graphdef, params, Tok, mesh, seed=0)  # no aux
+
+
+def test_rgas_needs_a_didi_run():
+  with pytest.raises(config_lib.ConfigError, match="sample.sampler.*'didi'"):
+    config_lib.load_config("configs/demo_teacher.py:smoke", ["sample.sampler=rgas"])
+  with pytest.raises(config_lib.ConfigError, match="'rgas'.*objective='idlm'"):
+    config_lib.load_config("configs/demo.py:smoke", ["distill.teacher='x'",
+                                                     "eval.samplers='ancestral,rgas'"])
+  cfg = config_lib.load_config("configs/didi_mdlm_owt.py:smoke", ["distill.teacher='x'",
+                                                                  "sample.sampler=rgas"])
+  assert samples.sampler_aux(config_lib.load_config("configs/didi_mdlm_owt.py:smoke", [
+      "distill.teacher='x'"]), None) is None  # other samplers read the model only
+  cfg.objective = "idlm"  # as a config built in code, past validation
+  with pytest.raises(config_lib.ConfigError, match="rgas"):
+    samples.make_sampler(cfg, None, MASK, num_steps=4, batch_size=4)

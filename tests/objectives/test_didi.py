@@ -87,6 +87,28 @@ def test_policy_gradient_is_the_score_function_estimator():
   np.testing.assert_allclose(pullback(theta, -coef / n), grad, rtol=1e-5, atol=1e-7)
 
 
+def test_shared_first_step_equals_the_per_row_first_step():
+  """One-row first step (no dropout: all rows see all-[MASK] at t=1) = N rows, values and
+  gradients, including the KL to a teacher and the entropy bonus."""
+  v, mask, length = 5, 4, 7
+  rng = np.random.default_rng(2)
+  theta = jnp.asarray(rng.normal(size=(v, v)), jnp.float32)
+  teacher = _toy_student(jnp.asarray(rng.normal(size=(v, v)), jnp.float32))
+  tau = jnp.asarray([0.2, 0.4, 0.5, 0.6, 0.8, 0.9])
+  coef = jnp.asarray([1.0, -2.0, 0.5, 3.0, -1.0, 0.25])
+
+  def run(th, shared):
+    r = didi.student_rollout(_toy_student(th), teacher, jax.random.key(1), tau,
+                             schedule=LogLinear(1e-3), mask_id=mask, seq_len=length, t0=1e-3,
+                             kl_hi=0.3, kl_lo=0.2, shared_first=shared)
+    return -jnp.mean(coef * r.logp) + r.kl - 0.1 * r.entropy, r
+
+  outs = [jax.jit(jax.value_and_grad(run, has_aux=True), static_argnums=1)(theta, shared)
+          for shared in (False, True)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *outs)
+  assert float(outs[0][0][1].kl) > 0
+
+
 def test_spectral_norm_power_iteration_converges_to_top_singular_value():
   rng = np.random.default_rng(0)
   for shape in ((16, 8), (12, 1), (6, 10)):
@@ -220,6 +242,33 @@ def test_step_is_pure_sharded_equal_and_resumes_exactly(teacher_dir, tmp_path):
   assert int(resumed.state.step) == 2 and int(resumed.state.aux["disc"].step) == 2
 
 
+def test_rgas_sampler_on_a_didi_workdir(teacher_dir, tmp_path):
+  """sample.sampler="rgas" through the trainer: the monitor, the end-of-training samples, the
+  distillation report (teacher rows: ancestral) and mode eval_samplers on the checkpoint read
+  the discriminator from TrainState.aux["disc"], and report student NFE and discriminator
+  calls apart (2 steps, rerank ratio 0.5, 2 candidates: 1 tilt + 2 re-rank forwards)."""
+  overrides = [
+      "objective='didi'", f"distill.teacher='{teacher_dir}'",
+      f"data.cache_dir='{teacher_dir / 'cache'}'", "ckpt.async_save=False", "train.steps=1",
+      "train.global_batch_size=8", "distill.didi.group_size=2", "distill.didi.rgas_candidates=2",
+      "sample.sampler=rgas", "sample.steps=2", "distill.monitor_every=1",
+      "distill.monitor_steps='2'", "distill.monitor_samples=8", "eval.sampling_steps='2'",
+      "eval.num_samples=8", "distill.report_teacher_steps='2'"]
+  cfg = config_lib.load_config("configs/demo.py:smoke", overrides)
+  run = loop.run(cfg, tmp_path, devices=jax.devices()[:1])
+  counts = lambda r: (r["nfe"], r["disc_forwards"], r["disc_grads"])
+  assert counts(run.results["samples"]) == (3.0, 3.0, 1.0)
+  assert counts(run.monitor.history[-1]["cells"]["2"]) == (3.0, 3.0, 1.0)
+  teacher, student = run.results["report"]["rows"]
+  assert teacher["sampler"] == "teacher ancestral" and "disc_forwards" not in teacher
+  assert student["sampler"] == "didi student rgas" and counts(student) == (3.0, 3.0, 1.0)
+  cfg = config_lib.load_config("configs/demo.py:smoke", overrides + [
+      "mode=eval_samplers", "distill.report_teacher_steps=''"])
+  rows = loop.run(cfg, tmp_path, devices=jax.devices()[:1]).results["eval_samplers"]["rows"]
+  assert [(r["sampler"], counts(r)) for r in rows] == [("rgas", (3.0, 3.0, 1.0))]
+  assert "disc. forwards" in (tmp_path / "eval_samplers" / "results.md").read_text()
+
+
 def test_didi_config_errors():
   with pytest.raises(config_lib.ConfigError, match="group_size"):
     config_lib.load_config("configs/didi_mdlm_owt.py:smoke", ["distill.teacher='x'",
@@ -234,3 +283,13 @@ def test_didi_config_errors():
     config_lib.load_config("configs/didi_mdlm_owt.py:smoke", [
         "distill.teacher='x'", "diffusion.algo='sedd'", "diffusion.parameterization='score'",
         "model.time_conditioning=True", "sample.sampler='analytic'"])
+
+
+def test_didi_configs_load_with_reference_settings():
+  cfg = config_lib.load_config("configs/didi_mdlm_owt.py", ["distill.teacher='/some/teacher'"])
+  assert (cfg.optim.lr, cfg.optim.decay, cfg.optim.final_lr_fraction) == (1e-6, "linear", 0.01)
+  assert cfg.train.global_batch_size == 128 and cfg.distill.didi.group_size == 4
+  demo = config_lib.load_config("configs/didi_mdlm_owt.py:demo")  # the shipped demo teacher
+  assert demo.objective == "didi" and demo.distill.teacher == "demo"
+  assert demo.data.tokenizer == "demo-bpe-2048" and demo.model.dropout == 0.0
+  assert demo.eval.sampling_steps == "16,8,4" and demo.distill.report_teacher_steps

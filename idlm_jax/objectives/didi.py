@@ -275,9 +275,11 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
     k_tau, k_roll, k_drop, k_real, k_zr, k_zf, k_d = jax.random.split(key, 7)
     n = batch["input_ids"].shape[0] * G
     tau, pi = sample_tau(k_tau, n, d.tau_a, d.tau_b, d.tau_min, d.tau_max)
-    teacher = log_probs(frozen["teacher"])
 
     def rollout(params):
+      # every nnx model is built inside the traced function: with model.remat="block" the
+      # nnx.remat'd blocks must not belong to an outer trace level
+      teacher = log_probs(frozen["teacher"])
       k_1, k_2 = jax.random.split(k_drop)  # residual dropout (train mode), one draw per step
       r = student_rollout(log_probs(params, k_1), teacher, k_roll, tau, schedule=schedule,
                           mask_id=mask_id, seq_len=seq_len, t0=d.t0, kl_hi=d.kl_hi,

@@ -242,6 +242,16 @@ def test_step_is_pure_sharded_equal_and_resumes_exactly(teacher_dir, tmp_path):
   assert int(resumed.state.step) == 2 and int(resumed.state.aux["disc"].step) == 2
 
 
+def test_step_traces_with_block_remat(teacher_dir, tmp_path):
+  """Every model in the step is built inside the traced functions, so nnx.remat'd blocks
+  (model.remat="block") trace; the frozen teacher is built inside the vjp'd rollout."""
+  run = _didi_run(teacher_dir, tmp_path, jax.devices()[:1], ["model.remat='block'"])
+  batch = loop.parallel.global_batch(next(run.train_iter), run.mesh)
+  with loop.parallel.mesh_context(run.mesh):
+    new, metrics = jax.eval_shape(run.p_train_step, run.state, run.frozen, batch)
+  assert new.params.keys() == run.state.params.keys() and "loss" in metrics
+
+
 def test_rgas_sampler_on_a_didi_workdir(teacher_dir, tmp_path):
   """sample.sampler="rgas" through the trainer: the monitor, the end-of-training samples, the
   distillation report (teacher rows: ancestral) and mode eval_samplers on the checkpoint read

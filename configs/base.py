@@ -134,6 +134,10 @@ def get_config(arg=None):
   dd.relaxation = "simplex"
   dd.relax_tau = 0.1
   dd.stop_path = False  # IDLM-Duo ablation: no pathwise gradient through the soft input.
+  # Categorical draws inside the IDLM/DiDi train steps (re-noised student samples, rollouts):
+  # "inverse_cdf" (2 random words per row, float32 two-level inverse CDF) or "exact32"
+  # (Gumbel-max with 64 random bits per class; the cost grows with V). Samplers: sample.precision.
+  dd.train_draw = "inverse_cdf"
   # --- monitoring (evals/monitor.py): every monitor_every steps, monitor_samples samples from
   # the EMA student at each of monitor_steps, scored by eval.evaluator (Gen PPL) or exactly on
   # the synthetic language, plus unigram entropy. A warning when the entropy falls below

@@ -18,6 +18,7 @@ CHOICES = {
     "mode": ("train", "eval", "sample", "eval_samplers"),
     "objective": ("diffusion", "ar", "idlm", "sdtt", "dcd", "didi", "r2_finetune"),
     "distill.relaxation": ("simplex", "gumbel", "straight_through"),
+    "distill.train_draw": ("inverse_cdf", "exact32"),
     "distill.best_metric": ("gen_ppl", "exact_nll", "none"),
     "distill.sdtt.divergence": ("kl-bwd", "kl-fwd", "mse", "tvd"),  # baselines (issue #7)
     "distill.sdtt.loss_precision": ("float32", "float64"),

@@ -15,6 +15,11 @@ frequencies can be computed exactly (tests/diffusion/test_categorical.py):
              practical purposes and fast on TPUs, which emulate float64.
   "float32": the naive draw of the MDLM repo (24-bit uniforms, tail capped at ~16.6), kept
              for comparison.
+
+`sample_categorical(..., "inverse_cdf")` is not a Gumbel draw: a two-level inverse CDF in
+float32 with 2 random words per row instead of 2 per class (`inverse_cdf`). The training steps
+of the distillation objectives use it (distill.train_draw): at V = 50k the Gumbel draws' random
+bits, not the networks, dominated the IDLM step on a CPU.
 """
 
 import contextlib
@@ -22,7 +27,9 @@ import contextlib
 import jax
 import jax.numpy as jnp
 
-PRECISIONS = ("float64", "exact32", "float32")
+PRECISIONS = ("float64", "exact32", "float32")  # Gumbel-max draws (samplers: sample.precision)
+DRAWS = PRECISIONS + ("inverse_cdf",)  # everything sample_categorical accepts
+ICDF_BLOCK = 128  # classes per block of the two-level inverse CDF
 _WORDS = {"float64": 2, "exact32": 2, "float32": 1}
 
 
@@ -60,8 +67,47 @@ def gumbel_from_bits(words: jax.Array, precision: str) -> jax.Array:
   return -jnp.log(e)
 
 
+def _search(cum: jax.Array, x: jax.Array, mass: jax.Array) -> jax.Array:
+  """The bin of x in the partition of [0, cum[-1]) by `cum` [..., n] (x [...]): #{cum <= x},
+  clamped to the last bin with positive mass (x can round up to cum[-1])."""
+  n = cum.shape[-1]
+  idx = jnp.sum(cum <= x[..., None], axis=-1)
+  last = n - 1 - jnp.argmax(jnp.flip(mass > 0, axis=-1), axis=-1)
+  return jnp.minimum(idx, last)
+
+
+def inverse_cdf(key: jax.Array, log_probs: jax.Array, block: int = ICDF_BLOCK) -> jax.Array:
+  """One draw per row of `log_probs` [..., V] by a two-level inverse CDF -> int32 [...].
+
+  p = exp(log_probs - max) in float32, padded with zeros to blocks of `block` classes; the
+  block j is drawn with u1 * sum(p) against the cumulative block masses, then the class inside
+  it with u2 * mass_j against the cumulative masses within the block (u1, u2 independent
+  24-bit uniforms). P(class) = mass_j / sum(p) * p_class / mass_j exactly in exact arithmetic;
+  in float32 a block's probability is accurate to ~1e-7 of the total and a class's within its
+  block to ~1e-7 relative. Classes with zero probability (log-prob -inf) are never drawn.
+  Cost: one pass over [..., V] and a [..., block] gather, 2 random words per row.
+  """
+  lp = log_probs.astype(jnp.float32)
+  *rows, V = lp.shape
+  nb = -(-V // block)
+  p = jnp.exp(lp - jnp.max(lp, axis=-1, keepdims=True))
+  p = jnp.pad(p, [(0, 0)] * len(rows) + [(0, nb * block - V)]).reshape(*rows, nb, block)
+  mass = p.sum(-1)  # [..., nb]
+  cum = jnp.cumsum(mass, axis=-1)
+  words = jax.random.bits(key, (2, *rows), jnp.uint32)
+  u1, u2 = ((words >> 8).astype(jnp.float32) * 2.0**-24)  # [0, 1) on a 2^-24 grid
+  j = _search(cum, u1 * cum[..., -1], mass)
+  inner = jnp.take_along_axis(p, j[..., None, None], axis=-2)[..., 0, :]  # [..., block]
+  m_j = jnp.take_along_axis(mass, j[..., None], axis=-1)[..., 0]
+  i = _search(jnp.cumsum(inner, axis=-1), u2 * m_j, inner)
+  return (j * block + i).astype(jnp.int32)
+
+
 def sample_categorical(key: jax.Array, log_probs: jax.Array, precision: str = "float64") -> jax.Array:
-  """One draw per row of `log_probs` [..., V] (unnormalised is fine; -inf/-1e6 allowed) -> int32."""
+  """One draw per row of `log_probs` [..., V] (unnormalised is fine; -inf/-1e6 allowed) -> int32.
+  `precision` one of DRAWS: a Gumbel-max draw, or "inverse_cdf" (see inverse_cdf)."""
+  if precision == "inverse_cdf":
+    return inverse_cdf(key, log_probs)
   if precision == "float64" and not jax.config.jax_enable_x64:
     raise RuntimeError("precision='float64' needs x64 mode: trace the sampler inside "
                        "idlm_jax.diffusion.categorical.x64_scope('float64')")

@@ -43,7 +43,7 @@ from idlm_jax.models import discriminator as disc_lib
 from idlm_jax.objectives import Objective, diffusion, teachers
 from idlm_jax.train.state import AuxNet, apply_gradients, make_optimizer
 
-ROLLOUT_PRECISION = "exact32"  # categorical draws inside the step (no x64 in the train step)
+ROLLOUT_PRECISION = "inverse_cdf"  # draws inside the step (distill.train_draw; no x64 there)
 LOG_ODDS_EPS = 1e-6  # the reference's log(sig + 1e-6) - log(1 - sig + 1e-6)
 ADV_EPS = 1e-8
 
@@ -149,13 +149,14 @@ def first_step_output(net, n: int, seq_len: int, mask_id: int, shared: bool) -> 
 
 def student_rollout(student, teacher, key, tau, *, schedule, mask_id: int, seq_len: int,
                     t0: float, kl_hi: float = 0.0, kl_lo: float = 0.0,
-                    student_2=None, shared_first: bool = False) -> Rollout:
+                    student_2=None, shared_first: bool = False,
+                    precision: str = ROLLOUT_PRECISION) -> Rollout:
   """The two-step rollout 1 -> tau -> t0 (§1.3). student/teacher(x, t) -> SUBS log x_theta
   [N, L, V]; teacher=None skips the KL terms; student_2 (default: student) runs the second
   step (the same network with another dropout draw). The teacher is deterministic, so its
   first-step output is computed on one row; `shared_first=True` does the same for the
   student (valid when it has no dropout): the values and gradients are those of N rows, the
-  first step's network work is 1/N."""
+  first step's network work is 1/N. `precision`: the draws' categorical.DRAWS entry."""
   student_2 = student_2 or student
   n = tau.shape[0]
   k1, k2 = jax.random.split(key)
@@ -163,9 +164,10 @@ def student_rollout(student, teacher, key, tau, *, schedule, mask_id: int, seq_l
   x1 = jnp.full((n, seq_len), mask_id, jnp.int32)
   log1 = first_step_output(student, n, seq_len, mask_id, shared_first)
   x_tau, logp1 = ancestral_step(k1, jnp.broadcast_to(log1, (n,) + log1.shape[1:]), x1,
-                                schedule.alpha(one), schedule.alpha(tau), mask_id)
+                                schedule.alpha(one), schedule.alpha(tau), mask_id, precision)
   log2 = student_2(x_tau, tau)
-  x0, logp2 = ancestral_step(k2, log2, x_tau, schedule.alpha(tau), schedule.alpha(end), mask_id)
+  x0, logp2 = ancestral_step(k2, log2, x_tau, schedule.alpha(tau), schedule.alpha(end), mask_id,
+                             precision)
   m1 = jnp.ones(log1.shape[:2], jnp.float32)  # all positions masked at t = 1
   m2 = (x_tau == mask_id).astype(jnp.float32)
   kl = jnp.zeros(())
@@ -265,7 +267,7 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
                                     seq_len=seq_len, mask_id=mask_id, schedule=schedule,
                                     num_steps=d.teacher_steps, cache=True,
                                     time_conditioned=config.model.time_conditioning,
-                                    precision=ROLLOUT_PRECISION, noise_removal="argmax")
+                                    precision=config.distill.train_draw, noise_removal="argmax")
       return jax.lax.stop_gradient(out.tokens), jnp.ones((n, seq_len), jnp.float32)
     return (jnp.repeat(batch["input_ids"], G, axis=0),
             jnp.repeat(teachers.valid_weights(batch), G, axis=0))
@@ -284,7 +286,7 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
       r = student_rollout(log_probs(params, k_1), teacher, k_roll, tau, schedule=schedule,
                           mask_id=mask_id, seq_len=seq_len, t0=d.t0, kl_hi=d.kl_hi,
                           kl_lo=d.kl_lo, student_2=log_probs(params, k_2),
-                          shared_first=config.model.dropout == 0.0)
+                          shared_first=config.model.dropout == 0.0, precision=config.distill.train_draw)
       reg = d.kl_beta * r.kl - d.entropy_beta * r.entropy
       return (r.logp, reg), r
 

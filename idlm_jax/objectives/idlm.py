@@ -34,7 +34,6 @@ from idlm_jax.diffusion.schedules import get_schedule, sample_t
 from idlm_jax.objectives import Objective, diffusion, relax, teachers
 from idlm_jax.train.state import apply_gradients, make_optimizer
 
-RENOISE_PRECISION = "exact32"  # hard x_t2 draws: exact tails without x64 inside the step
 
 
 class Renoised(NamedTuple):
@@ -72,8 +71,9 @@ def _tokens_masked(r: Renoised, mask_id: int) -> jax.Array:
 
 
 def mdlm_process(schedule, mask_id: int, relaxation: str = "simplex",
-                 relax_tau: float = 0.1) -> Process:
-  """MDLM teacher: SUBS student, absorbing re-noising, NELBO weight lambda_t = -a'/(1 - a)."""
+                 relax_tau: float = 0.1, draw: str = "inverse_cdf") -> Process:
+  """MDLM teacher: SUBS student, absorbing re-noising, NELBO weight lambda_t = -a'/(1 - a);
+  `draw`: the categorical draw of the hard x_t (distill.train_draw)."""
 
   def student(model, batch, key, dropout_key):
     x0 = batch["input_ids"]
@@ -89,13 +89,13 @@ def mdlm_process(schedule, mask_id: int, relaxation: str = "simplex",
     alpha = schedule.alpha(t)
     weight = mdlm.nelbo_weight(alpha, schedule.dalpha(t))
     if relaxation == "simplex":
-      xt = relax.mdlm_hard_sample(k_x, G, alpha, mask_id, RENOISE_PRECISION)
+      xt = relax.mdlm_hard_sample(k_x, G, alpha, mask_id, draw)
       return Renoised(xt, xt, schedule.sigma(t), weight)
     log_q = relax.mdlm_q_log_probs(G, alpha, mask_id)
     if relaxation == "gumbel":
       soft = relax.gumbel_softmax(k_x, log_q, relax_tau)
     else:
-      soft = relax.straight_through(k_x, log_q, RENOISE_PRECISION)
+      soft = relax.straight_through(k_x, log_q, draw)
     tokens = jnp.argmax(jax.lax.stop_gradient(soft), axis=-1).astype(jnp.int32)
     return Renoised(soft, tokens, schedule.sigma(t), weight)
 
@@ -217,7 +217,7 @@ def get_process(config, mask_id: int) -> Process:
   f, d = config.diffusion, config.distill
   schedule = get_schedule(f.schedule, f.eps)
   if f.algo == "mdlm":
-    return mdlm_process(schedule, mask_id, d.relaxation, d.relax_tau)
+    return mdlm_process(schedule, mask_id, d.relaxation, d.relax_tau, d.train_draw)
   if f.algo == "sedd":
     if f.process != "absorbing":
       raise ValueError("idlm: SEDD teachers must be absorbing (the paper's IDLM-SEDD); "

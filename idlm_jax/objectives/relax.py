@@ -85,7 +85,8 @@ def mdlm_hard_sample(key: jax.Array, G: jax.Array, alpha_t: jax.Array, mask_id: 
   """x_t ~ Cat(alpha_t G + (1 - alpha_t) e_mask) per position -> int32 [B, L].
 
   forward: one hard categorical draw per position (categorical.sample_categorical at
-  `precision`; "float64" needs x64 while tracing, see categorical.x64_scope, "exact32" does not);
+  `precision`, one of categorical.DRAWS; "float64" needs x64 while tracing, see
+  categorical.x64_scope, "exact32" and "inverse_cdf" do not);
   gradient: none. G is stop-gradiented and the output is integer: the sampled tokens carry no
   gradient, the only path to G is through the loss weights (mdlm_inverse_token_loss).
   """

@@ -72,3 +72,27 @@ def test_draws_follow_the_distribution(precision):
   assert counts[5] == 0  # zero-probability classes (-inf) are never drawn
   chi2 = stats.chisquare(counts[:5], 60_000 * p[:5])
   assert chi2.pvalue > 1e-3, (counts, chi2)
+
+
+def test_draws_follow_the_distribution_inverse_cdf():
+  """The two-level inverse CDF over several blocks (V = 300 = 3 blocks of 128, the last padded):
+  chi-square against the exact probabilities, classes spanning e^-12..1, a -inf class never
+  drawn, a one-hot row always its class, unnormalised log-probabilities accepted."""
+  V, n = 300, 400_000
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=V) * 3.0 + 7.0  # unnormalised
+  logits[5], logits[250], logits[299] = -np.inf, -12.0, 9.0
+  p = np.exp(logits - logits.max())
+  p /= p.sum()
+  draws = jax.jit(lambda k: C.sample_categorical(
+      k, jnp.broadcast_to(jnp.asarray(logits, jnp.float32), (n, V)), "inverse_cdf"))(
+          jax.random.key(2))
+  counts = np.bincount(np.asarray(draws), minlength=V)
+  assert counts.shape == (V,) and counts[5] == 0
+  big = p * n > 5  # chi-square cells; the rest pooled into one
+  obs = np.append(counts[big], counts[~big].sum())
+  exp = np.append(p[big], p[~big].sum()) * n
+  chi2 = stats.chisquare(obs, exp)
+  assert chi2.pvalue > 1e-3, chi2
+  one_hot = jnp.full((4, V), -jnp.inf).at[:, 257].set(0.0)
+  assert (np.asarray(C.sample_categorical(jax.random.key(3), one_hot, "inverse_cdf")) == 257).all()

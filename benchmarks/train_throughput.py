@@ -5,6 +5,7 @@
       --fwd-L 128 --fwd-B 512
   python benchmarks/train_throughput.py --vocab-pad 0 --remat block    # ablations
   python benchmarks/train_throughput.py --smoke            # tiny shapes, CPU, seconds
+  python benchmarks/train_throughput.py --devices 1        # a mesh of the first N devices
   python benchmarks/train_throughput.py --torch-ref ../shared/bench/ddit_torch_reference.py
   python benchmarks/train_throughput.py --objectives=teacher,idlm --loss-chunk 128 --mode train
 
@@ -103,7 +104,7 @@ def random_batch(vocab: int, B: int, L: int, seed: int = 0) -> dict:
           "attention_mask": np.ones((B, L), np.int32)}
 
 
-def objective_train_step(cfg, L: int, B: int):
+def objective_train_step(cfg, L: int, B: int, devices=None):
   """(jitted donated step(state, inputs), state, inputs, mesh, batches_per_step) of
   cfg.objective at [B, L], built as the trainer builds it (train/loop.build).
 
@@ -116,7 +117,7 @@ def objective_train_step(cfg, L: int, B: int):
   """
   cfg.data.seq_len, cfg.train.global_batch_size = L, B
   vocab = cfg_vocab(cfg)
-  mesh = parallel.make_mesh(cfg.parallel)
+  mesh = parallel.make_mesh(cfg.parallel, devices)  # devices: None = all
   tx = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
   build = lambda rngs: models.build_model(cfg.model, vocab, rngs)
   graphdef, _ = state_lib.abstract_model(build, cfg.seed)
@@ -140,7 +141,8 @@ def teacher_train_step(cfg, L: int, B: int):
   return objective_train_step(cfg, L, B)[:4]
 
 
-def bench_objective(name: str, cfg, L: int, B: int, steps: int, warmup: int) -> dict:
+def bench_objective(name: str, cfg, L: int, B: int, steps: int, warmup: int,
+                    devices=None) -> dict:
   """The train step of cfg.objective at [B, L] real rows per batch (the row `name`).
 
   tokens/s counts the data tokens a step consumes: batches_per_step x B x L (IDLM: fake_steps
@@ -148,7 +150,7 @@ def bench_objective(name: str, cfg, L: int, B: int, steps: int, warmup: int) -> 
   data token: the useful work of a teacher step on the same tokens, not the objective's own
   count, so MFU is comparable only on the teacher row.
   """
-  step, state, inputs, mesh, n_batches = objective_train_step(cfg, L, B)
+  step, state, inputs, mesh, n_batches = objective_train_step(cfg, L, B, devices)
   n = useful_params(cfg, cfg_vocab(cfg))
   m = cfg.model
   tokens = n_batches * B * L
@@ -285,6 +287,8 @@ def parse_args(argv=None):
   ap.add_argument("--loss-chunk", type=int, default=None,
                   help="model.loss_chunk of the teacher step (default: the config's, 0 = off)")
   ap.add_argument("--smoke", action="store_true", help="tiny shapes on any device")
+  ap.add_argument("--devices", type=int, default=0,
+                  help="train steps on a mesh of the first N devices (0: all)")
   ap.add_argument("--torch-ref", default=None, help="path to ddit_torch_reference.py")
   ap.add_argument("--json", default=None, help="append results (JSON lines) here")
   ap.add_argument("--out", default=None,
@@ -335,7 +339,8 @@ def main(argv=None) -> list:
     for name in objectives:
       ocfg = cfg if name == "teacher" else config_lib.load_config(
           spec, objective_overrides(name, args))
-      rows.append(bench_objective(name, ocfg, args.L, args.B, args.steps, args.warmup))
+      rows.append(bench_objective(name, ocfg, args.L, args.B, args.steps, args.warmup,
+                                  jax.devices()[:args.devices] if args.devices else None))
       print(f"{name}: {rows[-1]['step_ms_median']:.1f} ms/step, "
             f"{rows[-1]['batches_per_step']} batch(es)/step", flush=True)
     add_ratios(rows)

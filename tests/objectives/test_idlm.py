@@ -57,17 +57,15 @@ def test_fake_equal_to_teacher_gives_zero_student_gradient(algo, tmp_path):
   proc = idlm.get_process(config, tok.mask_id)
   net = functools.partial(nnx.merge, graphdef)
   loss_fn = functools.partial(idlm.inverse_loss, proc, net)
-  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(other, params, params,
-                                                              _batch(tok), jax.random.key(3))
-  assert float(loss) == 0.0
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))  # one compile for both calls
+  (loss, _), grads = grad_fn(other, params, params, _batch(tok), jax.random.key(3))
   norm = float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))))
-  if algo == "duo":  # teacher and fake branches are identical programs: cancel to rounding
-    assert norm < 1e-6
+  if algo == "duo":  # teacher and fake branches are identical programs, fused differently by
+    assert abs(float(loss)) < 1e-6 and norm < 1e-6  # XLA: they cancel to float32 rounding
   else:  # the custom VJP's cotangent is lambda (log f - log f*) = 0 exactly
-    assert norm == 0.0
+    assert float(loss) == 0.0 and norm == 0.0
   # and with a different fake the gradient is finite and nonzero
-  (_, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(other, other, params, _batch(tok),
-                                                            jax.random.key(3))
+  (_, _), grads = grad_fn(other, other, params, _batch(tok), jax.random.key(3))
   norm = float(jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads))))
   assert np.isfinite(norm) and norm > 0
 

@@ -4,8 +4,11 @@ import os
 import pathlib
 import sys
 
+# 8 fake CPU devices; XLA:CPU's backend optimisation level 0: the tests' tiny steps are
+# compile-bound, and level 0 compiles ~20% faster (same semantics, fewer LLVM passes)
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8"
+                           " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

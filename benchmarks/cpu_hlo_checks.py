@@ -137,17 +137,25 @@ def remat_rows(spec: str, overrides: list, L: int, B: int, reps: int) -> list:
     cfg = config_lib.load_config(spec, ["objective=diffusion", "model.dropout=0.0",
                                         *overrides, f"model.remat={remat}"])
     compiled, state, batch, mesh = compile_step(cfg, L, B)
-    holder = {"s": state}
-
-    def one():
-      with parallel.mesh_context(mesh):
-        holder["s"], m = compiled(holder["s"], batch)
-      return m
-
-    t = common.timed(one, reps, 1) if reps else {"median_s": float("nan")}
+    t = time_steps(compiled, state, batch, mesh, reps)
     rows.append(dict(check="remat", remat=remat, mem=common.compiled_memory(compiled),
                      dots=dot_count(compiled.as_text()), cpu_step_ms=t["median_s"] * 1e3))
   return rows
+
+
+def time_steps(compiled, state, batch, mesh, reps: int) -> dict:
+  """common.timed over `reps` calls of the compiled donated step (state threaded through);
+  median NaN when reps = 0."""
+  if not reps:
+    return {"median_s": float("nan")}
+  holder = {"s": state}
+
+  def one():
+    with parallel.mesh_context(mesh):
+      holder["s"], m = compiled(holder["s"], batch)
+    return m
+
+  return common.timed(one, reps, 1)
 
 
 def loss_chunk_rows(spec: str, L: int, B: int, chunks: list, reps: int) -> list:
@@ -157,14 +165,7 @@ def loss_chunk_rows(spec: str, L: int, B: int, chunks: list, reps: int) -> list:
     cfg = load(spec, [f"model.loss_chunk={chunk}"])
     compiled, state, batch, mesh = compile_step(cfg, L, B)
     big = top_level_buffers(compiled.as_text(), B * L * tt.cfg_vocab(cfg))
-    holder = {"s": state}
-
-    def one():
-      with parallel.mesh_context(mesh):
-        holder["s"], m = compiled(holder["s"], batch)
-      return m
-
-    t = common.timed(one, reps, 1) if reps else {"median_s": float("nan")}
+    t = time_steps(compiled, state, batch, mesh, reps)
     rows.append(dict(check="loss_chunk", loss_chunk=chunk, logits_buffers=len(big),
                      buffers=collections.Counter(f"{op} {dt}{list(s)}" for _, op, dt, s in big),
                      mem=common.compiled_memory(compiled), cpu_step_ms=t["median_s"] * 1e3))

@@ -20,6 +20,7 @@ teacher of configs/synthetic_duo.py (exact NLL; give --config.distill.teacher=/t
 """
 
 from configs import base, demo_teacher, duo_lm1b, duo_owt, idlm_mdlm_owt, synthetic_duo
+from configs import synthetic_mdlm
 
 
 def dcd(c, round_steps=10_000, num_rounds=5, T=512):
@@ -78,15 +79,7 @@ def demo(c):
 def synthetic(c):
   """DCD of the synthetic-HMM Duo teacher: 4 rounds of 100 steps, delta 1/64 -> 8/64."""
   c = dcd(synthetic_duo.get_config(), round_steps=100, num_rounds=4, T=64)
-  c.distill.update(teacher="", monitor_every=100, monitor_steps="4,16", monitor_samples=64,
-                   best_metric="exact_nll", report_teacher_steps="1024,256,64,16")
-  c.optim.update(lr=1e-4, warmup_steps=20, decay="constant", b1=0.9, b2=0.999,
-                 weight_decay=0.0, grad_clip=1.0, ema=0.99)
-  c.train.update(global_batch_size=32, log_every=25, eval_every=0, sample_every=0,
-                 max_minutes=0.0)
-  c.eval.update(sampling_steps="16,8,4", num_samples=128)
-  c.sample.update(num_samples=16, batch_size=32)
-  return c
+  return synthetic_mdlm.distillation(c, monitor_every=100, grad_clip=1.0)
 
 
 def get_config(arg=None):

@@ -17,16 +17,11 @@ from configs import base, synthetic_duo, synthetic_mdlm
 def idlm(c):
   """The IDLM settings of the synthetic table (either teacher)."""
   c.objective = "idlm"
-  c.distill.update(teacher="", fake_steps=1, monitor_every=50, monitor_steps="4,16",
-                   monitor_samples=64, best_metric="exact_nll",
-                   report_teacher_steps="1024,256,64,16")
-  c.optim.update(lr=1e-4, warmup_steps=20, decay="constant", b1=0.9, b2=0.999,
-                 weight_decay=0.0, grad_clip=0.0, ema=0.99)
-  c.train.update(steps=400, global_batch_size=32, log_every=25, eval_every=0, sample_every=0,
-                 max_minutes=0.0)
+  c = synthetic_mdlm.distillation(c, monitor_every=50, grad_clip=0.0)
+  c.distill.fake_steps = 1
+  c.train.steps = 400
   c.ckpt.update(every=100, keep=2)
-  c.eval.update(sampling_steps="16,8,4", num_samples=128)
-  c.sample.update(num_samples=16, batch_size=32, steps=16)
+  c.sample.steps = 16
   return c
 
 

@@ -64,15 +64,7 @@ def synthetic(c):
   """The synthetic-HMM teacher (configs/synthetic_mdlm.py): 4 rounds of 100 steps, 64 -> 4."""
   c = synthetic_mdlm.get_config()
   c = sdtt(c, round_steps=100, num_rounds=4, orig_steps=64)
-  c.distill.update(teacher="", monitor_every=100, monitor_steps="4,16", monitor_samples=64,
-                   best_metric="exact_nll", report_teacher_steps="1024,256,64,16")
-  c.optim.update(lr=1e-4, warmup_steps=20, decay="constant", b1=0.9, b2=0.999,
-                 weight_decay=0.0, grad_clip=1.0, ema=0.99)
-  c.train.update(global_batch_size=32, log_every=25, eval_every=0, sample_every=0,
-                 max_minutes=0.0)
-  c.eval.update(sampling_steps="16,8,4", num_samples=128)
-  c.sample.update(num_samples=16, batch_size=32)
-  return c
+  return synthetic_mdlm.distillation(c, monitor_every=100, grad_clip=1.0)
 
 
 def get_config(arg=None):

@@ -15,6 +15,23 @@ from configs import base
 from idlm_jax.evals import synthetic
 
 
+def distillation(c, *, monitor_every: int, grad_clip: float):
+  """The settings every student of the synthetic table shares (IDLM, SDTT, DCD): the teacher
+  from --config.distill.teacher, exact-NLL monitoring and best checkpoint, AdamW 1e-4
+  (constant after 20 warm-up steps), EMA 0.99, batch 32, the teacher at 1024/256/64/16 steps
+  against the student at 16/8/4 (128 samples)."""
+  c.distill.update(teacher="", monitor_every=monitor_every, monitor_steps="4,16",
+                   monitor_samples=64, best_metric="exact_nll",
+                   report_teacher_steps="1024,256,64,16")
+  c.optim.update(lr=1e-4, warmup_steps=20, decay="constant", b1=0.9, b2=0.999,
+                 weight_decay=0.0, grad_clip=grad_clip, ema=0.99)
+  c.train.update(global_batch_size=32, log_every=25, eval_every=0, sample_every=0,
+                 max_minutes=0.0)
+  c.eval.update(sampling_steps="16,8,4", num_samples=128)
+  c.sample.update(num_samples=16, batch_size=32)
+  return c
+
+
 def get_config(arg=None):
   c = base.get_config()
   c.data.update(source="synthetic_hmm", seq_len=64, wrap=False, max_val_rows=512)

@@ -32,6 +32,7 @@ LOGICAL_RULES = (
     ("adaln", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # grouped-query K/V projections (models/dllm.py)
     ("vocab", "tensor"),
     ("cond", None),
     ("length", None),

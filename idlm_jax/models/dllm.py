@@ -239,7 +239,7 @@ class RMSNorm(nnx.Module):
   def __init__(self, dim: int, eps: float):
     self.eps = eps
     init = nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",))
-    self.scale = nnx.Param(init(jax.random.key(0), (dim,), jnp.float32))
+    self.scale = nnx.Param(init(jax.random.key(0), (dim,), jnp.float32))  # ones: key unused
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)

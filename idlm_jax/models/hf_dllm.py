@@ -10,14 +10,14 @@ Names (HF key -> nnx path; "T": the [out, in] torch weight is transposed into an
     model.transformer.wte.weight               embed.embedding          [E, d]
     model.transformer.blocks.{i}.attn_norm.weight    layers.{i}.attn_norm.scale
     model.transformer.blocks.{i}.{q,k,v}_proj.weight layers.{i}.{q,k,v}_proj.kernel   T
-    model.transformer.blocks.{i}.{q,k,v}_proj.bias   layers.{i}.{q,k,v}_proj.bias  (include_qkv_bias)
+    model.transformer.blocks.{i}.{q,k,v}_proj.bias   layers.{i}.{q,k,v}_proj.bias  (qkv bias)
     model.transformer.blocks.{i}.attn_out.weight     layers.{i}.o_proj.kernel         T
     model.transformer.blocks.{i}.ff_norm.weight      layers.{i}.mlp_norm.scale
     model.transformer.blocks.{i}.ff_proj.weight      layers.{i}.gate_proj.kernel      T  (silu'd)
     model.transformer.blocks.{i}.up_proj.weight      layers.{i}.up_proj.kernel        T
     model.transformer.blocks.{i}.ff_out.weight       layers.{i}.down_proj.kernel      T
     model.transformer.ln_f.weight              final_norm.scale
-    model.transformer.ff_out.weight            lm_head.kernel           [d, E]  T  (weight_tying false)
+    model.transformer.ff_out.weight            lm_head.kernel    [d, E]  T  (untied)
 
   Dream (modeling_dream.py, DreamModel -> DreamBaseModel, Qwen2 layout)
     model.embed_tokens.weight                  embed.embedding

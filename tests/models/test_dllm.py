@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from idlm_jax.models import count_params, dllm, hf_dllm, layers
 from idlm_jax.models.convert import ConversionError, read_safetensors

@@ -9,9 +9,11 @@
 | bert-base-uncased |     30522  |   101 |   102 |     0 |   103 |           30522  |
 | gpt2              |     50257  | 50256 | 50256 | 50256 | 50257 |           50258  |
 | demo-bpe-2048     |      2048  |     1 |     2 |     0 |     3 |            2048  |
-| reasoning         |       see data/reasoning.py: [PAD] 0, [BOS] 1, [EOS] 2, [MASK] 3 |
+| reasoning         |       208  |     1 |     2 |     0 |     3 |             208  |
 
 GPT-2 has no mask token, so (as in MDLM) the mask id is appended after the vocabulary.
+"reasoning" is the word-level vocabulary of the prompted-reasoning benchmark
+(data/reasoning.py; rebuilt with `python -m idlm_jax.data.reasoning build-tokenizer`).
 """
 
 from __future__ import annotations

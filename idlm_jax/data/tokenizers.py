@@ -1,7 +1,7 @@
 """Tokenizers with the special ids and vocabulary sizes of the MDLM conventions.
 
 `get_tokenizer(name)` returns a cached `Tokenizer` for one of the shipped vocabularies
-("bert-base-uncased", "gpt2", "demo-bpe-2048") or for a `tokenizer.json` path. The Rust
+("bert-base-uncased", "gpt2", "demo-bpe-2048", "reasoning") or for a `tokenizer.json` path. The Rust
 `tokenizers` library does the work; this wrapper only adds the ids the diffusion model needs:
 
 | name              | vocab_size | bos   | eos   | pad   | mask  | model_vocab_size |
@@ -9,8 +9,11 @@
 | bert-base-uncased |     30522  |   101 |   102 |     0 |   103 |           30522  |
 | gpt2              |     50257  | 50256 | 50256 | 50256 | 50257 |           50258  |
 | demo-bpe-2048     |      2048  |     1 |     2 |     0 |     3 |            2048  |
+| reasoning         |       208  |     1 |     2 |     0 |     3 |             208  |
 
 GPT-2 has no mask token, so (as in MDLM) the mask id is appended after the vocabulary.
+"reasoning" is the word-level vocabulary of the prompted-reasoning benchmark
+(data/reasoning.py; rebuilt with `python -m idlm_jax.data.reasoning build-tokenizer`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from typing import Iterable, Sequence
 import tokenizers as hf_tokenizers
 
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent / "assets"
-SHIPPED_TOKENIZERS = ("bert-base-uncased", "gpt2", "demo-bpe-2048")
+SHIPPED_TOKENIZERS = ("bert-base-uncased", "gpt2", "demo-bpe-2048", "reasoning")
+REASONING_FILE = "reasoning-tokenizer.json"  # built by `python -m idlm_jax.data.reasoning`
 DEMO_SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]")
 GPT2_EOT = "<|endoftext|>"
 MASK_TOKEN = "[MASK]"
@@ -223,6 +227,8 @@ def _load(name: str, assets_dir: str) -> Tokenizer:
     return _gpt2(assets)
   if name == "demo-bpe-2048":
     return from_tokenizer_json(assets / "demo-bpe-2048.json", name=name)
+  if name == "reasoning":
+    return from_tokenizer_json(assets / REASONING_FILE, name=name)
   if SYMBOLS_NAME.match(name):
     spec = json.dumps(symbols_tokenizer_json(int(SYMBOLS_NAME.match(name).group(1))))
     return _from_backend(hf_tokenizers.Tokenizer.from_str(spec), name)

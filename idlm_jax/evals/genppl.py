@@ -42,8 +42,10 @@ The common steps:
 5. Gen PPL = exp(sum NLL * valid / sum valid), pooled over *all* samples (not a mean of
    per-sample perplexities).
 
-Duo scores `num_samples // batch_size` full batches and so drops a remainder; here every sample
-is scored (the last batch is padded with dummy rows of weight 0).
+Duo scores `n // batch_size` full evaluator batches of each sampling batch and so drops a
+remainder; "duo" does the same, "project" scores every sample (the last batch is padded with
+dummy rows of weight 0). Either way the model runs on fixed shapes (rows padded to batch_size,
+widths to a multiple of 64): causal attention keeps the scored positions unchanged.
 
 Evaluators (`load_evaluator`): "embedded" is the GPT-2-architecture LM shipped in
 `evals/assets/ar_embedded` (trained by configs/ar_embedded.py on the embedded corpus, demo BPE);

@@ -42,10 +42,21 @@ _EOS_NAMES = ("[EOS]", "</s>", "<eos>", "<|end_of_text|>", "[SEP]", GPT2_EOT)
 _PAD_NAMES = ("[PAD]", "<pad>", "<|pad|>")
 _MASK_NAMES = ("[MASK]", "<mask>", "<|mask|>")
 
-# transformers' `clean_up_tokenization` (applied by BertTokenizerFast.decode by default).
-_BERT_CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
-                 (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
-                 (" 're", "'re"))
+# transformers' `PreTrainedTokenizerBase.clean_up_tokenization` (v4.38: ten `str.replace` calls
+# applied once, in this order, to the decoded text). `decode(..., clean_up_tokenization_spaces=True)`
+# applies it as transformers 4.38 `batch_decode` does by default for every tokenizer (GPT-2's too).
+_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"),
+             (" n't", "n't"), (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"),
+             (" 're", "'re"))
+_BERT_CLEANUP = _CLEAN_UP
+
+
+def clean_up_tokenization(text: str) -> str:
+  """The string replacements of transformers 4.38 `clean_up_tokenization` (spaces before
+  . ? ! , and contractions), applied once: not idempotent ("a  ." -> "a ." -> "a.")."""
+  for old, new in _CLEAN_UP:
+    text = text.replace(old, new)
+  return text
 
 
 class Tokenizer:
@@ -114,20 +125,46 @@ class Tokenizer:
 
   def _cleanup(self, text: str) -> str:
     """Applies the HF BERT decoding clean-up of spaces before punctuation."""
+    return clean_up_tokenization(text) if self._bert_cleanup else text
+
+  def _wordpiece_join(self, ids: list[int], skip_special_tokens: bool) -> str:
+    """WordPiece ids as transformers' slow `BertTokenizer` (v4.38) decodes them before its
+    clean-up: the tokens joined by single spaces, " ##" removed, stripped. (The Rust WordPiece
+    decoder differs: it also rewrites " do not" and cleans per token.)"""
+    decoder = self._decoder()
+    special = {self.bos_id, self.eos_id, self.pad_id, self.mask_id,
+               decoder.token_to_id("[UNK]")} if skip_special_tokens else set()
+    tokens = [decoder.id_to_token(i) for i in ids if i not in special]
+    return " ".join("[UNK]" if t is None else t for t in tokens).replace(" ##", "").strip()
+
+  def _decode_hf(self, batch: list[list[int]], skip_special_tokens: bool,
+                 clean_up: bool) -> list[str]:
+    """transformers 4.38 `batch_decode(ids, clean_up_tokenization_spaces=clean_up)`: the slow
+    BertTokenizer join for bert-base-uncased (the class Duo's dataloader builds for it), the
+    Rust decoder otherwise (GPT2TokenizerFast), then `clean_up_tokenization` once if asked."""
     if self._bert_cleanup:
-      for old, new in _BERT_CLEANUP:
-        text = text.replace(old, new)
-    return text
+      texts = [self._wordpiece_join(ids, skip_special_tokens) for ids in batch]
+    else:
+      texts = self._decoder().decode_batch(batch, skip_special_tokens=skip_special_tokens)
+    return [clean_up_tokenization(t) for t in texts] if clean_up else list(texts)
 
-  def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-    """Text of one id sequence (the mask id decodes as "[MASK]")."""
-    ids = [int(i) for i in ids]
-    return self._cleanup(self._decoder().decode(ids, skip_special_tokens=skip_special_tokens))
+  def decode(self, ids: Iterable[int], skip_special_tokens: bool = False,
+             clean_up_tokenization_spaces: bool | None = None) -> str:
+    """Text of one id sequence (the mask id decodes as "[MASK]"); see `decode_batch`."""
+    return self.decode_batch([ids], skip_special_tokens, clean_up_tokenization_spaces)[0]
 
-  def decode_batch(self, batch: Iterable[Iterable[int]],
-                   skip_special_tokens: bool = False) -> list[str]:
-    """Texts of many id sequences."""
+  def decode_batch(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = False,
+                   clean_up_tokenization_spaces: bool | None = None) -> list[str]:
+    """Texts of many id sequences.
+
+    clean_up_tokenization_spaces: None (default) keeps the project's decoding (the HF BERT
+    clean-up for bert-base-uncased only; GPT-2 text keeps its spaces before punctuation);
+    True/False decode as transformers 4.38 `batch_decode` with that flag (its default is True,
+    what Duo/MDLM use to decode samples for Gen PPL: " ." -> ".", " n't" -> "n't", ...).
+    """
     batch = [[int(i) for i in ids] for ids in batch]
+    if clean_up_tokenization_spaces is not None:
+      return self._decode_hf(batch, skip_special_tokens, bool(clean_up_tokenization_spaces))
     texts = self._decoder().decode_batch(batch, skip_special_tokens=skip_special_tokens)
     return [self._cleanup(t) for t in texts]
 

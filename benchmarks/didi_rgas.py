@@ -27,7 +27,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from idlm_jax import config as config_lib  # noqa: E402
 from idlm_jax.diffusion import categorical  # noqa: E402
-from idlm_jax.evals import evaluate, genppl, samples, synthetic  # noqa: E402
+from idlm_jax import decoding  # noqa: E402
+from idlm_jax.data import synthetic  # noqa: E402
+from idlm_jax.evals import evaluate, genppl  # noqa: E402
 from idlm_jax.train import loop, parallel  # noqa: E402
 
 
@@ -82,20 +84,20 @@ def main(argv=None):
     evaluator = genppl.load_evaluator(c.eval.evaluator, c.eval.evaluator_max_length)
   student = loop.eval_params(run)
   cfgs = {name: evaluate.with_sampler(c, name) for name in ("ancestral", "rgas")}
-  aux = samples.sampler_aux(cfgs["rgas"], run.state)  # the discriminator
+  aux = decoding.sampler_aux(cfgs["rgas"], run.state)  # the discriminator
   batch = c.sample.batch_size
   keys = [jax.random.fold_in(jax.random.key(a.seed), i) for i in range(-(-a.num_samples // batch))]
   rows = []
   for steps in evaluate.parse_steps(a.steps):
     for name, cfg in cfgs.items():
-      sampler = samples.make_sampler(cfg, run.graphdef, tok.mask_id, num_steps=steps,
+      sampler = decoding.make_sampler(cfg, run.process, run.graphdef, num_steps=steps,
                                      batch_size=batch)
       fn = lambda k: sampler(student, k, None, aux)  # noqa: E731 (ancestral ignores aux)
       with categorical.x64_scope(c.sample.precision), parallel.mesh_context(run.mesh):
         outs, seconds = timed(fn, keys)
       tokens = np.concatenate([o.tokens for o in outs])[:a.num_samples]
       row = {"sampler": name, "steps": steps, "disc_forwards": 0.0, "disc_grads": 0.0,
-             **samples.call_counts(outs), "seconds_per_batch": seconds / len(keys)}
+             **decoding.call_counts(outs), "seconds_per_batch": seconds / len(keys)}
       row.update(evaluate.evaluate_cell(tokens, tok.decode_batch(tokens.tolist()),
                                         evaluator=evaluator, hmm=hmm, tokenizer=tok,
                                         evaluator_batch_size=int(c.eval.evaluator_batch_size)))

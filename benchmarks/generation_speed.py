@@ -4,7 +4,7 @@
   python benchmarks/generation_speed.py --B 64 --student-steps 4,8,16,32 --reps 3
   python benchmarks/generation_speed.py --smoke --out /tmp/gen   # tiny shapes, CPU, seconds
 
-Generates B sequences of length L with `evals.samples.make_sampler` (MDLM ancestral sampler,
+Generates B sequences of length L with `decoding.make_sampler` (MDLM ancestral sampler,
 `sample.cache=True`, float64 categorical draws, argmax noise removal): once with
 `--teacher-steps` (1024) steps and once per `--student-steps` entry with the SAME network, so
 the rows differ only in the number of reverse steps (a distilled student is the same DiT
@@ -42,14 +42,15 @@ from idlm_jax import config as config_lib  # noqa: E402
 from idlm_jax import models  # noqa: E402
 from idlm_jax.data import tokenizers  # noqa: E402
 from idlm_jax.diffusion import categorical  # noqa: E402
-from idlm_jax.evals import samples  # noqa: E402
+from idlm_jax import decoding  # noqa: E402
+from idlm_jax.diffusion import processes  # noqa: E402
 from idlm_jax.train import state as state_lib  # noqa: E402
 
 
-def time_sampler(cfg, graphdef, params, mask_id: int, *, steps: int, B: int, reps: int,
+def time_sampler(cfg, process, graphdef, params, *, steps: int, B: int, reps: int,
                  warmup: int, seed: int = 0) -> dict:
   """Timings, NFE and memory of one `make_sampler` configuration (fresh key per call)."""
-  sampler = samples.make_sampler(cfg, graphdef, mask_id, num_steps=steps, batch_size=B)
+  sampler = decoding.make_sampler(cfg, process, graphdef, num_steps=steps, batch_size=B)
   with categorical.x64_scope(cfg.sample.precision):  # compiled once, then called directly
     t0 = time.perf_counter()
     sampler = sampler.lower(params, jax.random.key(seed)).compile()
@@ -139,6 +140,7 @@ def main(argv=None) -> list:
   vocab = tokenizer.model_vocab_size
   model = models.build_model(cfg.model, vocab, nnx.Rngs(0))
   graphdef, params = state_lib.split_params(model)
+  process = processes.get(cfg, vocab_size=vocab, mask_id=tokenizer.mask_id)
   info = common.run_info(__file__, argv)
   print(f"jax {jax.__version__} device={info['device']} config={spec} B={args.B} L={args.L} "
         f"vocab={vocab} precision={cfg.sample.precision}", flush=True)
@@ -147,7 +149,7 @@ def main(argv=None) -> list:
   plan += [("student", int(s)) for s in args.student_steps.split(",") if s.strip()]
   rows = []
   for role, steps in plan:
-    row = time_sampler(cfg, graphdef, params, tokenizer.mask_id, steps=steps, B=args.B,
+    row = time_sampler(cfg, process, graphdef, params, steps=steps, B=args.B,
                        reps=args.reps, warmup=args.warmup)
     rows.append(dict(role=role, B=args.B, L=args.L, vocab=vocab, config=spec, **fwd, **row))
     print(json.dumps(rows[-1]), flush=True)

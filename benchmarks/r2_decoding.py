@@ -8,7 +8,7 @@ variant (a sampler and its `sample.r2` settings, below) and every step budget N 
 --num_samples samples from fixed keys and writes, per cell: NFE (network calls per batch, and
 per row: the calls made while that row still had a [MASK]), tokens committed by each rule
 (per sample), unigram entropy, distinct-n, Gen PPL under `eval.evaluator` (if set) and, when
-data.source is synthetic_hmm, the exact source NLL per token (evals/synthetic.py). Output:
+data.source is synthetic_hmm, the exact source NLL per token (data/synthetic.py). Output:
 benchmarks/results/<name>.json and .md. Extra `--override a.b=v` values apply to every cell.
 """
 
@@ -25,8 +25,11 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from idlm_jax import config as config_lib  # noqa: E402
-from idlm_jax.diffusion import categorical, r2_samplers  # noqa: E402
-from idlm_jax.evals import evaluate, genppl, samples, synthetic  # noqa: E402
+from idlm_jax import decoding  # noqa: E402
+from idlm_jax.data import synthetic  # noqa: E402
+from idlm_jax.decoding import r2 as r2_samplers  # noqa: E402
+from idlm_jax.diffusion import categorical  # noqa: E402
+from idlm_jax.evals import evaluate, genppl  # noqa: E402
 from idlm_jax.train import loop, parallel  # noqa: E402
 
 ALL3 = "confidence_cluster,token_cluster,temporal"
@@ -58,10 +61,11 @@ def cell_config(config, sampler: str, r2: dict):
   return c
 
 
-def draw(config, graphdef, params, mask_id, mesh, *, num_steps, num_samples, seed) -> dict:
+def draw(config, process, graphdef, params, mesh, *, num_steps, num_samples, seed) -> dict:
   """Tokens, batch NFE, per-row NFE, per-rule commits (per sample), seconds (compile excluded)."""
   batch = config.sample.batch_size
-  sampler = samples.make_sampler(config, graphdef, mask_id, num_steps=num_steps, batch_size=batch)
+  sampler = decoding.make_sampler(config, process, graphdef, num_steps=num_steps,
+                                  batch_size=batch)
   key = jax.random.key(seed)
   n_batches = -(-num_samples // batch)
   with categorical.x64_scope(config.sample.precision), parallel.mesh_context(mesh):
@@ -149,7 +153,7 @@ def main():
     sampler, r2 = VARIANTS[name]
     cfg = cell_config(config, sampler, r2)
     for steps in evaluate.parse_steps(args.steps):
-      tokens, row = draw(cfg, run.graphdef, params, run.tokenizer.mask_id, run.mesh,
+      tokens, row = draw(cfg, run.process, run.graphdef, params, run.mesh,
                          num_steps=steps, num_samples=args.num_samples, seed=int(e.seed))
       texts = run.tokenizer.decode_batch(tokens.tolist())
       row.update(variant=name, steps=steps, sampler=sampler, r2=r2)

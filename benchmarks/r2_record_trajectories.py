@@ -6,7 +6,7 @@
 Loads the latest (EMA) checkpoint of --workdir, draws distill.r2ft.record_samples samples with
 `mdlm_r2` (sample.steps, sample.r2.* rules, sample.batch_size), scores each by distill.r2ft.filter
 ("exact_nll": exact source NLL per symbol on the synthetic language), keeps the best
-distill.r2ft.keep_fraction and writes the .npz of diffusion/r2_trajectories.py (final tokens,
+distill.r2ft.keep_fraction and writes the .npz of data/trajectories.py (final tokens,
 commit steps, committing rules, scores, and a JSON meta with the statistics before/after).
 """
 
@@ -22,8 +22,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from idlm_jax import config as config_lib  # noqa: E402
-from idlm_jax.diffusion import categorical, r2_trajectories  # noqa: E402
-from idlm_jax.evals import samples, synthetic  # noqa: E402
+from idlm_jax import decoding  # noqa: E402
+from idlm_jax.data import synthetic, trajectories as traj_data  # noqa: E402
+from idlm_jax.decoding import trajectories as r2_trajectories  # noqa: E402
+from idlm_jax.diffusion import categorical  # noqa: E402
 from idlm_jax.train import loop, parallel  # noqa: E402
 
 
@@ -44,8 +46,8 @@ def main():
     raise SystemExit(f"no checkpoint in {args.workdir}/checkpoints")
   params = run.ckpt.restore_params(step, run.state.params, use_ema=bool(config.eval.use_ema))
   batch = int(config.sample.batch_size)
-  sampler = samples.make_sampler(config, run.graphdef, run.tokenizer.mask_id,
-                                 num_steps=int(config.sample.steps), batch_size=batch)
+  sampler = decoding.make_sampler(config, run.process, run.graphdef,
+                                  num_steps=int(config.sample.steps), batch_size=batch)
   key = jax.random.key(args.seed)
   t0 = time.time()
   with categorical.x64_scope(config.sample.precision), parallel.mesh_context(run.mesh):
@@ -70,7 +72,7 @@ def main():
           "r2": config.sample.r2.to_dict(), "filter": r.filter,
           "keep_fraction": float(r.keep_fraction), "seconds": seconds,
           "all": summary(traj), "kept": summary(kept)}
-  r2_trajectories.save(args.out, kept, meta)
+  traj_data.save(args.out, kept, meta)
   print(json.dumps({k: meta[k] for k in ("seconds", "all", "kept")}, indent=1))
   print(f"wrote {args.out}")
 

@@ -23,7 +23,9 @@ from flax import nnx  # noqa: E402
 from idlm_jax import config as config_lib  # noqa: E402
 from idlm_jax import models  # noqa: E402
 from idlm_jax.diffusion import categorical  # noqa: E402
-from idlm_jax.evals import samples  # noqa: E402
+from idlm_jax import decoding  # noqa: E402
+from idlm_jax.data import tokenizers  # noqa: E402
+from idlm_jax.diffusion import processes  # noqa: E402
 from idlm_jax.train import parallel, state as state_lib  # noqa: E402
 
 
@@ -51,7 +53,6 @@ def main():
     args.B, args.L, args.steps, args.reps = 2, 32, 4, 2
   cfg = config_lib.load_config(spec, [f"data.seq_len={args.L}", "sample.cache=False",
                                       f"sample.batch_size={args.B}", f"sample.num_samples={args.B}"])
-  from idlm_jax.data import tokenizers
   tok = tokenizers.get_tokenizer(cfg.data.tokenizer)
   V = tok.model_vocab_size
   model = models.build_model(cfg.model, V, nnx.Rngs(0))
@@ -65,8 +66,8 @@ def main():
       draw = jax.jit(lambda k, x: categorical.sample_categorical(k, x, precision))
       t_draw = median_time(lambda: draw(jax.random.key(3), logits), args.reps)
       cfg.sample.precision = precision
-      sampler = samples.make_sampler(cfg, graphdef, tok.mask_id, num_steps=args.steps,
-                                     batch_size=args.B)
+      sampler = decoding.make_sampler(cfg, processes.get(cfg, vocab_size=V, mask_id=tok.mask_id),
+                                      graphdef, num_steps=args.steps, batch_size=args.B)
       with parallel.mesh_context(mesh):
         t_run = median_time(lambda: sampler(params, jax.random.key(4)).tokens, args.reps)
     print(json.dumps({"precision": precision, "draw_ms": t_draw * 1e3, "sampler_steps": args.steps,

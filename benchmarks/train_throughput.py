@@ -50,8 +50,9 @@ from flax import nnx  # noqa: E402
 from benchmarks import common  # noqa: E402
 from idlm_jax import config as config_lib  # noqa: E402
 from idlm_jax import models  # noqa: E402
-from idlm_jax.objectives import get_objective  # noqa: E402
-from idlm_jax.train import parallel, state as state_lib  # noqa: E402
+from idlm_jax.data import tokenizers  # noqa: E402
+from idlm_jax.objectives.state import make_optimizer  # noqa: E402
+from idlm_jax.train import loop, parallel, state as state_lib  # noqa: E402
 
 
 OBJECTIVES = ("teacher", "idlm", "didi")  # teacher = MDLM pretraining (objective "diffusion")
@@ -108,7 +109,7 @@ def objective_train_step(cfg, L: int, B: int, devices=None):
   """(jitted donated step(state, inputs), state, inputs, mesh, batches_per_step) of
   cfg.objective at [B, L], built as the trainer builds it (train/loop.build).
 
-  The step is `objectives.get_objective(cfg, ...).train_step` under `jax.jit` with the state's
+  The step is `loop.make_objective(cfg, ...)[0].train_step` under `jax.jit` with the state's
   NamedShardings over the config's mesh, the state donated. `inputs` = (frozen, batch): frozen
   is None for teacher pretraining and {"teacher": params} (never donated) for distillation,
   here a random-init copy of the student's initial params (throughput does not depend on
@@ -118,10 +119,10 @@ def objective_train_step(cfg, L: int, B: int, devices=None):
   cfg.data.seq_len, cfg.train.global_batch_size = L, B
   vocab = cfg_vocab(cfg)
   mesh = parallel.make_mesh(cfg.parallel, devices)  # devices: None = all
-  tx = state_lib.make_optimizer(cfg.optim, cfg.train.steps)
+  tx = make_optimizer(cfg.optim, cfg.train.steps)
   build = lambda rngs: models.build_model(cfg.model, vocab, rngs)
   graphdef, _ = state_lib.abstract_model(build, cfg.seed)
-  obj = get_objective(cfg, graphdef, tx, mask_id=cfg_tokenizer(cfg).mask_id)
+  obj, _ = loop.make_objective(cfg, graphdef, tx, cfg_tokenizer(cfg))
   graphdef, state, shardings = state_lib.create_state(build, tx, 0, mesh, aux_txs=obj.aux_txs)
   frozen_sh = None if cfg.objective == "diffusion" else {"teacher": shardings.params}
   frozen = frozen_sh and {"teacher": jax.jit(lambda p: jax.tree.map(jnp.copy, p),
@@ -191,7 +192,6 @@ def bench_fwd(cfg, L: int, B: int, steps: int, warmup: int) -> dict:
 
 
 def cfg_tokenizer(cfg):
-  from idlm_jax.data import tokenizers  # noqa: PLC0415
   return tokenizers.get_tokenizer(cfg.data.tokenizer)
 
 

@@ -5,7 +5,7 @@ python -m idlm_jax.main --config=configs/idlm_synthetic.py --workdir=/tmp/idlm_s
     --config.distill.teacher=/tmp/syn_mdlm
 
 The teacher is configs/synthetic_mdlm.py (DiT d=128 x 2, 24 symbols, L=64). Monitors the exact
-per-token NLL of student samples (evals/synthetic.py) and picks the best checkpoint by it;
+per-token NLL of student samples (data/synthetic.py) and picks the best checkpoint by it;
 the final table puts the teacher at 1024/256/64/16 steps against the student at 16/8/4.
 `:duo` distils the Duo teacher of configs/synthetic_duo.py instead (IDLM-Duo; give
 --config.distill.teacher=/tmp/syn_duo, or a DCD student's workdir for IDLM-DCD).

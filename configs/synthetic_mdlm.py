@@ -1,4 +1,4 @@
-"""An MDLM teacher on the synthetic HMM language (exact likelihoods: evals/synthetic.py).
+"""An MDLM teacher on the synthetic HMM language (exact likelihoods: data/synthetic.py).
 
 python -m idlm_jax.main --config=configs/synthetic_mdlm.py --workdir=/tmp/syn_mdlm
 python -m idlm_jax.main --config=configs/synthetic_mdlm.py --workdir=/tmp/syn_mdlm \
@@ -12,7 +12,7 @@ Variants: `:smoke`, `:tiny`.
 """
 
 from configs import base
-from idlm_jax.evals import synthetic
+from idlm_jax.data import synthetic
 
 
 def distillation(c, *, monitor_every: int, grad_clip: float):

@@ -86,7 +86,8 @@ def write_checkpoint(config, params, workdir, info: dict) -> pathlib.Path:
   import jax
   import jax.numpy as jnp
 
-  from idlm_jax.train import checkpoint, state as state_lib
+  from idlm_jax.objectives import state as state_lib
+  from idlm_jax.train import checkpoint
 
   workdir = pathlib.Path(workdir).expanduser()
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.ckpt.every,

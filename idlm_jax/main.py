@@ -1,7 +1,8 @@
 """CLI: python -m idlm_jax.main --config=configs/demo.py --workdir=/tmp/demo [--config.x=y].
 
-Trains (mode=train), or evaluates / samples the latest checkpoint in the workdir
-(--config.mode=eval / sample). Running it again on the same workdir resumes.
+Dispatches config.mode (evals/modes.py): trains (train), or evaluates / samples the latest
+checkpoint in the workdir (eval, sample, eval_samplers). Running it again on the same workdir
+resumes. `run(config, workdir)` is the same, importable (Colab, tests).
 
 Multi-host: `--distributed` calls `jax.distributed.initialize()` with auto-detection (Cloud
 TPU pods, SLURM, Open MPI, GKE). Elsewhere (several GPU hosts, or processes on one machine)
@@ -10,12 +11,23 @@ give the coordinator explicitly, by flag or environment variable, on every proce
   (JAX_NUM_PROCESSES) --process_id=0 (JAX_PROCESS_ID); any of them implies --distributed.
 """
 
+import logging as py_logging
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from idlm_jax import config as config_lib  # noqa: E402
+from idlm_jax import objectives  # noqa: E402
+from idlm_jax.evals import modes  # noqa: E402
+from idlm_jax.train import checkpoint  # noqa: E402
+
+log = py_logging.getLogger("idlm_jax")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py[:variant].",
@@ -32,8 +44,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax
-
   _setup_logging()
 
   dist = distributed_args(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -41,14 +51,36 @@ def main(argv):
   if FLAGS.distributed or dist:
     jax.distributed.initialize(**dist)  # before any other JAX call
   jax.config.update("jax_threefry_partitionable", True)
-  from idlm_jax import config as config_lib
-  from idlm_jax.train import loop
-
   config_lib.validate(FLAGS.config)  # before any work: fails naming the bad field
-  py_log = __import__("logging").getLogger("idlm_jax")
-  py_log.info("JAX %s, %d devices (%s), process %d/%d", jax.__version__, jax.device_count(),
-               jax.devices()[0].platform, jax.process_index(), jax.process_count())
-  loop.run(FLAGS.config, FLAGS.workdir)
+  log.info("JAX %s, %d devices (%s), process %d/%d", jax.__version__, jax.device_count(),
+           jax.devices()[0].platform, jax.process_index(), jax.process_count())
+  run(FLAGS.config, FLAGS.workdir)
+
+
+def run(config, workdir, devices=None):
+  """Validate `config`, then run its mode on `workdir` (a `loop.Run` with its results).
+
+  distill.teacher = "scratch:<config spec>" first trains that teacher into <workdir>/teacher
+  (resuming it if interrupted) and distils it."""
+  config_lib.validate(config)
+  if objectives.get(config.objective).teacher and \
+      config.distill.teacher.startswith("scratch:"):
+    config = teacher_from_scratch(config, workdir, devices)
+  return modes.MODES[config.mode](config, workdir, devices)
+
+
+def teacher_from_scratch(config, workdir, devices=None):
+  """Train the teacher config named by distill.teacher="scratch:<spec>" into
+  <workdir>/teacher (unless finished), return the config pointing at it."""
+  spec = config.distill.teacher[len("scratch:"):]
+  teacher_dir = checkpoint.as_path(workdir) / "teacher"
+  if not (teacher_dir / "results.json").is_file():  # written when the teacher run finished
+    log.info("distill.teacher: training the teacher %s into %s first", spec, teacher_dir)
+    run(config_lib.load_config(spec, [f"data.cache_dir={config.data.cache_dir}"]), teacher_dir,
+        devices)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.distill.teacher = str(teacher_dir)
+  return config
 
 
 def distributed_args(coordinator_address, num_processes, process_id, environ) -> dict:
@@ -82,14 +114,10 @@ def distributed_args(coordinator_address, num_processes, process_id, environ) ->
 def _setup_logging():
   """idlm_jax progress to stderr at INFO; other libraries (orbax, absl) at WARNING unless
   --verbosity is given."""
-  import logging as py_logging
-  import sys
-
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   handler = py_logging.StreamHandler(sys.stderr)
   handler.setFormatter(py_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-  log = py_logging.getLogger("idlm_jax")
   log.setLevel(py_logging.INFO)
   log.addHandler(handler)
   log.propagate = False

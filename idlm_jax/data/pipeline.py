@@ -28,12 +28,14 @@ import os
 import pathlib
 import tempfile
 import time
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
-from idlm_jax.data import sources
+from idlm_jax import fields as F
+from idlm_jax.data import sources, synthetic
 from idlm_jax.data.tokenizers import Tokenizer, get_tokenizer
+from idlm_jax.fields import Field
 
 CACHE_FORMAT_VERSION = 1
 DEFAULT_CACHE_DIR = "~/.cache/idlm_jax"
@@ -42,6 +44,41 @@ _FINGERPRINT_SAMPLES = 64
 _COUNT_CHUNK_ROWS = 1 << 16
 
 log = logging.getLogger(__name__)
+
+FIELDS = {
+    "data.source": Field(
+        "embedded", 'where text comes from: "embedded" (public-domain corpus shipped in the '
+        'package), "text_files" (local .txt/.txt.gz/.jsonl files or folders, see data.path), '
+        '"tfds_lm1b" (TFDS lm1b, MDLM conventions), "owt" (OpenWebText from local files or the '
+        'Hugging Face hub, last data.owt_val_docs documents are validation), "synthetic_hmm" '
+        "(the seeded synthetic language with exact likelihoods, data.synthetic).",
+        choices=("embedded", "text_files", "tfds_lm1b", "owt", "synthetic_hmm")),
+    "data.path": Field("", 'text_files/owt: file, folder or glob; owt also accepts '
+                       '"hf:openwebtext".'),
+    "data.embedded_corpora": Field("austen,shakespeare_milton,devil,jargon",
+                                   "embedded corpora to use (comma separated): austen, "
+                                   "shakespeare_milton, devil, jargon."),
+    "data.tokenizer": Field("demo-bpe-2048", 'tokenizer: "bert-base-uncased", "gpt2", '
+                            '"demo-bpe-2048" (shipped) or a tokenizer.json path.'),
+    "data.seq_len": Field(64, "L: tokens per training sequence.",
+                          check=F.Check(lambda v: v >= 4, "an integer >= 4")),
+    "data.wrap": Field(True, "True: concatenate documents and cut into [BOS] + (L-2) tokens + "
+                       "[EOS] rows (OWT style). False: one line/sentence per row with special "
+                       "tokens, padded/truncated to L (LM1B style)."),
+    "data.shuffle": Field(True, "reshuffle the training rows every epoch (deterministic from "
+                          "data.seed)."),
+    "data.seed": Field(0, "data-order seed, independent of the model seed."),
+    "data.cache_dir": Field("~/.cache/idlm_jax", "tokenized arrays are cached here (memmapped "
+                            ".npy)."),
+    "data.tfds_data_dir": Field("", 'TFDS data_dir ("" = the TFDS default, '
+                                "~/tensorflow_datasets)."),
+    "data.owt_val_docs": Field(100_000, "OWT: the last this-many documents form the "
+                               "validation split.", check=F.positive),
+    "data.max_train_docs": Field(0, ">0: only the first N training documents (embedded: "
+                                 "passages).", check=F.non_negative),
+    "data.max_val_rows": Field(0, ">0: evaluate on at most N validation rows (quick runs).",
+                               check=F.non_negative),
+}
 
 
 def row_dtype(model_vocab_size: int) -> np.dtype:
@@ -156,6 +193,26 @@ def _content_fingerprint(rows: np.ndarray, lengths: np.ndarray | None) -> str:
 
 
 # ------------------------------------------------------------------ cached splits
+
+
+class Rows(Protocol):
+  """What the iterators read from a split: `TokenRows` (tokenized text) and
+  `data.trajectories.TrajectoryRows` (recorded R2 trajectories) implement it."""
+
+  fingerprint: str  # identity of the content: a saved data position only resumes on it
+
+  @property
+  def num_rows(self) -> int: ...
+
+  @property
+  def seq_len(self) -> int: ...
+
+  def gather(self, index: np.ndarray) -> dict:
+    """The batch of rows `index`: at least input_ids and attention_mask, int32 [n, L]."""
+
+  def token_counts(self, num_rows: int | None = None) -> np.ndarray:
+    """int64 [model vocabulary] counts of the non-pad tokens of the first `num_rows` rows."""
+
 
 
 @dataclasses.dataclass
@@ -290,7 +347,7 @@ def load_split(data_cfg, tokenizer: Tokenizer, split: str) -> TokenRows:
   seq_len, wrap = int(data_cfg.seq_len), bool(data_cfg.wrap)
   if seq_len < 3:
     raise ValueError(f"data.seq_len={seq_len} is too short: rows need [BOS], a token, [EOS]")
-  docs = sources.get_doc_source(data_cfg, split)
+  docs = get_doc_source(data_cfg, split)
   key = cache_key(docs.identity, tokenizer, seq_len, wrap)
   stem = f"{data_cfg.source}-{split}-L{seq_len}-{'wrap' if wrap else 'pad'}-{key}"
   paths = _cache_paths(_resolve_cache_dir(data_cfg.cache_dir), stem)
@@ -311,6 +368,27 @@ def load_split(data_cfg, tokenizer: Tokenizer, split: str) -> TokenRows:
   lengths = None if wrap else np.load(paths["lengths"], mmap_mode="r")
   return TokenRows(rows, lengths, tokenizer.pad_id, tokenizer.model_vocab_size,
                    meta["fingerprint"], paths["counts"], info=meta)
+
+
+# ------------------------------------------------------------------ dispatch
+
+
+def get_doc_source(data_cfg, split: str) -> sources.DocSource:
+  """The DocSource of `split` for the `config.data` fields."""
+  max_docs = int(data_cfg.max_train_docs) if split == "train" else 0
+  source = data_cfg.source
+  if source == "embedded":
+    return sources.embedded_source(data_cfg.embedded_corpora, split, max_docs)
+  if source == "text_files":
+    return sources.text_files_source(data_cfg.path, split, max_docs)
+  if source == "tfds_lm1b":
+    return sources.tfds_lm1b_source(data_cfg.tfds_data_dir, split, max_docs)
+  if source == "owt":
+    return sources.owt_source(data_cfg.path, split, int(data_cfg.owt_val_docs), max_docs)
+  if source == "synthetic_hmm":  # seeded HMM with exact likelihoods (data/synthetic.py)
+    return synthetic.doc_source(data_cfg, split)
+  raise ValueError(f"unknown data.source {source!r}: expected one of "
+                   "'embedded', 'text_files', 'tfds_lm1b', 'owt', 'synthetic_hmm'")
 
 
 # ------------------------------------------------------------------ iterators
@@ -336,7 +414,7 @@ class TrainIterator:
   is dropped) and host p of P gets its rows [p*G/P, (p+1)*G/P).
   """
 
-  def __init__(self, rows: TokenRows, *, global_batch_size: int, seed: int = 0,
+  def __init__(self, rows: Rows, *, global_batch_size: int, seed: int = 0,
                shuffle: bool = True, process_index: int = 0, process_count: int = 1):
     self.rows = rows
     self.global_batch_size = int(global_batch_size)
@@ -425,7 +503,7 @@ class TrainIterator:
 class EvalSplit:
   """The whole validation split in fixed order, last batch padded with weight-0 rows."""
 
-  def __init__(self, rows: TokenRows, *, batch_size: int, max_rows: int = 0,
+  def __init__(self, rows: Rows, *, batch_size: int, max_rows: int = 0,
                process_index: int = 0, process_count: int = 1):
     self.rows = rows
     self.batch_size = int(batch_size)

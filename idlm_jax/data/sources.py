@@ -386,25 +386,3 @@ def owt_source(path: str, split: str, val_docs: int, max_docs: int = 0) -> DocSo
   if path.startswith("hf:"):
     return _owt_hf_source(path[3:], split, val_docs, max_docs)
   return _owt_files_source(path, split, val_docs, max_docs)
-
-
-# ------------------------------------------------------------------ dispatch
-
-
-def get_doc_source(data_cfg, split: str) -> DocSource:
-  """The DocSource of `split` for the `config.data` fields."""
-  max_docs = int(data_cfg.max_train_docs) if split == "train" else 0
-  source = data_cfg.source
-  if source == "embedded":
-    return embedded_source(data_cfg.embedded_corpora, split, max_docs)
-  if source == "text_files":
-    return text_files_source(data_cfg.path, split, max_docs)
-  if source == "tfds_lm1b":
-    return tfds_lm1b_source(data_cfg.tfds_data_dir, split, max_docs)
-  if source == "owt":
-    return owt_source(data_cfg.path, split, int(data_cfg.owt_val_docs), max_docs)
-  if source == "synthetic_hmm":  # seeded HMM with exact likelihoods (evals/synthetic.py)
-    from idlm_jax.evals import synthetic
-    return synthetic.doc_source(data_cfg, split)
-  raise ValueError(f"unknown data.source {source!r}: expected one of "
-                   "'embedded', 'text_files', 'tfds_lm1b', 'owt'")

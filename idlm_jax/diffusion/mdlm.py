@@ -86,3 +86,15 @@ def nelbo_per_token(log_p_x0: jax.Array, alpha_t: jax.Array, dalpha_t: jax.Array
   `log_p_x0` is 0 at unmasked positions under SUBS, so only masked tokens contribute.
   """
   return -nelbo_weight(alpha_t, dalpha_t)[:, None] * log_p_x0
+
+
+def masked_posterior_logits(log_x0: jax.Array, alpha_t, alpha_s, mask_id: int, dtype) -> jax.Array:
+  """log q(z_s | z_t = [MASK], x_theta): (a_s-a_t)/(1-a_t) x_theta[v], mask (1-a_s)/(1-a_t).
+
+  MDLM §2.1 (reference/teachers.md §2.1), unnormalised (Gumbel-max is scale invariant).
+  """
+  log_x0 = log_x0.astype(dtype)
+  unmask = jnp.log(jnp.asarray(alpha_s - alpha_t, dtype))
+  stay = jnp.log(jnp.asarray(1.0 - alpha_s, dtype))
+  vocab = jnp.arange(log_x0.shape[-1])
+  return jnp.where(vocab == mask_id, stay, log_x0 + unmask)

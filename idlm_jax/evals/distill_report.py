@@ -13,23 +13,34 @@ import time
 import jax
 import ml_collections
 
-from idlm_jax.evals import evaluate, genppl, report, samples, synthetic
+from idlm_jax import decoding
+from idlm_jax import fields as F
+from idlm_jax.data import synthetic
+from idlm_jax.evals import evaluate, genppl, report
+from idlm_jax.fields import Field
+from idlm_jax.train import loop
 
 log = logging.getLogger("idlm_jax")
+
+FIELDS = {
+    "distill.report_teacher_steps": Field(
+        "", "the final table of a distillation run: the teacher at these step counts against "
+        'the student at eval.sampling_steps, same seeds and evaluator ("" = no table).',
+        check=F.step_list_or_empty),
+}
 
 
 def rows_for(run, label: str, params, steps_list, evaluator, hmm, config=None,
              aux=None) -> list[dict]:
   """One row per step count: `params` sampled with `config` (default: the run's) and `aux`
-  (samples.sampler_aux), scored as in eval_samplers."""
+  (decoding.sampler_aux), scored as in eval_samplers."""
   c = config or run.config
   rows = []
   for steps in steps_list:
-    d = evaluate.draw(c, run.graphdef, params, run.tokenizer.mask_id, run.mesh,
-                      num_steps=steps, num_samples=int(c.eval.num_samples), seed=int(c.eval.seed),
-                      aux=aux)
+    d = evaluate.draw(c, run.process, run.graphdef, params, run.mesh, num_steps=steps,
+                      num_samples=int(c.eval.num_samples), seed=int(c.eval.seed), aux=aux)
     texts = run.tokenizer.decode_batch(d["tokens"].tolist())
-    row = {"sampler": label, "steps": steps, **{k: d[k] for k in samples.COUNTS if k in d}}
+    row = {"sampler": label, "steps": steps, **{k: d[k] for k in decoding.COUNTS if k in d}}
     row.update(evaluate.entropy_lib.throughput(len(d["tokens"]), int(c.data.seq_len),
                                                d["seconds"], d["num_batches"]))
     row.update(evaluate.evaluate_cell(d["tokens"], texts, evaluator=evaluator, hmm=hmm,
@@ -52,7 +63,6 @@ def teacher_config(config):
 
 def run_report(run, step: int) -> dict:
   """Teacher vs student table on a trained distillation `loop.Run` (run.frozen = teacher)."""
-  from idlm_jax.train import loop
   c = run.config
   hmm = synthetic.from_config(c.data.synthetic) if c.data.source == "synthetic_hmm" else None
   evaluator = None
@@ -65,7 +75,7 @@ def run_report(run, step: int) -> dict:
                   config=teacher_cfg)
   rows += rows_for(run, f"{c.objective} student {sampler}", loop.eval_params(run),
                    evaluate.parse_steps(c.eval.sampling_steps), evaluator, hmm,
-                   aux=samples.sampler_aux(c, run.state))
+                   aux=decoding.sampler_aux(c, run.state))
   header = evaluate.run_header(run, step, evaluator, hmm, teacher=c.distill.teacher)
   results = {"header": header, "rows": rows,
              "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

@@ -8,7 +8,7 @@ fold_in(key(eval.seed), batch), then Gen PPL under the evaluator named by `eval.
 (evals/genppl.py), unigram entropy and distinct-1..4 (evals/entropy.py), NFE per sample,
 wall-clock latency and tokens/s (compilation excluded: one warm-up batch is drawn and discarded
 first), and, on the synthetic source, exact source NLL/token vs the source entropy
-(evals/synthetic.py). Writes <workdir>/eval_samplers/{results.json, results.md, *.png}.
+(data/synthetic.py). Writes <workdir>/eval_samplers/{results.json, results.md, *.png}.
 """
 
 import json
@@ -19,12 +19,37 @@ import jax
 import ml_collections
 import numpy as np
 
-from idlm_jax.evals import entropy as entropy_lib
-from idlm_jax.evals import genppl, report, samples, synthetic
+from idlm_jax import decoding
+from idlm_jax import fields as F
+from idlm_jax.data import synthetic
 from idlm_jax.diffusion import categorical
-from idlm_jax.train import parallel
+from idlm_jax.evals import entropy as entropy_lib
+from idlm_jax.evals import genppl, report
+from idlm_jax.fields import Field
+from idlm_jax.train import loop, parallel
 
 log = logging.getLogger("idlm_jax")
+
+FIELDS = {
+    "eval.samplers": Field("", 'mode "eval_samplers": comma-separated samplers to compare ("" = '
+                           "the configured sample.sampler only)."),
+    "eval.sampling_steps": Field("8,16,32,64,128", "step counts of the eval_samplers table (and "
+                                 "the student rows of a distillation report).",
+                                 check=F.step_list),
+    "eval.num_samples": Field(64, "samples per (sampler, steps) cell; fixed seed eval.seed.",
+                              check=F.positive),
+    "eval.seed": Field(1234, "seed of the reported samples (cell keys fold_in(key(seed), batch))."),
+    "eval.evaluator": Field(
+        "embedded", 'Gen PPL evaluator: "embedded" (the GPT-2-architecture LM shipped in '
+        "evals/assets, trained by configs/ar_embedded.py), a HF GPT-2 name (\"gpt2-large\", "
+        "needs internet) or a local folder with config.json + model.safetensors (+ tokenizer, "
+        'see evals/genppl.py), or "" (no Gen PPL, e.g. on the synthetic source where exact '
+        "likelihoods are used)."),
+    "eval.evaluator_batch_size": Field(8, "Duo/MDLM eval.perplexity_batch_size.",
+                                       check=F.positive),
+    "eval.evaluator_max_length": Field(1024, "retokenized samples are truncated to this (Duo: "
+                                       "1024).", check=F.at_least(2)),
+}
 
 
 def parse_steps(text: str) -> list[int]:
@@ -35,26 +60,22 @@ def sampler_names(config) -> list[str]:
   names = [s.strip() for s in config.eval.samplers.split(",") if s.strip()]
   if names:
     return names
-  return [config.sample.get("sampler", "ancestral")]
+  return [config.sample.sampler]
 
 
 def with_sampler(config, name: str):
   c = ml_collections.ConfigDict(config.to_dict())
-  if "sampler" in c.sample:
-    c.sample.sampler = name
-  elif name != "ancestral":
-    raise ValueError(f"eval.samplers: {name!r} needs the sample.sampler field (only the "
-                     "MDLM ancestral sampler exists in this build)")
+  c.sample.sampler = name
   return c
 
 
-def draw(config, graphdef, params, mask_id: int, mesh, *, num_steps: int, num_samples: int,
+def draw(config, process, graphdef, params, mesh, *, num_steps: int, num_samples: int,
          seed: int, aux=None) -> dict:
-  """Token ids [num_samples, L], mean NFE (and RGAS's discriminator calls: samples.call_counts),
-  timed seconds (after one warm-up batch). aux: see samples.sampler_aux."""
+  """Token ids [num_samples, L], mean NFE (and RGAS's discriminator calls: decoding.call_counts),
+  timed seconds (after one warm-up batch). aux: see decoding.sampler_aux."""
   batch = config.sample.batch_size
-  sampler = samples.make_sampler(config, graphdef, mask_id, num_steps=num_steps,
-                                 batch_size=batch)
+  sampler = decoding.make_sampler(config, process, graphdef, num_steps=num_steps,
+                                  batch_size=batch)
   key = jax.random.key(seed)
   n_batches = -(-num_samples // batch)
   with categorical.x64_scope(config.sample.precision), parallel.mesh_context(mesh):
@@ -67,7 +88,7 @@ def draw(config, graphdef, params, mask_id: int, mesh, *, num_steps: int, num_sa
     seconds = time.time() - t0
     outs = parallel.to_host(outs)  # also when sharded over hosts
   tokens = np.concatenate([o.tokens for o in outs])[:num_samples]
-  return {"tokens": tokens, **samples.call_counts(outs), "seconds": seconds,
+  return {"tokens": tokens, **decoding.call_counts(outs), "seconds": seconds,
           "compile_seconds": compile_s, "num_batches": n_batches}
 
 
@@ -111,7 +132,6 @@ def run_header(run, step: int, evaluator, hmm, **extra) -> dict:
 
 def run_eval(run, step: int) -> dict:
   """The eval mode on a built, restored `loop.Run`; returns the results dict."""
-  from idlm_jax.train import loop
   c = run.config
   e = c.eval
   out_dir = run.workdir / "eval_samplers"
@@ -124,11 +144,11 @@ def run_eval(run, step: int) -> dict:
   for name in sampler_names(c):
     cfg = with_sampler(c, name)
     for steps in parse_steps(e.sampling_steps):
-      d = draw(cfg, run.graphdef, params, run.tokenizer.mask_id, run.mesh, num_steps=steps,
+      d = draw(cfg, run.process, run.graphdef, params, run.mesh, num_steps=steps,
                num_samples=int(e.num_samples), seed=int(e.seed),
-               aux=samples.sampler_aux(cfg, run.state))
+               aux=decoding.sampler_aux(cfg, run.state))
       texts = run.tokenizer.decode_batch(d["tokens"].tolist())
-      row = {"sampler": name, "steps": steps, **{k: d[k] for k in samples.COUNTS if k in d},
+      row = {"sampler": name, "steps": steps, **{k: d[k] for k in decoding.COUNTS if k in d},
              "compile_seconds": d["compile_seconds"]}
       row.update(entropy_lib.throughput(len(d["tokens"]), int(c.data.seq_len), d["seconds"],
                                         d["num_batches"]))

@@ -53,8 +53,8 @@ a HF name (`gpt2` .. `gpt2-large`, online) or a local folder with config.json an
 model.safetensors (HF GPT-2 layout) and optionally card.json naming its tokenizer (default the
 shipped GPT-2 BPE).
 
-CLI: `python -m idlm_jax.evals.genppl export --config=configs/ar_embedded.py --workdir=DIR
-[--out=idlm_jax/evals/assets/ar_embedded]` writes a trained "ar" checkpoint as an evaluator.
+A trained "ar" checkpoint becomes an evaluator folder with `python -m idlm_jax.export
+evaluator --config=configs/ar_embedded.py --workdir=DIR [--out=idlm_jax/evals/assets/ar_embedded]`.
 """
 
 import dataclasses
@@ -291,66 +291,3 @@ def sample_gen_ppl(evaluator: Evaluator, tokens, tokenizer, *, protocol: str = "
 
 
 # ---------------------------------------------------------------------------- export
-
-
-def export_checkpoint(config, workdir: str, out: str, command: str) -> dict:
-  """Write the (EMA) params of a trained "ar" run as an HF-layout evaluator folder."""
-  from idlm_jax.models import gpt2
-  from idlm_jax.train import loop, parallel
-  run = loop.build(config, workdir)
-  step = loop.restore_latest(run)
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}")
-  params = parallel.to_host(loop.eval_params(run))  # also when sharded over hosts
-  val = loop.validate_now(run, step)
-  flat = {}
-
-  def walk(tree, path):
-    if isinstance(tree, dict):
-      for k, v in tree.items():
-        walk(v, path + (k,))
-    else:
-      flat[gpt2.hf_key(path)] = np.asarray(tree, np.float32)
-
-  walk(params, ())
-  out = pathlib.Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  gpt2.write_safetensors(out / "model.safetensors", flat)
-  m = config.model
-  (out / "config.json").write_text(json.dumps({
-      "model_type": "gpt2", "vocab_size": int(run.tokenizer.model_vocab_size),
-      "n_positions": int(m.n_positions), "n_embd": int(m.hidden_size),
-      "n_layer": int(m.n_blocks), "n_head": int(m.n_heads)}, indent=2) + "\n")
-  card = {"tokenizer": config.data.tokenizer, "trained_by": "configs/ar_embedded.py",
-          "command": command, "step": int(step), "val_nll": val["nelbo"],
-          "val_ppl": val["ppl"], "val_tokens": val["tokens"],
-          "data": f"embedded corpus ({config.data.embedded_corpora}), seq_len "
-                  f"{config.data.seq_len}, validation = hash split of passages",
-          "use_ema": bool(config.eval.use_ema)}
-  (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-  return card
-
-
-def main(argv=None):
-  import argparse
-  import shlex
-  import sys
-  from idlm_jax import config as config_lib
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("command", choices=["export"])
-  p.add_argument("--config", default="configs/ar_embedded.py")
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--out", default=str(EMBEDDED))
-  p.add_argument("--train_command", default="")
-  a = p.parse_args(argv)
-  config = config_lib.load_config(a.config)
-  cmd = a.train_command or (f"python -m idlm_jax.main --config={a.config} "
-                            f"--workdir={a.workdir}")
-  card = export_checkpoint(config, a.workdir, a.out, cmd)
-  card["export_command"] = "python -m idlm_jax.evals.genppl " + shlex.join(sys.argv[1:])
-  (pathlib.Path(a.out) / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-  print(json.dumps(card, indent=2))
-
-
-if __name__ == "__main__":
-  main()

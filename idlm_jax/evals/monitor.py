@@ -15,11 +15,37 @@ import math
 import jax
 import numpy as np
 
+from idlm_jax import decoding
+from idlm_jax import fields as F
+from idlm_jax.data import synthetic
 from idlm_jax.diffusion import categorical
-from idlm_jax.evals import evaluate, genppl, samples, synthetic
-from idlm_jax.train import parallel
+from idlm_jax.evals import evaluate, genppl
+from idlm_jax.fields import Check, Field
+from idlm_jax.train import loop, parallel
 
 log = logging.getLogger("idlm_jax")
+
+FIELDS = {
+    "distill.monitor_every": Field(
+        0, "every monitor_every train steps of a distillation run: distill.monitor_samples "
+        "samples of the EMA student at each of monitor_steps, scored by eval.evaluator (Gen "
+        "PPL) or exactly on the synthetic language, plus unigram entropy, into "
+        "<workdir>/monitor.jsonl (0: off).", check=F.non_negative_or_off("0: off")),
+    "distill.monitor_steps": Field("4,16", "sampling step counts of each monitor.",
+                                   check=F.step_list),
+    "distill.monitor_samples": Field(32, "samples per monitored step count.", check=F.positive),
+    "distill.entropy_floor": Field(
+        0.0, "a warning when the monitored entropy falls below this (0: (1 - entropy_drop) x "
+        "the step-0 student's = the teacher's few-step entropy).",
+        check=F.non_negative_or_off("0: relative to step 0")),
+    "distill.entropy_drop": Field(0.05, "relative entropy drop of the default floor.",
+                                  check=Check(lambda v: 0 <= v < 1, "in [0, 1)")),
+    "distill.best_metric": Field(
+        "gen_ppl", "the best checkpoint (<workdir>/best) minimises this at the largest monitor "
+        'step among monitors whose entropy is above the floor: "gen_ppl", "exact_nll" '
+        '(synthetic_hmm) or "none" (no best checkpoint).',
+        choices=("gen_ppl", "exact_nll", "none")),
+}
 
 
 def entropy_floor(config, history: list) -> float:
@@ -68,14 +94,14 @@ class Monitor:
 
   def _sampler(self, steps: int):
     if steps not in self._samplers:
-      self._samplers[steps] = samples.make_sampler(
-          self.config, self.run.graphdef, self.run.tokenizer.mask_id, num_steps=steps,
+      self._samplers[steps] = decoding.make_sampler(
+          self.config, self.run.process, self.run.graphdef, num_steps=steps,
           batch_size=self.config.sample.batch_size)
     return self._samplers[steps]
 
   def cell(self, params, steps: int, aux=None) -> dict:
     """Metrics of monitor_samples samples at `steps` (fixed keys from eval.seed); aux: see
-    samples.sampler_aux."""
+    decoding.sampler_aux."""
     c = self.config
     n, batch = c.distill.monitor_samples, c.sample.batch_size
     key = jax.random.key(c.eval.seed)
@@ -88,12 +114,12 @@ class Monitor:
     row = evaluate.evaluate_cell(tokens, texts, evaluator=self.evaluator, hmm=self.hmm,
                                  tokenizer=self.run.tokenizer,
                                  evaluator_batch_size=c.eval.evaluator_batch_size)
-    row.update(samples.call_counts(outs))  # NFE (and RGAS's discriminator calls)
+    row.update(decoding.call_counts(outs))  # NFE (and RGAS's discriminator calls)
     return row
 
   def __call__(self, step: int, state, save_best=None) -> dict:
     params = state.ema_params if self.config.eval.use_ema else state.params
-    aux = samples.sampler_aux(self.config, state)
+    aux = decoding.sampler_aux(self.config, state)
     cells = {s: self.cell(params, s, aux) for s in self.steps}
     top = cells[max(self.steps)]
     row = {"step": int(step), **{k: top[k] for k in ("entropy", "gen_ppl", "exact_nll")
@@ -125,3 +151,23 @@ class Monitor:
       # rewritten whole: object stores (gs://) cannot append
       self.path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
     return row
+
+
+class MonitorHook:
+  """The monitor as a trainer hook: at step 0 (the student is the teacher: the entropy
+  baseline) and every distill.monitor_every steps, saving <workdir>/best on a new best."""
+
+  def __init__(self, run):
+    self.monitor = Monitor(run)
+    self.every = run.config.distill.monitor_every
+
+  def start(self, run, step: int) -> None:
+    if step == 0:
+      self.monitor(0, run.state)
+
+  def due(self, step: int, last: bool) -> bool:
+    return step % self.every == 0
+
+  def __call__(self, run, step: int) -> None:
+    self.monitor(step, run.state, save_best=lambda: loop.save_best(run, step))
+

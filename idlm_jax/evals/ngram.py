@@ -1,6 +1,6 @@
 """Distribution-level metrics on the synthetic language: exact n-gram marginals vs samples.
 
-Per-sample NLL under the source (evals/synthetic.py `score_samples`) rewards a sampler that
+Per-sample NLL under the source (data/synthetic.py `score_samples`) rewards a sampler that
 always emits the likeliest sequences: a collapsed sampler scores *below* the source entropy. The
 metrics here compare the distribution of the samples with the source's and so go the other way.
 
@@ -53,7 +53,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from idlm_jax.evals import synthetic
+from idlm_jax.data import synthetic
 
 
 @dataclasses.dataclass(frozen=True)

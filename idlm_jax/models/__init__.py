@@ -1,20 +1,18 @@
-"""Flax NNX models of idlm_jax: the DDiT denoiser and its PyTorch name mapping.
+"""Flax NNX models of idlm_jax: the DDiT denoiser (and its PyTorch name mapping), the GPT-2
+evaluator, DiDi's discriminator and the LLaDA/Dream diffusion LLMs.
 
-Importing this package turns off Flax's eager variable sharding (`flax_always_shard_variable`,
-default True in flax 0.12.x): parameters carry logical sharding names as metadata but are
-created unsharded, so a model builds without a mesh. The trainer places the state itself
-(e.g. creating it under `jax.jit` with `out_shardings` from `nnx.get_partition_spec`).
-The global config flag is used rather than `nnx.use_eager_sharding(False)`, whose setting
-lives on a thread-local stack and would not reach other threads.
+Parameters carry logical sharding names as metadata but are created unsharded
+(`layers.partitioned`), so a model builds without a mesh; the trainer places the state itself.
 """
 
 import math
 
-import flax
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
+from idlm_jax import fields as F
+from idlm_jax.fields import ConfigError, Field
+from idlm_jax.models import gpt2
 from idlm_jax.models.dit import (
     DIT,
     from_torch_state_dict,
@@ -22,13 +20,53 @@ from idlm_jax.models.dit import (
     to_torch_state_dict,
     torch_param_names,
 )
+from idlm_jax.models.layers import DTYPES
 
-flax.config.update("flax_always_shard_variable", False)
+FIELDS = {
+    "model.name": Field("dit", 'the network: "dit" (the DDiT denoiser of MDLM/SEDD/Duo, '
+                        'reference/teachers.md §1.4) or "gpt2" (the causal evaluator of the '
+                        '"ar" objective).', choices=("dit", "gpt2")),
+    "model.hidden_size": Field(768, "width d of the residual stream.", check=F.positive),
+    "model.n_blocks": Field(12, "transformer blocks.", check=F.positive),
+    "model.n_heads": Field(12, "attention heads (head size hidden_size / n_heads, even).",
+                           check=F.positive),
+    "model.cond_dim": Field(128, "width of the adaLN time conditioning.", check=F.positive),
+    "model.mlp_ratio": Field(4, "MLP width / hidden_size.", check=F.positive),
+    "model.dropout": Field(0.1, "residual dropout (attention dropout is always 0).",
+                           check=F.unit_right_open),
+    "model.dtype": Field("float32", 'compute dtype of matmuls: "float32" or "bfloat16" (params '
+                         "stay float32).", choices=tuple(DTYPES)),
+    "model.attention": Field("auto", "attention kernel for jax.nn.dot_product_attention: "
+                             '"auto" (cuDNN on GPU where possible), "xla" or "cudnn".',
+                             choices=("auto", "xla", "cudnn")),
+    "model.time_conditioning": Field(False, "feed sigma(t) to the network (MDLM feeds 0: its "
+                                     "network ignores t; SEDD/UDLM/Duo need True)."),
+    "model.vocab_pad_multiple": Field(
+        128, "pad the DiT's embedding rows and output columns to a multiple of this (GPT-2 "
+        "50258 -> 50304, bert 30522 -> 30592; 0 or 1 = off); logits keep vocab_size entries "
+        "and PyTorch conversion pads/unpads. Checkpoints store the padded shapes.",
+        check=F.non_negative_or_off("0 or 1: no padding")),
+    "model.remat": Field("none", '"block": recompute each DiT block\'s activations in the '
+                         "backward pass (nnx.remat), less activation memory for ~1/3 more "
+                         'compute; "none": keep them.', choices=("none", "block")),
+    "model.loss_chunk": Field(
+        0, "> 0: the MDLM teacher loss takes the output projection, log-softmax and SUBS loss "
+        "this many sequence positions at a time (rematerialised chunks), so the full [B, L, V] "
+        "float32 logits are never live at once; same loss and gradients. 0 = off. Objective "
+        '"diffusion" with diffusion.algo "mdlm" only.', check=F.non_negative_or_off("0: off")),
+    "model.n_positions": Field(1024, 'model.name "gpt2": learned positions.', check=F.positive),
+}
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+def validate(config) -> None:
+  m = config.model
+  if m.hidden_size % m.n_heads or (m.hidden_size // m.n_heads) % 2:
+    raise ConfigError(f"config.model.hidden_size: {m.hidden_size} must split into "
+                      f"{m.n_heads} heads of even size (rotary embedding)")
+
 
 __all__ = [
-    "DIT", "DTYPES", "build_model", "count_params", "from_torch_state_dict", "rotary_inv_freq",
+    "DIT", "DTYPES", "FIELDS", "build_model", "count_params", "from_torch_state_dict", "rotary_inv_freq",
     "to_torch_state_dict", "torch_param_names",
 ]
 
@@ -36,7 +74,6 @@ __all__ = [
 def build_model(model_cfg, vocab_size: int, rngs: nnx.Rngs) -> DIT:
   """The denoiser named by the `model` config section (configs/base.py)."""
   if model_cfg.name == "gpt2":  # causal LM for the "ar" objective (Gen PPL evaluator)
-    from idlm_jax.models import gpt2
     return gpt2.build(model_cfg, vocab_size, model_cfg.n_positions, rngs)
   if model_cfg.name != "dit":
     raise ValueError(f"model.name must be 'dit', got {model_cfg.name!r}")

@@ -116,13 +116,18 @@ class Discriminator(nnx.Module):
 
 def build(model_cfg, vocab_size: int, rngs: nnx.Rngs) -> Discriminator:
   """The discriminator of the `model` config section's DiT (configs/base.py)."""
-  from idlm_jax import models
   return Discriminator(
       vocab_size=vocab_size, hidden_size=model_cfg.hidden_size, n_blocks=model_cfg.n_blocks,
       n_heads=model_cfg.n_heads, cond_dim=model_cfg.cond_dim, mlp_ratio=model_cfg.mlp_ratio,
-      dropout=model_cfg.dropout, dtype=models.DTYPES[model_cfg.dtype],
+      dropout=model_cfg.dropout, dtype=layers.DTYPES[model_cfg.dtype],
       attention=model_cfg.attention, time_conditioning=model_cfg.time_conditioning,
       vocab_pad_multiple=model_cfg.vocab_pad_multiple, rngs=rngs)
+
+
+def abstract(model_cfg, vocab_size: int):
+  """(graphdef, abstract params nnx.State) of the discriminator, nothing allocated."""
+  model = nnx.eval_shape(lambda: build(model_cfg, vocab_size, nnx.Rngs(params=0)))
+  return nnx.split(model, nnx.Param)
 
 
 def head_params(hidden_size: int, key: jax.Array) -> dict:

@@ -55,7 +55,7 @@ class EmbeddingLayer(nnx.Module):
                rngs: nnx.Rngs):
     rows = padded_size or vocab_size
     init = layers.padded_rows(layers.torch_uniform(hidden_size), vocab_size)
-    init = nnx.with_partitioning(init, ("vocab", "embed"))
+    init = layers.partitioned(init, ("vocab", "embed"))
     self.vocab_size = vocab_size
     self.embedding = nnx.Param(init(rngs.params(), (rows, hidden_size), jnp.float32))
 

@@ -225,10 +225,10 @@ def key_mask(attention_mask: Optional[jax.Array], length: int,
 
 
 def _dense(d_in: int, d_out: int, axes: tuple, *, bias: bool, dtype, rngs) -> nnx.Linear:
-  init = nnx.with_partitioning(nnx.initializers.normal(INIT_STD), axes)
+  init = layers.partitioned(nnx.initializers.normal(INIT_STD), axes)
   return nnx.Linear(d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
                     kernel_init=init,
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
+                    bias_init=layers.partitioned(nnx.initializers.zeros_init(), (axes[1],)),
                     rngs=rngs)
 
 
@@ -238,7 +238,7 @@ class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float):
     self.eps = eps
-    init = nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",))
+    init = layers.partitioned(nnx.initializers.ones_init(), ("embed",))
     self.scale = nnx.Param(init(jax.random.key(0), (dim,), jnp.float32))  # ones: key unused
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -329,7 +329,7 @@ class DLLM(nnx.Module):
     c = config
     self.config, self.dtype, self.remat, self.dropout = c, dtype, remat, dropout
     self.vocab_size = c.vocab_size
-    emb_init = nnx.with_partitioning(nnx.initializers.normal(INIT_STD), ("vocab", "embed"))
+    emb_init = layers.partitioned(nnx.initializers.normal(INIT_STD), ("vocab", "embed"))
     self.embed = nnx.Embed(c.rows, c.d_model, param_dtype=jnp.float32, embedding_init=emb_init,
                            rngs=rngs)
     self.layers = nnx.List([DecoderLayer(c, dtype, attention, dropout, rngs=rngs)

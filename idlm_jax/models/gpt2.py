@@ -32,24 +32,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from idlm_jax.models import layers
+
 LN_EPS = 1e-5
 
 
 def _normal(std: float, axes):
-  return nnx.with_partitioning(nnx.initializers.normal(std), axes)
+  return layers.partitioned(nnx.initializers.normal(std), axes)
 
 
 def _dense(d_in: int, d_out: int, axes, std: float, dtype, rngs) -> nnx.Linear:
   return nnx.Linear(d_in, d_out, use_bias=True, dtype=dtype, param_dtype=jnp.float32,
                     kernel_init=_normal(std, axes),
-                    bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
+                    bias_init=layers.partitioned(nnx.initializers.zeros_init(), (axes[1],)),
                     rngs=rngs)
 
 
 def _ln(d: int, rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(d, epsilon=LN_EPS, dtype=jnp.float32, param_dtype=jnp.float32,
-                       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",)),
-                       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)),
+                       scale_init=layers.partitioned(nnx.initializers.ones_init(), ("embed",)),
+                       bias_init=layers.partitioned(nnx.initializers.zeros_init(), ("embed",)),
                        rngs=rngs)
 
 
@@ -88,10 +90,9 @@ class Block(nnx.Module):
     self.mlp = MLP(d, n_layers, dtype, rngs)
 
   def __call__(self, x, dropout_key=None):
-    from idlm_jax.models.layers import dropout as drop
     k1, k2 = (None, None) if dropout_key is None else jax.random.split(dropout_key)
-    x = x + drop(self.attn(self.ln_1(x)), self.dropout, k1)
-    return x + drop(self.mlp(self.ln_2(x)), self.dropout, k2)
+    x = x + layers.dropout(self.attn(self.ln_1(x)), self.dropout, k1)
+    return x + layers.dropout(self.mlp(self.ln_2(x)), self.dropout, k2)
 
 
 class GPT2(nnx.Module):
@@ -130,10 +131,9 @@ class GPT2(nnx.Module):
 
 def build(model_cfg, vocab_size: int, n_positions: int, rngs: nnx.Rngs) -> GPT2:
   """GPT-2 from the `model` config section (n_blocks layers, no cond)."""
-  from idlm_jax.models import DTYPES
   return GPT2(vocab_size=vocab_size, n_positions=n_positions, hidden_size=model_cfg.hidden_size,
               n_layers=model_cfg.n_blocks, n_heads=model_cfg.n_heads, dropout=model_cfg.dropout,
-              dtype=DTYPES[model_cfg.dtype], rngs=rngs)
+              dtype=layers.DTYPES[model_cfg.dtype], rngs=rngs)
 
 
 # ---------------------------------------------------------------------------- HF weights

@@ -25,6 +25,15 @@ ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 # ---------------------------------------------------------------------------- initialisers
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype -> compute dtype
+
+def partitioned(init: nnx.Initializer, axes: tuple) -> nnx.Initializer:
+  """`init` whose Param carries the logical sharding names `axes` as metadata, created
+  unsharded (no eager sharding: a model builds without a mesh, and the trainer places the state
+  itself, e.g. under `jax.jit` with `out_shardings` from `nnx.get_partition_spec`)."""
+  return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
 def torch_uniform(fan_in: int) -> nnx.Initializer:
   """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch kaiming_uniform_(a=sqrt(5)) and nn.Linear's bias."""
   bound = 1.0 / math.sqrt(fan_in)
@@ -42,8 +51,8 @@ def linear(in_features: int, out_features: int, *, axes: tuple, use_bias: bool =
   b_init = nnx.initializers.zeros_init() if zero_init else torch_uniform(in_features)
   return nnx.Linear(
       in_features, out_features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-      kernel_init=nnx.with_partitioning(w_init, axes),
-      bias_init=nnx.with_partitioning(b_init, (axes[1],)), rngs=rngs)
+      kernel_init=partitioned(w_init, axes),
+      bias_init=partitioned(b_init, (axes[1],)), rngs=rngs)
 
 
 def layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -55,7 +64,7 @@ def layer_norm(dim: int, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(
       dim, epsilon=1e-5, use_bias=False, use_fast_variance=True, dtype=jnp.float32,
       param_dtype=jnp.float32,
-      scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",)), rngs=rngs)
+      scale_init=partitioned(nnx.initializers.ones_init(), ("embed",)), rngs=rngs)
 
 
 def padded_rows(init: nnx.Initializer, rows: int) -> nnx.Initializer:

@@ -1,8 +1,7 @@
-"""Autoregressive pretraining: next-token cross-entropy of a causal LM (the GPT-2 evaluator).
+"""Objective "ar": next-token cross-entropy of a causal LM (the GPT-2 Gen PPL evaluator).
 
 The eval step returns the same additive sums as the diffusion objective ({"nelbo_sum",
-"tokens"}), so `evals.likelihood.evaluate_split` reports the exact validation NLL/token and
-perplexity exp(NLL) (not a bound).
+"tokens"}), so validation reports the exact NLL/token and perplexity exp(NLL) (not a bound).
 """
 
 import jax
@@ -10,8 +9,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from idlm_jax.objectives import Objective
-from idlm_jax.train.state import TrainState, apply_gradients
+from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
+from idlm_jax.objectives.state import TrainState, apply_gradients
 
 
 def next_token_nll_sums(model, batch: dict, *, dropout_key=None) -> dict:
@@ -25,10 +24,9 @@ def next_token_nll_sums(model, batch: dict, *, dropout_key=None) -> dict:
   return {"nelbo_sum": (nll * valid).sum(), "tokens": valid.sum()}
 
 
-def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
-  """Pure train/eval steps for causal LM pretraining (mask_id is unused)."""
-  del mask_id
-  ema_decay = config.optim.ema
+def make(ctx: Context) -> Objective:
+  """Pure train/eval steps for causal LM pretraining."""
+  graphdef, tx, ema_decay = ctx.graphdef, ctx.tx, ctx.config.optim.ema
 
   def loss_fn(params, batch, key):
     sums = next_token_nll_sums(nnx.merge(graphdef, params), batch, dropout_key=key)
@@ -37,12 +35,18 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
   def train_step(state: TrainState, frozen, batch: dict):
     del frozen
     key = jax.random.fold_in(state.key(), state.step)
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+    with jax.named_scope("ar_loss"):
+      (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": sums["tokens"]}
-    return apply_gradients(state, grads, tx, ema_decay), metrics
+    with jax.named_scope("optimizer"):
+      return apply_gradients(state, grads, tx, ema_decay), metrics
 
   def eval_step(params, frozen, batch: dict, key: jax.Array) -> dict:
     del frozen, key
     return next_token_nll_sums(nnx.merge(graphdef, params), batch)
 
   return Objective(train_step=train_step, eval_step=eval_step)
+
+
+SPEC = register(ObjectiveSpec("ar", make, "causal LM pretraining (the Gen PPL evaluator)",
+                              uses_process=False))

@@ -25,10 +25,31 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from idlm_jax import fields as F
 from idlm_jax.diffusion import uniform
+from idlm_jax.diffusion.processes import valid_weights
 from idlm_jax.diffusion.schedules import sample_t
-from idlm_jax.objectives import Objective, diffusion, progressive, teachers
-from idlm_jax.train.state import apply_gradients
+from idlm_jax.fields import ConfigError, Field
+from idlm_jax.objectives import progressive
+from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
+from idlm_jax.objectives.state import apply_gradients
+
+FIELDS = {
+    "distill.dcd.T": Field(512, 'objective "dcd" (Duo\'s discrete consistency distillation, '
+                           "teachers.md §4.4; the trajectory's gamma range is diffusion."
+                           "gamma_min/gamma_max, DCD: [-4, -1]): round 0 step size delta = 1/T; "
+                           "round r: 2^r / T.", check=F.at_least(2)),
+    "distill.dcd.round_steps": Field(10_000, "train steps per round (update_teacher_every).",
+                                     check=F.at_least(1)),
+    "distill.dcd.num_rounds": Field(5, "rounds (delta 1/512 -> 16/512 over the paper's 5).",
+                                    check=F.at_least(1)),
+    "distill.dcd.divergence": Field("kl-bwd", '"kl-bwd" (KL(student || teacher), the paper) or '
+                                    '"kl-fwd".', choices=("kl-bwd", "kl-fwd")),
+    "distill.dcd.teacher_ema": Field(False, "True: the round teacher is the student's EMA (else "
+                                     "its raw weights)."),
+    "distill.dcd.loss_precision": Field("float32", '"float32" or "float64" (x64 inside the loss '
+                                        "only).", choices=("float32", "float64")),
+}
 
 
 def step_size(round_index: jax.Array, T: int) -> jax.Array:
@@ -64,32 +85,19 @@ def dcd_loss(net, transform, student_params, teacher_params, batch: dict, key: j
       net(student_params)(z_t, sigma(t), dropout_key=k_drop).astype(jnp.float32), axis=-1)
   log_q = jax.lax.stop_gradient(jax.nn.log_softmax(
       net(teacher_params)(z_s, sigma(s)).astype(jnp.float32), axis=-1))
-  return progressive.mean_divergence(log_p, log_q, teachers.valid_weights(batch), kind,
+  return progressive.mean_divergence(log_p, log_q, valid_weights(batch), kind,
                                      precision)
 
 
-def get_transform(config):
-  """Duo's T: gamma -> alpha over [diffusion.gamma_min, gamma_max] for the model vocabulary."""
-  from idlm_jax.data import tokenizers
-  from idlm_jax.diffusion import duo_integral
-  f = config.diffusion
-  return duo_integral.DuoTransform.create(
-      tokenizers.get_tokenizer(config.data.tokenizer).model_vocab_size, f.gamma_min,
-      f.gamma_max, cache_dir=config.data.cache_dir, num_points=f.duo_table_points)
-
-
-def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
+def make(ctx: Context) -> Objective:
   """Pure DCD step: re-copy the round teacher at round boundaries, then one student update."""
-  d = config.distill.dcd
-  f = config.diffusion
-  if f.algo != "duo":
-    raise ValueError(f"dcd: distils Duo teachers, got diffusion.algo={f.algo!r}")
-  ema = config.optim.ema
-  net = functools.partial(nnx.merge, graphdef)
-  loss_fn = functools.partial(dcd_loss, net, get_transform(config), eps=f.eps,
+  config = ctx.config
+  d, f = config.distill.dcd, config.diffusion
+  ema, tx = config.optim.ema, ctx.tx
+  net = functools.partial(nnx.merge, ctx.graphdef)
+  loss_fn = functools.partial(dcd_loss, net, ctx.process.transform, eps=f.eps,
                               antithetic=f.antithetic, kind=d.divergence,
                               precision=d.loss_precision)
-  _, eval_sums = diffusion.teacher_losses(config, mask_id)
   source = "ema_params" if d.teacher_ema else "params"
 
   def train_step(state, frozen, batch):
@@ -99,8 +107,9 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
     r = progressive.round_index(state.step, d.round_steps, d.num_rounds)
     delta = step_size(r, d.T)
     teacher = state.aux[progressive.ROUND_TEACHER]
-    (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, teacher.params, batch, key, delta)
+    with jax.named_scope("dcd_loss"):
+      (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, teacher.params, batch, key, delta)
     state = apply_gradients(state, grads, tx, ema)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
                "round": r.astype(jnp.float32), "dt": delta}
@@ -109,7 +118,19 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
   def eval_step(params, frozen, batch, key):
     """The student's own validation NELBO (UDLM's closed form) as a denoising check."""
     del frozen
-    return eval_sums(net(params), batch, key)
+    return ctx.process.eval_sums(net(params), batch, key)
 
   return Objective(train_step=train_step, eval_step=eval_step,
                    aux_txs={progressive.ROUND_TEACHER: progressive.ROUND_TEACHER_TX})
+
+
+def validate(config) -> None:
+  """The last round's step 2^(R-1)/T must stay below 1."""
+  d = config.distill.dcd
+  if 2 ** (d.num_rounds - 1) >= d.T:
+    raise ConfigError(f"config.distill.dcd.num_rounds: the last step 2^{d.num_rounds - 1}"
+                      f"/T must be < 1 (T={d.T})")
+
+
+SPEC = register(ObjectiveSpec("dcd", make, "Duo-DCD (baseline)", fields=FIELDS,
+                              validate=validate, teacher=True, algos=("duo",)))

@@ -37,11 +37,61 @@ import ml_collections
 import optax
 from flax import nnx
 
-from idlm_jax.diffusion import categorical, mdlm, samplers
-from idlm_jax.diffusion.schedules import get_schedule
+from idlm_jax import fields as F
+from idlm_jax.decoding import ancestral
+from idlm_jax.diffusion import categorical, mdlm
+from idlm_jax.diffusion.processes import valid_weights
+from idlm_jax.fields import Check, ConfigError, Field
 from idlm_jax.models import discriminator as disc_lib
-from idlm_jax.objectives import Objective, diffusion, teachers
-from idlm_jax.train.state import AuxNet, apply_gradients, make_optimizer
+from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
+from idlm_jax.objectives.state import AuxNet, apply_gradients, make_optimizer
+
+FIELDS = {
+    "distill.didi.group_size": Field(
+        4, "DiDi-Instruct (objective \"didi\"): the student is optimised by optim.* (the paper: "
+        "grad_clip 0.5, EMA 0.999); the discriminator (teacher trunk + spectral-norm head, "
+        'TrainState.aux["disc"]) by AdamW with optim.* betas/schedule and the fields below. One '
+        "step: B = train.global_batch_size real rows, B x group_size student rollouts. G: "
+        "rollouts per real row; rewards are normalised within each G.",
+        check=F.at_least(2, "grouped reward normalisation")),
+    "distill.didi.real": Field("data", 'the discriminator\'s real side: "data" rows or '
+                               '"teacher" samples.', choices=("data", "teacher")),
+    "distill.didi.teacher_steps": Field(64, 'ancestral steps of the teacher samples when real = '
+                                        '"teacher".', check=F.at_least(1)),
+    "distill.didi.disc_lr": Field(1e-5, "discriminator AdamW learning rate.", check=F.positive),
+    "distill.didi.disc_grad_clip": Field(1.0, "discriminator global-norm clipping (0 disables).",
+                                         check=F.non_negative_or_off("0 disables")),
+    "distill.didi.disc_weight_decay": Field(0.0, "discriminator AdamW weight decay.",
+                                            check=F.non_negative),
+    "distill.didi.unfreeze_blocks": Field(4, "trainable last blocks of the discriminator trunk "
+                                          "(+ the head).", check=F.non_negative),
+    "distill.didi.label_smoothing": Field(0.1, "BCE targets 1 - s (real) and s (fake).",
+                                          check=Check(lambda v: 0 <= v < 0.5, "in [0, 0.5)")),
+    "distill.didi.tau_a": Field(2.0, "coupled time tau ~ Beta(tau_a, tau_b) (Beta(2,2); "
+                                "Beta(1,1) = uniform) ...", check=F.positive),
+    "distill.didi.tau_b": Field(2.0, "... (the second Beta parameter) ...", check=F.positive),
+    "distill.didi.tau_min": Field(0.02, "... clamped to [tau_min, tau_max].", check=F.unit_open),
+    "distill.didi.tau_max": Field(0.98, "upper end of tau's clamp.", check=F.unit_open),
+    "distill.didi.t0": Field(1e-3, "end time of the student's second rollout step (1 -> tau -> "
+                             "t0).", check=F.unit_right_open),
+    "distill.didi.omega_min": Field(0.1, "omega(tau) = -alpha'/(1 - alpha) clipped to "
+                                    "[omega_min, omega_max].", check=F.non_negative),
+    "distill.didi.omega_max": Field(10.0, "upper clip of omega(tau).", check=F.positive),
+    "distill.didi.importance_weight": Field(False, "divide omega by the Beta pdf pi(tau)."),
+    "distill.didi.reward_clip": Field(8.0, "per-token discriminator log-odds clipped to "
+                                      "+-reward_clip.", check=F.positive),
+    "distill.didi.advantage_clip": Field(3.0, "group-normalised advantages clipped to "
+                                         "+-advantage_clip.", check=F.positive),
+    "distill.didi.kl_beta": Field(1.0, "weight of kl_hi KL_1 + kl_lo KL_2, forward KL(teacher || "
+                                  "student) ...", check=F.non_negative),
+    "distill.didi.kl_hi": Field(0.01, "... at rollout step 1 (all-mask input)",
+                                check=F.non_negative),
+    "distill.didi.kl_lo": Field(0.01, "... at rollout step 2 (input x_tau)", check=F.non_negative),
+    "distill.didi.entropy_beta": Field(5e-4, "entropy bonus (subtracted from the loss).",
+                                       check=F.non_negative),
+    "distill.didi.nan_to_num": Field(True, "replace NaN/Inf gradient entries by finite values "
+                                     "(reference)."),
+}
 
 ROLLOUT_PRECISION = "inverse_cdf"  # draws inside the step (distill.train_draw; no x64 there)
 LOG_ODDS_EPS = 1e-6  # the reference's log(sig + 1e-6) - log(1 - sig + 1e-6)
@@ -121,7 +171,7 @@ def ancestral_step(key, log_x0, x, alpha_t, alpha_s, mask_id: int,
                    precision: str = ROLLOUT_PRECISION):
   """One MDLM ancestral step t -> s ([N] times): (x_s, log-prob of the newly unmasked tokens
   [N]), differentiable in log_x0 only (the draw is a constant)."""
-  logits = samplers.masked_posterior_logits(jax.lax.stop_gradient(log_x0),
+  logits = mdlm.masked_posterior_logits(jax.lax.stop_gradient(log_x0),
                                             alpha_t[:, None, None], alpha_s[:, None, None],
                                             mask_id, jnp.float32)
   draw = categorical.sample_categorical(key, logits, precision)
@@ -194,8 +244,7 @@ def disc_optimizer(config, labels: dict) -> optax.GradientTransformation:
 
 def disc_network(config, vocab_size: int):
   """(graphdef, abstract params nnx.State) of the discriminator, nothing allocated."""
-  model = nnx.eval_shape(lambda: disc_lib.build(config.model, vocab_size, nnx.Rngs(params=0)))
-  return nnx.split(model, nnx.Param)
+  return disc_lib.abstract(config.model, vocab_size)
 
 
 def _nan_to_num(tree):
@@ -239,38 +288,33 @@ def discriminator_update(disc, disc_net, tx, labels, batch, key, smoothing: floa
 # ------------------------------------------------------------------ the objective
 
 
-def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
+def make(ctx: Context) -> Objective:
   """Pure DiDi-Instruct step: discriminator update, then the student's policy-gradient update."""
-  from idlm_jax.data import tokenizers
-  d, f = config.distill.didi, config.diffusion
-  if f.algo != "mdlm":
-    raise ValueError(f"didi: distils MDLM (SUBS) teachers, got diffusion.algo={f.algo!r}")
-  schedule = get_schedule(f.schedule, f.eps)
-  vocab = tokenizers.get_tokenizer(config.data.tokenizer).model_vocab_size
-  net = functools.partial(nnx.merge, graphdef)
-  disc_graphdef, disc_abstract = disc_network(config, vocab)
+  config, mask_id, proc = ctx.config, ctx.mask_id, ctx.process
+  d = config.distill.didi
+  schedule = proc.schedule
+  net = functools.partial(nnx.merge, ctx.graphdef)
+  disc_graphdef, disc_abstract = disc_network(config, ctx.vocab_size)
   disc_net = functools.partial(nnx.merge, disc_graphdef)
   labels = disc_lib.trainable_labels(nnx.to_pure_dict(disc_abstract), d.unfreeze_blocks)
   d_tx = disc_optimizer(config, labels)
-  G, seq_len, ema = int(d.group_size), config.data.seq_len, config.optim.ema
-  _, eval_sums = diffusion.teacher_losses(config, mask_id)
+  G, seq_len, ema, tx = int(d.group_size), config.data.seq_len, config.optim.ema, ctx.tx
 
   def log_probs(params, dropout_key=None):
-    model = net(params)
-    return lambda x, t: mdlm.subs_log_probs(model(x, schedule.sigma(t), dropout_key=dropout_key),
-                                            x, mask_id)
+    return proc.log_probs_fn(net(params), dropout_key)
 
   def real_rows(frozen, batch, key, n):
     """The real side: data rows (each repeated G times), or fresh teacher samples."""
     if d.real == "teacher":
-      out = samplers.mdlm_ancestral(log_probs(frozen["teacher"]), key, batch_size=n,
-                                    seq_len=seq_len, mask_id=mask_id, schedule=schedule,
-                                    num_steps=d.teacher_steps, cache=True,
-                                    time_conditioned=config.model.time_conditioning,
-                                    precision=config.distill.train_draw, noise_removal="argmax")
+      out = ancestral.mdlm_ancestral(log_probs(frozen["teacher"]), key, batch_size=n,
+                                     seq_len=seq_len, mask_id=mask_id, schedule=schedule,
+                                     num_steps=d.teacher_steps, cache=True,
+                                     time_conditioned=config.model.time_conditioning,
+                                     precision=config.distill.train_draw,
+                                     noise_removal="argmax")
       return jax.lax.stop_gradient(out.tokens), jnp.ones((n, seq_len), jnp.float32)
     return (jnp.repeat(batch["input_ids"], G, axis=0),
-            jnp.repeat(teachers.valid_weights(batch), G, axis=0))
+            jnp.repeat(valid_weights(batch), G, axis=0))
 
   def train_step(state, frozen, batch):
     key = jax.random.fold_in(state.key(), state.step)
@@ -286,11 +330,13 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
       r = student_rollout(log_probs(params, k_1), teacher, k_roll, tau, schedule=schedule,
                           mask_id=mask_id, seq_len=seq_len, t0=d.t0, kl_hi=d.kl_hi,
                           kl_lo=d.kl_lo, student_2=log_probs(params, k_2),
-                          shared_first=config.model.dropout == 0.0, precision=config.distill.train_draw)
+                          shared_first=config.model.dropout == 0.0,
+                          precision=config.distill.train_draw)
       reg = d.kl_beta * r.kl - d.entropy_beta * r.entropy
       return (r.logp, reg), r
 
-    (logp, reg), vjp_fn, roll = jax.vjp(rollout, state.params, has_aux=True)
+    with jax.named_scope("student_rollout"):
+      (logp, reg), vjp_fn, roll = jax.vjp(rollout, state.params, has_aux=True)
     x_real, valid = real_rows(frozen, batch, k_real, n)
     alpha = schedule.alpha(tau)
     z_real = mdlm.q_xt(k_zr, x_real, alpha, mask_id)
@@ -298,16 +344,18 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
     m_real = (z_real == mask_id) * valid
     m_fake = (z_fake == mask_id).astype(jnp.float32)
     sigma = schedule.sigma(tau)
-    disc, d_metrics = discriminator_update(
-        state.aux["disc"], disc_net, d_tx, labels, (z_real, m_real, z_fake, m_fake, sigma), k_d,
-        d.label_smoothing, d.nan_to_num)
+    with jax.named_scope("discriminator_update"):
+      disc, d_metrics = discriminator_update(
+          state.aux["disc"], disc_net, d_tx, labels, (z_real, m_real, z_fake, m_fake, sigma),
+          k_d, d.label_smoothing, d.nan_to_num)
     rewards = sequence_rewards(disc_net(disc.params)(z_fake, sigma), m_fake, d.reward_clip)
     adv = group_advantages(rewards, G, d.advantage_clip)
     omega = time_weight(schedule, tau, d.omega_min, d.omega_max,
                         pi if d.importance_weight else None)
     coef = jax.lax.stop_gradient(omega * adv)
     pg = policy_gradient_loss(logp, omega, adv)
-    (grads,) = vjp_fn((-coef / n, jnp.ones_like(reg)))
+    with jax.named_scope("student_update"):
+      (grads,) = vjp_fn((-coef / n, jnp.ones_like(reg)))
     nonfinite = _nonfinite(grads)
     grads = _nan_to_num(grads) if d.nan_to_num else grads
     grad_norm = optax.tree.norm(grads)
@@ -323,7 +371,7 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
   def eval_step(params, frozen, batch, key):
     """The student's own validation NELBO under the teacher's loss (a denoising check)."""
     del frozen
-    return eval_sums(net(params), batch, key)
+    return proc.eval_sums(net(params), batch, key)
 
   def init_disc(teacher_params, key):
     return disc_lib.init_from_teacher(teacher_params, key, config.model.hidden_size)
@@ -332,31 +380,17 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
                    aux_txs={"disc": AuxNet(d_tx, init_disc, disc_abstract)})
 
 
-# ------------------------------------------------------------------ RGAS sampling
+def validate(config) -> None:
+  """tau's clamp must be an interval after t0."""
+  di = config.distill.didi
+  if not di.tau_min < di.tau_max:
+    raise ConfigError(f"config.distill.didi.tau_min: must be < tau_max, got {di.tau_min} >= "
+                      f"{di.tau_max}")
+  if not di.t0 < di.tau_min:
+    raise ConfigError(f"config.distill.didi.t0: the rollout ends after tau, must be < tau_min "
+                      f"({di.tau_min}), got {di.t0}")
 
 
-def make_rgas_sampler(config, graphdef, mask_id: int, *, num_steps: int, batch_size: int):
-  """(student_params, disc_params, key, prefix=None) -> rgas.RGASOutput, not jitted (the
-  sample.sampler="rgas" of evals/samples.make_sampler jits it): config.distill.didi.rgas_*
-  with sample.eps/precision/noise_removal; every network sees sigma(t) as in training. Trace
-  and run inside categorical.x64_scope(sample.precision)."""
-  from idlm_jax.data import tokenizers
-  from idlm_jax.diffusion import rgas
-  d, s = config.distill.didi, config.sample
-  schedule = get_schedule(config.diffusion.schedule, config.diffusion.eps)
-  vocab = tokenizers.get_tokenizer(config.data.tokenizer).model_vocab_size
-  disc_graphdef, _ = disc_network(config, vocab)
+SPEC = register(ObjectiveSpec("didi", make, "DiDi-Instruct", fields=FIELDS, validate=validate,
+                              teacher=True, algos=("mdlm",)))
 
-  def sample(student_params, disc_params, key, prefix=None):
-    student, disc = nnx.merge(graphdef, student_params), nnx.merge(disc_graphdef, disc_params)
-    log_probs_fn = lambda x, t: mdlm.subs_log_probs(student(x, schedule.sigma(t)), x, mask_id)
-    disc_fn = lambda z, t: disc(z, schedule.sigma(t))
-    return rgas.rgas(log_probs_fn, disc_fn, key, batch_size=batch_size,
-                     seq_len=config.data.seq_len, mask_id=mask_id, schedule=schedule,
-                     num_steps=num_steps, eps=s.eps, rerank_ratio=d.rgas_rerank_ratio,
-                     scale_start=d.rgas_scale_start, scale_end=d.rgas_scale_end,
-                     grad_clip=d.rgas_grad_clip, num_candidates=d.rgas_candidates,
-                     temperature=d.rgas_temperature, precision=s.precision,
-                     noise_removal=s.noise_removal, prefix=prefix)
-
-  return sample

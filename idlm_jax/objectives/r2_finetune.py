@@ -3,7 +3,7 @@ part 2; R2-dLLM's "redundancy-aware SFT", whose recipe is not public: reference/
 and §5.7; this design follows the reference's description and dParallel's certainty forcing).
 
 Data: trajectories recorded with the R2 rules and filtered by quality
-(benchmarks/r2_record_trajectories.py -> an .npz, diffusion/r2_trajectories.py), read by
+(benchmarks/r2_record_trajectories.py -> an .npz, data/trajectories.py), read by
 `get_datasets` in place of the training split (the validation split stays the real data).
 A row holds the final tokens x, commit steps s_i and committing rules r_i; the model starts as
 the teacher (config.distill.teacher; the objective is in DISTILLATION).
@@ -33,24 +33,54 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
-from idlm_jax.diffusion import mdlm, r2, r2_samplers, r2_trajectories
-from idlm_jax.diffusion.schedules import get_schedule
-from idlm_jax.objectives import Objective, diffusion
-from idlm_jax.train.state import apply_gradients
+from idlm_jax import fields as F
+from idlm_jax.data import trajectories as traj_data
+from idlm_jax.decoding import r2 as r2_sampler, r2_rules
+from idlm_jax.diffusion import mdlm
+from idlm_jax.fields import Check, ConfigError, Field
+from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
+from idlm_jax.objectives.state import apply_gradients
+
+FIELDS = {
+    "distill.r2ft.trajectories": Field(
+        "", 'objective "r2_finetune": the .npz of recorded R2 trajectories (replaces the training '
+        "split), recorded and filtered by benchmarks/r2_record_trajectories.py."),
+    "distill.r2ft.sharpen_weight": Field(1.0, "lambda: weight of the confidence-sharpening hinge "
+                                         "(0: NELBO only).",
+                                         check=F.non_negative_or_off("0: trajectory NELBO only")),
+    "distill.r2ft.sharpen_target": Field(0.95, "c*: the hinge max(0, log c* - log p) stops at "
+                                         "this confidence.",
+                                         check=Check(lambda v: 0 < v <= 1, "in (0, 1]")),
+    "distill.r2ft.horizon": Field(3, "h: sharpen tokens the rules committed within the next h "
+                                  "calls (R2's K).", check=F.at_least(1)),
+    "distill.r2ft.sharpen_rules": Field("threshold,confidence_cluster,token_cluster,temporal",
+                                        "the rules whose commits are sharpened.",
+                                        check=F.names_in(r2_rules.RULES, "")),
+    "distill.r2ft.masks": Field(
+        "trajectory", 'masks of the NELBO term: "trajectory" (the recorded x_k) or "random" (the '
+        "ablation: the same number of masks at uniformly random positions, i.e. MDLM masking of "
+        "the samples).", choices=("trajectory", "random")),
+    "distill.r2ft.keep_fraction": Field(0.25, "recording: keep this best fraction of the samples "
+                                        "by the filter.",
+                                        check=Check(lambda v: 0 < v <= 1, "in (0, 1]")),
+    "distill.r2ft.filter": Field("exact_nll", 'recording: "exact_nll" (synthetic_hmm) or "none".',
+                                 choices=("exact_nll", "none")),
+    "distill.r2ft.record_samples": Field(2048, "recording: trajectories drawn before filtering.",
+                                         check=F.at_least(1)),
+}
 
 
 def sharpen_rule_ids(text: str) -> tuple[int, ...]:
   """"threshold,temporal" -> their COUNTS indices (the rules whose commits are sharpened)."""
-  return tuple(r2_samplers.COUNTS.index(n) for n in r2.parse_rules(text))
+  return tuple(r2_sampler.COUNTS.index(n) for n in r2_rules.parse_rules(text))
 
 
 def sample_call(key: jax.Array, commit_step: jax.Array) -> jax.Array:
   """k ~ U{0, ..., K_b - 1} per row [B] (K_b = 1 + max_i s_i)."""
-  calls = r2_trajectories.num_calls(commit_step)
+  calls = traj_data.num_calls(commit_step)
   u = jax.random.uniform(key, calls.shape)
   return jnp.minimum(jnp.floor(u * calls), calls - 1).astype(jnp.int32)
 
@@ -108,7 +138,7 @@ def trajectory_sums(model, batch: dict, key: jax.Array, *, schedule, mask_id: in
     masked = random_masks(jax.random.fold_in(k_call, 1), steps, k)
     xk = jnp.where(masked, mask_id, x).astype(jnp.int32)
   else:
-    xk = r2_trajectories.state_at(x, steps, k, mask_id).astype(jnp.int32)
+    xk = traj_data.state_at(x, steps, k, mask_id).astype(jnp.int32)
   t = jnp.clip(((steps >= k[:, None]).sum(-1) / jnp.maximum((steps >= 0).sum(-1), 1)),
                schedule.eps, 1.0).astype(jnp.float32)  # the state's noise level ~ m_k
   logits = model(xk, schedule.sigma(t), dropout_key=k_drop if train else None)
@@ -117,17 +147,16 @@ def trajectory_sums(model, batch: dict, key: jax.Array, *, schedule, mask_id: in
                     target=target, masked=masked)
 
 
-def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
+def make(ctx: Context) -> Objective:
   """Train on recorded trajectories; validate with the MDLM NELBO on the real split."""
+  config = ctx.config
   r = config.distill.r2ft
-  f = config.diffusion
-  schedule = get_schedule(f.schedule, f.eps)
-  sums_fn = functools.partial(trajectory_sums, schedule=schedule, mask_id=mask_id,
-                              horizon=int(r.horizon), rule_ids=sharpen_rule_ids(r.sharpen_rules),
+  sums_fn = functools.partial(trajectory_sums, schedule=ctx.process.schedule,
+                              mask_id=ctx.mask_id, horizon=int(r.horizon),
+                              rule_ids=sharpen_rule_ids(r.sharpen_rules),
                               target=float(r.sharpen_target), train=True, masks=r.masks)
   lam = float(r.sharpen_weight)
-  _, eval_sums = diffusion.teacher_losses(config, mask_id)
-  ema = config.optim.ema
+  graphdef, tx, ema = ctx.graphdef, ctx.tx, config.optim.ema
 
   def loss_fn(params, batch, key):
     sums = sums_fn(nnx.merge(graphdef, params), batch, key)
@@ -136,7 +165,8 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
   def train_step(state, frozen, batch):
     del frozen  # the teacher is only the initial model
     key = jax.random.fold_in(state.key(), state.step)
-    (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+    with jax.named_scope("trajectory_loss"):
+      (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": s["tokens"],
                "traj_nelbo": s["nelbo_sum"] / jnp.maximum(s["tokens"], 1.0),
                "sharpen": s["sharpen_sum"] / jnp.maximum(s["early"], 1.0),
@@ -145,62 +175,31 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
 
   def eval_step(params, frozen, batch, key):
     del frozen
-    return eval_sums(nnx.merge(graphdef, params), batch, key)
+    return ctx.process.eval_sums(nnx.merge(graphdef, params), batch, key)
 
   return Objective(train_step=train_step, eval_step=eval_step)
 
 
-# ------------------------------------------------------------------ the data source
-
-
-class TrajectoryRows:
-  """Recorded trajectories as the rows of pipeline.TrainIterator (duck-typed TokenRows):
-  `gather` adds commit_step / commit_rule (int32 [n, L]) to input_ids / attention_mask."""
-
-  def __init__(self, traj: r2_trajectories.Trajectories, model_vocab_size: int):
-    self.traj, self.model_vocab_size = traj, model_vocab_size
-    self.rows, self.lengths = traj.tokens, None
-    import hashlib
-    h = hashlib.sha256()
-    for a in traj[:3]:
-      h.update(np.ascontiguousarray(a).tobytes())
-    self.fingerprint = h.hexdigest()[:32]
-
-  @property
-  def num_rows(self) -> int:
-    return len(self.rows)
-
-  @property
-  def seq_len(self) -> int:
-    return self.rows.shape[1]
-
-  def gather(self, index) -> dict:
-    index = np.asarray(index, np.int64)
-    return {"input_ids": self.traj.tokens[index], "commit_step": self.traj.commit_step[index],
-            "commit_rule": self.traj.commit_rule[index],
-            "attention_mask": np.ones((len(index), self.seq_len), np.int32)}
-
-  def token_counts(self, num_rows=None) -> np.ndarray:
-    rows = self.rows if num_rows is None else self.rows[:num_rows]
-    return np.bincount(rows.ravel(), minlength=self.model_vocab_size).astype(np.int64)
-
-
 def get_datasets(config, tokenizer, *, process_index: int = 0, process_count: int = 1):
   """(TrainIterator over the .npz of distill.r2ft.trajectories, the real validation split)."""
-  from idlm_jax import config as config_lib
-  from idlm_jax.data import pipeline
   if not config.distill.r2ft.trajectories:
-    raise config_lib.ConfigError("config.distill.r2ft.trajectories: give the .npz written by "
-                                 "benchmarks/r2_record_trajectories.py")
-  traj, _ = r2_trajectories.load(config.distill.r2ft.trajectories)
-  if traj.tokens.shape[1] != config.data.seq_len:
-    raise ValueError(f"distill.r2ft.trajectories: rows of length {traj.tokens.shape[1]}, "
-                     f"data.seq_len is {config.data.seq_len}")
-  where = dict(process_index=process_index, process_count=process_count)
-  train = pipeline.TrainIterator(TrajectoryRows(traj, tokenizer.model_vocab_size),
-                                 global_batch_size=config.train.global_batch_size,
-                                 seed=config.data.seed, shuffle=config.data.shuffle, **where)
-  val = pipeline.EvalSplit(pipeline.load_split(config.data, tokenizer, "validation"),
-                           batch_size=config.eval.batch_size,
-                           max_rows=int(config.data.max_val_rows), **where)
-  return train, val
+    raise ConfigError("config.distill.r2ft.trajectories: give the .npz written by "
+                      "benchmarks/r2_record_trajectories.py")
+  return traj_data.get_datasets(config.distill.r2ft.trajectories, config.data, tokenizer,
+                                global_batch_size=config.train.global_batch_size,
+                                eval_batch_size=config.eval.batch_size,
+                                process_index=process_index, process_count=process_count)
+
+
+def validate(config) -> None:
+  """The trajectory file is checked when the data load (get_datasets), so that configs
+  validate without one; the exact-NLL filter needs the synthetic source."""
+  r = config.distill.r2ft
+  if r.filter == "exact_nll" and config.data.source != "synthetic_hmm":
+    raise ConfigError("config.distill.r2ft.filter: 'exact_nll' needs data.source="
+                      f"'synthetic_hmm', got {config.data.source!r} (use 'none')")
+
+
+SPEC = register(ObjectiveSpec("r2_finetune", make, "fine-tuning on R2 trajectories",
+                              fields=FIELDS, validate=validate, teacher=True, algos=("mdlm",),
+                              data=get_datasets))

@@ -29,11 +29,36 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from idlm_jax import fields as F
 from idlm_jax.diffusion import categorical, mdlm
-from idlm_jax.diffusion.samplers import masked_posterior_logits
-from idlm_jax.diffusion.schedules import get_schedule, sample_t
-from idlm_jax.objectives import Objective, diffusion, progressive, teachers
-from idlm_jax.train.state import apply_gradients
+from idlm_jax.diffusion.mdlm import masked_posterior_logits
+from idlm_jax.diffusion.processes import valid_weights
+from idlm_jax.diffusion.schedules import sample_t
+from idlm_jax.fields import ConfigError, Field
+from idlm_jax.objectives import progressive
+from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
+from idlm_jax.objectives.state import apply_gradients
+
+FIELDS = {
+    "distill.sdtt.divergence": Field(
+        "kl-bwd", 'objective "sdtt" (self-distillation through time of an MDLM teacher, '
+        "teachers.md §6; rounds grow the step size, the teacher re-copied from the student at "
+        'each round boundary): divergence on masked tokens, "kl-bwd" (KL(student || teacher), '
+        'the reference default), "kl-fwd", "mse" (squared log-prob difference) or "tvd" (total '
+        "variation).", choices=progressive.DIVERGENCES),
+    "distill.sdtt.num_distill_steps": Field(2, "n: teacher ancestral steps matched by one "
+                                            "student step.", check=F.at_least(2)),
+    "distill.sdtt.orig_steps": Field(1024, "round 0: teacher step (1 - sample.eps) / orig_steps.",
+                                     check=F.at_least(1)),
+    "distill.sdtt.round_steps": Field(10_000, "train steps per round (the teacher step grows "
+                                      "n-fold each round).", check=F.at_least(1)),
+    "distill.sdtt.num_rounds": Field(7, "rounds; the last student samples with orig_steps / "
+                                     "n^num_rounds steps.", check=F.at_least(1)),
+    "distill.sdtt.use_ema_on_growth": Field(False, "True: the EMA becomes teacher and student at "
+                                            "each round."),
+    "distill.sdtt.loss_precision": Field("float32", '"float32" or "float64" (x64 inside the loss '
+                                         "only).", choices=("float32", "float64")),
+}
 
 TEACHER_PRECISION = "exact32"  # the teacher's ancestral draws: exact tails without x64
 
@@ -93,25 +118,22 @@ def sdtt_loss(net, student_params, teacher_params, batch: dict, key: jax.Array, 
   target = teacher_targets(teacher_fn, k_teacher, xt, t, dt, schedule=schedule,
                            num_steps=num_steps, mask_id=mask_id, t_min=t_min)
   logits = net(student_params)(xt, schedule.sigma(t), dropout_key=k_drop)
-  weights = teachers.valid_weights(batch) * (xt == mask_id)
+  weights = valid_weights(batch) * (xt == mask_id)
   return progressive.mean_divergence(subs_log_probs(logits, xt, mask_id), target, weights,
                                      kind, precision)
 
 
-def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
+def make(ctx: Context) -> Objective:
   """Pure SDTT step: re-copy the round teacher at round boundaries, then one student update."""
-  s = config.distill.sdtt
-  f = config.diffusion
-  if f.algo != "mdlm":
-    raise ValueError(f"sdtt: distils MDLM teachers, got diffusion.algo={f.algo!r}")
-  schedule = get_schedule(f.schedule, f.eps)
+  config = ctx.config
+  s, f = config.distill.sdtt, config.diffusion
+  schedule, mask_id, tx = ctx.process.schedule, ctx.mask_id, ctx.tx
   t_min = config.sample.eps
   ema = config.optim.ema
-  net = functools.partial(nnx.merge, graphdef)
+  net = functools.partial(nnx.merge, ctx.graphdef)
   loss_fn = functools.partial(sdtt_loss, net, schedule=schedule, mask_id=mask_id, t_min=t_min,
                               num_steps=s.num_distill_steps, antithetic=f.antithetic,
                               kind=s.divergence, precision=s.loss_precision)
-  _, eval_sums = diffusion.teacher_losses(config, mask_id)
   source = "ema_params" if s.use_ema_on_growth else "params"
 
   def train_step(state, frozen, batch):
@@ -122,8 +144,9 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
     r = progressive.round_index(state.step, s.round_steps, s.num_rounds)
     dt = teacher_dt(r, s.orig_steps, s.num_distill_steps, t_min)
     teacher = state.aux[progressive.ROUND_TEACHER]
-    (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, teacher.params, batch, key, dt)
+    with jax.named_scope("sdtt_loss"):
+      (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, teacher.params, batch, key, dt)
     state = apply_gradients(state, grads, tx, ema)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
                "round": r.astype(jnp.float32), "student_dt": s.num_distill_steps * dt}
@@ -132,7 +155,20 @@ def make_objective(config, graphdef, tx, mask_id: int) -> Objective:
   def eval_step(params, frozen, batch, key):
     """The student's own validation NELBO under the teacher's loss (a denoising check)."""
     del frozen
-    return eval_sums(net(params), batch, key)
+    return ctx.process.eval_sums(net(params), batch, key)
 
   return Objective(train_step=train_step, eval_step=eval_step,
                    aux_txs={progressive.ROUND_TEACHER: progressive.ROUND_TEACHER_TX})
+
+
+def validate(config) -> None:
+  """The rounds must keep a whole number of student steps."""
+  s = config.distill.sdtt
+  if s.orig_steps % s.num_distill_steps ** s.num_rounds:
+    raise ConfigError(f"config.distill.sdtt.num_rounds: {s.num_rounds} rounds of "
+                      f"{s.num_distill_steps}x leave no whole number of student steps from "
+                      f"orig_steps={s.orig_steps}")
+
+
+SPEC = register(ObjectiveSpec("sdtt", make, "SDTT (baseline)", fields=FIELDS, validate=validate,
+                              teacher=True, algos=("mdlm",)))

@@ -6,15 +6,14 @@ parallel.strategy = "pjit" (default): the train step runs under `jax.jit` with N
 parallel.strategy = "pmap": pure data parallelism with explicit collectives. The mesh puts every
   device on 'data' (shape (n, 1, 1)), so the state is replicated; the same train step runs per
   device on its rows of the batch (`pmap_train_step`), with the gradients averaged by
-  `lax.pmean` inside `state.apply_gradients` (the `gradient_reduction` hook) and the metrics
-  averaged after the step. It is written with `jax.shard_map`, which is what `jax.pmap` itself
-  has been built on since JAX 0.8: the replicated state is an ordinary global array (no leading
-  device axis to replicate and unreplicate), so checkpoints are the same TrainState under both
-  strategies and restore into either.
+  `lax.pmean` inside `objectives.state.apply_gradients` (its `gradient_reduction` hook)
+  and the metrics averaged after the step. It is written with `jax.shard_map`, which is what
+  `jax.pmap` itself has been built on since JAX 0.8: the replicated state is an ordinary global
+  array (no leading device axis to replicate and unreplicate), so checkpoints are the same
+  TrainState under both strategies and restore into either.
 """
 
 import contextlib
-import contextvars
 import math
 from typing import Any, Callable, Sequence
 
@@ -22,6 +21,29 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from idlm_jax.fields import ConfigError, Field
+from idlm_jax.objectives import state as state_lib
+
+FIELDS = {
+    "parallel.strategy": Field(
+        "pjit", '"pjit": jit with NamedSharding over the mesh (FSDP/tensor parallel); "pmap": '
+        "replicated state on an (n, 1, 1) mesh, the step per device with an explicit gradient "
+        "pmean (ici_mesh/dcn_mesh ignored).", choices=("pjit", "pmap")),
+    "parallel.ici_mesh": Field((1, -1, 1), "mesh sizes over ('data', 'fsdp', 'tensor') within a "
+                               "slice (ICI); -1 is filled with the remaining devices."),
+    "parallel.dcn_mesh": Field((-1, 1, 1), "mesh sizes over ('data', 'fsdp', 'tensor') across "
+                               "slices (DCN); -1 is filled with the remaining slices."),
+}
+
+
+def validate(config) -> None:
+  for key in ("ici_mesh", "dcn_mesh"):
+    mesh = config.parallel[key]
+    if len(mesh) != 3 or list(mesh).count(-1) > 1 or any(s == 0 or s < -1 for s in mesh):
+      raise ConfigError(f"config.parallel.{key}: needs 3 sizes for ('data', 'fsdp', 'tensor'), "
+                        f"each >= 1 or one -1 (fill), got {mesh!r}")
+
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over data and fsdp
@@ -166,31 +188,6 @@ def to_host(tree):
 
 # ------------------------------------------------------------------ the pmap strategy
 
-_GRAD_REDUCTION: contextvars.ContextVar = contextvars.ContextVar("grad_reduction", default=None)
-
-
-@contextlib.contextmanager
-def gradient_reduction(reduce: Callable[[Any], Any]):
-  """While a step is traced inside this context, `reduce_gradients` applies `reduce`.
-
-  `state.apply_gradients` calls `reduce_gradients` on every gradient tree before the
-  optimizer, so every objective that updates its networks through it (all of them) gets the
-  pmap strategy's `lax.pmean` without knowing about it.
-  """
-  token = _GRAD_REDUCTION.set(reduce)
-  try:
-    yield
-  finally:
-    _GRAD_REDUCTION.reset(token)
-
-
-def reduce_gradients(grads):
-  """The gradients as the optimizer must see them: averaged over devices under the pmap
-  strategy (inside `gradient_reduction`), unchanged otherwise (pjit reduces implicitly)."""
-  reduce = _GRAD_REDUCTION.get()
-  return grads if reduce is None else reduce(grads)
-
-
 def reduce_metrics(metrics: dict, axes) -> dict:
   """Per-device step metrics -> global ones: counts named `tokens` are summed, the rest
   (per-device means: loss, gradient norms) averaged."""
@@ -222,7 +219,7 @@ def pmap_train_step(train_step: Callable, mesh: Mesh, device_keys: bool = True) 
       key = jax.random.fold_in(state.key(), jax.lax.axis_index(axes))
       state = state.replace(rng=jax.random.key_data(key))
     # per-device code: no activation sharding constraints (the mesh axes are manual here)
-    with gradient_reduction(lambda grads: jax.lax.pmean(grads, axes)), \
+    with state_lib.gradient_reduction(lambda grads: jax.lax.pmean(grads, axes)), \
         nnx.logical_axis_rules(()):
       state, metrics = train_step(state, frozen, batch)
     return state.replace(rng=rng), reduce_metrics(metrics, axes)

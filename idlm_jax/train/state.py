@@ -1,78 +1,14 @@
-"""The train state pytree, the optimizer, EMA and sharded state creation."""
+"""Creating the sharded TrainState (objectives/state.py defines it) and its shardings."""
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from idlm_jax.objectives.state import AuxNet, NetState, TrainState, init_net
 from idlm_jax.train import parallel
-
-
-@flax.struct.dataclass
-class NetState:
-  """An extra trained network of an objective (IDLM's fake model, DiDi's discriminator)."""
-
-  step: jax.Array  # int32 [], this network's optimizer steps (its EMA warm-up counter)
-  params: Any
-  opt_state: Any
-  ema_params: Any
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training; model structure and optimizer stay outside.
-
-  The top-level params are THE model: the teacher being pretrained, or the student being
-  distilled (so evaluation, sampling and `restore_params` read every run alike). `aux` holds
-  the other networks an objective trains, by name ({} for teacher pretraining).
-  """
-
-  step: jax.Array  # int32 [], optimizer steps taken
-  params: Any  # pure dict of float32 arrays (nnx.to_pure_dict of the model's Params)
-  opt_state: Any
-  ema_params: Any  # EMA of params (same tree; equals params when EMA is off)
-  rng: jax.Array  # uint32 raw key data; step keys are fold_in(key, step)
-  aux: dict = flax.struct.field(default_factory=dict)  # name -> NetState
-
-  def key(self) -> jax.Array:
-    return jax.random.wrap_key_data(self.rng)
-
-
-def learning_rate(optim_cfg, total_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 over warmup_steps, then constant (MDLM), or a cosine or linear
-  (DiDi-Instruct's reference) decay from lr to final_lr_fraction * lr at total_steps."""
-  lr, warm = optim_cfg.lr, optim_cfg.warmup_steps
-  decay_steps, final = max(total_steps - warm, 1), optim_cfg.final_lr_fraction
-  if optim_cfg.decay == "constant":
-    after = optax.constant_schedule(lr)
-  elif optim_cfg.decay == "linear":
-    after = optax.linear_schedule(lr, final * lr, decay_steps)
-  else:
-    after = optax.cosine_decay_schedule(lr, decay_steps, final)
-  if warm == 0:
-    return after
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
-
-
-def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
-  """AdamW with global-norm clipping (MDLM: lr 3e-4, betas (0.9, 0.999), clip 1.0)."""
-  adamw = optax.adamw(learning_rate(optim_cfg, total_steps), b1=optim_cfg.b1, b2=optim_cfg.b2,
-                      eps=optim_cfg.adam_eps, weight_decay=optim_cfg.weight_decay)
-  if optim_cfg.grad_clip > 0:
-    return optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), adamw)
-  return adamw
-
-
-def ema_update(ema, params, step: jax.Array, decay: float):
-  """EMA with warm-up decay min(decay, (1 + n) / (10 + n)), n = updates so far (MDLM ema.py)."""
-  if decay == 0:
-    return params
-  n = step.astype(jnp.float32)
-  d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
-  return jax.tree.map(lambda e, p: e * d + (1.0 - d) * p, ema, params)
 
 
 def split_params(model: nnx.Module):
@@ -88,28 +24,11 @@ def abstract_model(build_model: Callable[[nnx.Rngs], nnx.Module], seed: int):
   return nnx.split(model, nnx.Param)
 
 
-class AuxNet(NamedTuple):
-  """An objective's extra network whose params differ from the model's (DiDi's discriminator):
-  an `aux_txs` value in place of a bare optimizer. init(source_params, key) -> its params
-  (source: the model's initial params, i.e. the teacher's in distillation); abstract: its
-  nnx.State of abstract Params (for the shardings)."""
-
-  tx: optax.GradientTransformation
-  init: Callable
-  abstract: nnx.State
-
-
 def _aux_net(spec, params, key) -> NetState:
   """The NetState of one aux_txs entry: a copy of `params`, or an AuxNet's own init."""
   if isinstance(spec, AuxNet):
     return init_net(spec.init(params, key), spec.tx)
   return init_net(params, spec)
-
-
-def init_net(params, tx: optax.GradientTransformation) -> NetState:
-  """A fresh NetState starting at `params` (its EMA starts there too)."""
-  return NetState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                  ema_params=params)
 
 
 def create_state(build_model: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
@@ -170,16 +89,3 @@ def abstract_state(state: TrainState, shardings: TrainState) -> TrainState:
   """ShapeDtypeStructs with shardings, the restore target for checkpoints."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
                       shardings)
-
-
-def apply_gradients(state, grads, tx: optax.GradientTransformation, ema_decay: float):
-  """One optimizer step plus the EMA update; increments `step` (a TrainState or a NetState).
-
-  The gradients first go through `parallel.reduce_gradients`: the identity under pjit, the
-  device `lax.pmean` of the pmap strategy (so every objective gets it without knowing).
-  """
-  grads = parallel.reduce_gradients(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  ema = ema_update(state.ema_params, params, state.step, ema_decay)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)

@@ -3,14 +3,12 @@
 `distill.teacher` is a workdir (or its checkpoints/ folder) of a teacher run or of
 `python -m idlm_jax.convert`, an exported folder (params.npz + teacher.json, see `export`), or
 "demo": the small MDLM shipped in idlm_jax/assets/demo_teacher (configs/demo_teacher.py).
-
-python -m idlm_jax.train.teacher <teacher workdir> <out folder>   # export the EMA weights
+Exported folders are written by `python -m idlm_jax.export teacher <workdir> <out folder>`.
 """
 
 import json
 import logging
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,12 +17,24 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from idlm_jax import config as config_lib
+from idlm_jax import models
+from idlm_jax.fields import ConfigError, Field
 from idlm_jax.train import checkpoint, parallel
 
 log = logging.getLogger("idlm_jax")
 
 DEMO = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_teacher"
+FIELDS = {
+    "distill.teacher": Field(
+        "", "the frozen teacher of a distillation objective: a workdir (or its checkpoints/ "
+        "folder) of a teacher run or of `python -m idlm_jax.convert`, an exported folder "
+        '(params.npz + teacher.json), "demo" (the small MDLM shipped in idlm_jax/assets) or '
+        '"scratch:<config spec>" (train that teacher into <workdir>/teacher first). The student '
+        "and the objective's other networks start as copies of it; config.model/diffusion/data "
+        "must describe it (its algo, size and tokenizer)."),
+    "distill.teacher_step": Field(-1, "checkpoint step to load (-1: the latest)."),
+    "distill.teacher_ema": Field(True, "load the teacher's EMA weights (False: its raw params)."),
+}
 MODEL_FIELDS = ("name", "hidden_size", "n_blocks", "n_heads", "cond_dim", "mlp_ratio",
                 "time_conditioning")
 
@@ -53,7 +63,7 @@ def _check_meta(config, meta: dict, where) -> None:
     log.warning("teacher %s was trained with tokenizer %r, this run uses %r: make sure they "
                 "are the same vocabulary", where, tok, config.data.tokenizer)
   if diffs:
-    raise config_lib.ConfigError(f"config.distill.teacher: {where} does not match this config: "
+    raise ConfigError(f"config.distill.teacher: {where} does not match this config: "
                                  + "; ".join(diffs))
 
 
@@ -72,7 +82,6 @@ def fit_vocab(x, shape, vocab_size: int, name: str = ""):
 
 def _abstract_as_stored(config, vocab_size: int, pad_multiple: int):
   """Abstract params of config.model with the teacher's model.vocab_pad_multiple."""
-  from idlm_jax import models
   m = ml_collections.ConfigDict(config.model.to_dict())
   m.vocab_pad_multiple = pad_multiple
   model = nnx.eval_shape(lambda: models.build_model(m, vocab_size, nnx.Rngs(params=0)))
@@ -122,22 +131,22 @@ def load(config, abstract_params: nnx.State, mesh, vocab_size: int):
   return params
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
   out = {}
   for k, v in tree.items():
     name = f"{prefix}{k}"
-    out.update(_flatten(v, name + "/") if isinstance(v, dict) else {name: np.asarray(v)})
+    out.update(flatten(v, name + "/") if isinstance(v, dict) else {name: np.asarray(v)})
   return out
 
 
 def _unflatten(flat: dict, target, where, vocab_size: int):
   """`flat` ({"a/b/c": array}) in the structure of `target`, with every shape checked."""
-  names = _flatten(jax.tree.map(lambda x: np.zeros(0), target))
+  names = flatten(jax.tree.map(lambda x: np.zeros(0), target))
   missing, extra = sorted(set(names) - set(flat)), sorted(set(flat) - set(names))
   if missing or extra:
     raise ValueError(f"teacher {where}: parameter names differ from the model "
                      f"(missing {missing[:5]}, unexpected {extra[:5]})")
-  want = _flatten(jax.tree.map(lambda x: np.zeros(x.shape, np.int8), target))
+  want = flatten(jax.tree.map(lambda x: np.zeros(x.shape, np.int8), target))
 
   def build(tree, prefix=""):
     out = {}
@@ -151,40 +160,3 @@ def _unflatten(flat: dict, target, where, vocab_size: int):
     return out
 
   return build(target)
-
-
-def export(workdir, out, use_ema: bool = True) -> epath.Path:
-  """Write <out>/params.npz (the EMA params, float32) and <out>/teacher.json (its config)."""
-  from idlm_jax.train import loop  # the teacher's own run, rebuilt in sample mode (no data)
-  workdir, out = checkpoint.as_path(workdir), checkpoint.as_path(out)
-  saved = json.loads((workdir / "config.json").read_text())  # written by loop.run
-  cfg = config_lib.base_config()
-  known = _flat_cfg(cfg.to_dict())
-  cfg.update_from_flattened_dict({k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in _flat_cfg(saved).items() if k in known})
-  cfg.mode = "sample"
-  run = loop.build(cfg, workdir)
-  step = loop.restore_latest(run)
-  params = run.state.ema_params if use_ema else run.state.params
-  out.mkdir(parents=True, exist_ok=True)
-  with (out / "params.npz").open("wb") as f:
-    np.savez(f, **_flatten(parallel.to_host(params)))
-  meta = {"step": step, "source": str(workdir), "tokenizer": cfg.data.tokenizer,
-          "config": json.loads(cfg.to_json_best_effort()), "ema": use_ema}
-  (out / "teacher.json").write_text(json.dumps(meta, indent=2) + "\n")
-  run.ckpt.close()
-  return out
-
-
-def _flat_cfg(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    out.update(_flat_cfg(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
-if __name__ == "__main__":
-  if len(sys.argv) != 3:
-    sys.exit("usage: python -m idlm_jax.train.teacher <teacher workdir> <out folder>")
-  logging.basicConfig(level=logging.INFO)
-  print(export(sys.argv[1], sys.argv[2]))

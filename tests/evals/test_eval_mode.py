@@ -9,6 +9,7 @@ import pytest
 
 from idlm_jax import config as config_lib
 from idlm_jax.evals import genppl
+from idlm_jax import export, main
 from idlm_jax.train import loop
 
 COMMON = ["ckpt.async_save=False", "log.tensorboard=False", "train.steps=2", "data.seq_len=16",
@@ -24,10 +25,10 @@ def _cfg(spec, tmp_path, *extra):
 def evaluator_dir(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("ar")
   cfg = _cfg("configs/ar_embedded.py:smoke", tmp, "model.n_positions=32")
-  run = loop.run(cfg, tmp / "run", devices=jax.devices()[:1])
+  run = main.run(cfg, tmp / "run", devices=jax.devices()[:1])
   assert np.isfinite(run.results["val"]["nelbo"])
   assert "samples" not in run.results  # an AR run has no diffusion sampler
-  card = genppl.export_checkpoint(cfg, str(tmp / "run"), str(tmp / "eval"), "test")
+  card = export.export_evaluator(cfg, str(tmp / "run"), str(tmp / "eval"), "test")
   assert card["val_ppl"] == pytest.approx(run.results["val"]["ppl"], rel=1e-5)
   return tmp / "eval"
 
@@ -50,11 +51,11 @@ def test_exported_evaluator_scores_gen_ppl(evaluator_dir):
 
 def test_eval_samplers_mode_with_gen_ppl(evaluator_dir, tmp_path):
   work = tmp_path / "mdlm"
-  loop.run(_cfg("configs/demo_teacher.py:smoke", tmp_path), work, devices=jax.devices()[:1])
+  main.run(_cfg("configs/demo_teacher.py:smoke", tmp_path), work, devices=jax.devices()[:1])
   cfg = _cfg("configs/demo_teacher.py:smoke", tmp_path, "mode='eval_samplers'",
              f"eval.evaluator='{evaluator_dir}'", "eval.num_samples=8",
              "eval.sampling_steps='2,4'")
-  run = loop.run(cfg, work, devices=jax.devices()[:1])
+  run = main.run(cfg, work, devices=jax.devices()[:1])
   res = json.loads((work / "eval_samplers" / "results.json").read_text())
   assert [r["steps"] for r in res["rows"]] == [2, 4]
   for r in res["rows"]:
@@ -70,11 +71,11 @@ def test_eval_samplers_on_synthetic_source(tmp_path):
   work = tmp_path / "syn"
   cfg = _cfg("configs/synthetic_mdlm.py:smoke", tmp_path, "data.synthetic.num_train_docs=200",
              "data.synthetic.num_val_docs=16", "data.synthetic.num_states=16")
-  loop.run(cfg, work, devices=jax.devices()[:1])
+  main.run(cfg, work, devices=jax.devices()[:1])
   cfg = _cfg("configs/synthetic_mdlm.py:smoke", tmp_path, "data.synthetic.num_train_docs=200",
              "data.synthetic.num_val_docs=16", "data.synthetic.num_states=16",
              "mode='eval_samplers'", "eval.num_samples=8", "eval.sampling_steps='2'")
-  res = loop.run(cfg, work, devices=jax.devices()[:1]).results["eval_samplers"]
+  res = main.run(cfg, work, devices=jax.devices()[:1]).results["eval_samplers"]
   row = res["rows"][0]
   assert 0 <= row["valid_fraction"] <= 1 and "gen_ppl" not in row
   assert res["header"]["source_entropy_per_token"] > 0

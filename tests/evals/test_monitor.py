@@ -1,13 +1,16 @@
 """The distillation monitor's entropy floor and best-checkpoint rule (evals/monitor.py), and
-teacher export/loading with vocabulary padding (train/teacher.py)."""
+teacher export (idlm_jax/export.py) and loading with vocabulary padding (train/teacher.py)."""
 
 import jax
 import numpy as np
 import pytest
 
 from idlm_jax import config as config_lib
+from idlm_jax import models
+from idlm_jax.data import tokenizers
+from idlm_jax import export
 from idlm_jax.evals import monitor
-from idlm_jax.train import loop, teacher
+from idlm_jax.train import loop, parallel, state as state_lib, teacher
 
 
 def _cfg(**distill):
@@ -59,12 +62,9 @@ def test_export_then_load_as_teacher_with_other_padding(tmp_path):
   loop.save(run, 0, force=True)  # the initial state is a valid checkpoint (no step compiled)
   run.ckpt.wait()
   (tmp_path / "t" / "config.json").write_text(cfg.to_json_best_effort())
-  out = teacher.export(tmp_path / "t", tmp_path / "exported")
+  out = export.export_teacher(tmp_path / "t", tmp_path / "exported")
   dcfg = config_lib.load_config("configs/demo.py:smoke", [
       f"distill.teacher='{out}'", "model.vocab_pad_multiple=0", "mode='sample'"])
-  from idlm_jax import models
-  from idlm_jax.data import tokenizers
-  from idlm_jax.train import parallel, state as state_lib
   tok = tokenizers.get_tokenizer(dcfg.data.tokenizer)
   _, abstract = state_lib.abstract_model(
       lambda r: models.build_model(dcfg.model, tok.model_vocab_size, r), 0)

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from idlm_jax.evals import ngram, synthetic
+from idlm_jax.data import synthetic
+from idlm_jax.evals import ngram
 
 
 def brute_force_marginals(hmm, length, max_n):

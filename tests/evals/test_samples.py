@@ -7,9 +7,10 @@ import pytest
 from flax import nnx
 
 from idlm_jax import config as config_lib
-from idlm_jax import models
-from idlm_jax.diffusion import categorical
+from idlm_jax import decoding, models
+from idlm_jax.diffusion import categorical, processes
 from idlm_jax.evals import samples
+from idlm_jax.objectives import state as objective_state
 from idlm_jax.train import parallel, state as state_lib
 
 MASK = 3  # demo-bpe-2048's [MASK]
@@ -23,6 +24,10 @@ def _tiny():
   # randomise the zero-initialised output layer so the samples depend on the input
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape), params)
   return cfg, graphdef, params
+
+
+def _proc(cfg):
+  return processes.get(cfg, vocab_size=2048, mask_id=MASK)
 
 
 def test_forward_is_unchanged_under_x64_scope():
@@ -50,11 +55,11 @@ def test_generate_gives_clean_tokens_and_counts_nfe(precision):
       return [" ".join(map(str, row)) for row in ids]
 
   mesh = parallel.make_mesh(cfg.parallel, jax.devices()[:1])
-  out = samples.generate(cfg, graphdef, params, Tok, mesh, seed=0)
+  out = samples.generate(cfg, _proc(cfg), graphdef, params, Tok, mesh, seed=0)
   assert out["tokens"].shape == (4, cfg.data.seq_len)
   assert not np.any(out["tokens"] == MASK)
   assert 1 <= out["nfe"] <= cfg.sample.steps + 1
-  again = samples.generate(cfg, graphdef, params, Tok, mesh, seed=0)
+  again = samples.generate(cfg, _proc(cfg), graphdef, params, Tok, mesh, seed=0)
   np.testing.assert_array_equal(out["tokens"], again["tokens"])  # fixed seed, same samples
 
 
@@ -65,7 +70,7 @@ def test_mdlm_model_through_score_samplers(sampler):
   cfg.sample.sampler = sampler
   mesh = parallel.make_mesh(cfg.parallel, jax.devices()[:1])
   prompts = ["5 6"] if sampler == "analytic" else None  # prompts clamp here too (issue #8)
-  out = samples.generate(cfg, graphdef, params, _PromptTok, mesh, seed=0, prefix_texts=prompts)
+  out = samples.generate(cfg, _proc(cfg), graphdef, params, _PromptTok, mesh, seed=0, prefix_texts=prompts)
   assert out["tokens"].shape == (4, cfg.data.seq_len)
   assert not np.any(out["tokens"] == MASK) and out["nfe"] == cfg.sample.steps + 1
   if prompts:
@@ -87,12 +92,12 @@ class _PromptTok:
 
 def test_r2_sampler_dispatch_with_prompts():
   """sample.sampler = "r2" builds `mdlm_r2` on the DiT (traced, not compiled: the sampler's
-  values are tested in tests/diffusion/test_r2.py; prompts through `generate` above)."""
+  values are tested in tests/decoding/test_r2.py; prompts through `generate` above)."""
   cfg, graphdef, params = _tiny()
   cfg.sample.sampler = "r2"
   cfg.sample.r2.rules = "threshold,confidence_cluster,token_cluster,temporal"
   config_lib.validate(cfg)
-  sampler = samples.make_sampler(cfg, graphdef, MASK, num_steps=4, batch_size=4)
+  sampler = decoding.make_sampler(cfg, _proc(cfg), graphdef, num_steps=4, batch_size=4)
   prefix = samples.prompt_prefix(_PromptTok, ["5 6 7", "9"], 4, cfg.data.seq_len)
   with categorical.x64_scope(cfg.sample.precision):
     out = jax.eval_shape(sampler, params, jax.random.key(0), prefix)
@@ -137,7 +142,7 @@ def test_rgas_sampler_reads_the_discriminator_and_counts_its_calls():
   disc = disc_lib.init_from_teacher(params, jax.random.key(2), cfg.model.hidden_size)
 
   class State:  # the slice of a TrainState that sampler_aux reads
-    aux = {"disc": state_lib.NetState(step=0, params=disc, opt_state=None, ema_params=disc)}
+    aux = {"disc": objective_state.NetState(step=0, params=disc, opt_state=None, ema_params=disc)}
 
   class Tok:
     mask_id = MASK
@@ -147,13 +152,13 @@ def test_rgas_sampler_reads_the_discriminator_and_counts_its_calls():
       return [" ".join(map(str, row)) for row in ids]
 
   mesh = parallel.make_mesh(cfg.parallel, jax.devices()[:1])
-  aux = samples.sampler_aux(cfg, State)
-  out = samples.generate(cfg, graphdef, params, Tok, mesh, seed=0, aux=aux)
+  aux = decoding.sampler_aux(cfg, State)
+  out = samples.generate(cfg, _proc(cfg), graphdef, params, Tok, mesh, seed=0, aux=aux)
   assert out["tokens"].shape == (4, cfg.data.seq_len) and not np.any(out["tokens"] == MASK)
   # 4 steps, rerank ratio 0.5: 2 tilt steps (forward + backward) and 2 x 3 re-rank forwards
   assert (out["nfe"], out["disc_forwards"], out["disc_grads"]) == (5.0, 8.0, 2.0)
   with pytest.raises(ValueError, match="discriminator"):
-    samples.generate(cfg, graphdef, params, Tok, mesh, seed=0)  # no aux
+    samples.generate(cfg, _proc(cfg), graphdef, params, Tok, mesh, seed=0)  # no aux
 
 
 def test_rgas_needs_a_didi_run():
@@ -164,8 +169,8 @@ def test_rgas_needs_a_didi_run():
                                                      "eval.samplers='ancestral,rgas'"])
   cfg = config_lib.load_config("configs/didi_mdlm_owt.py:smoke", ["distill.teacher='x'",
                                                                   "sample.sampler=rgas"])
-  assert samples.sampler_aux(config_lib.load_config("configs/didi_mdlm_owt.py:smoke", [
+  assert decoding.sampler_aux(config_lib.load_config("configs/didi_mdlm_owt.py:smoke", [
       "distill.teacher='x'"]), None) is None  # other samplers read the model only
   cfg.objective = "idlm"  # as a config built in code, past validation
   with pytest.raises(config_lib.ConfigError, match="rgas"):
-    samples.make_sampler(cfg, None, MASK, num_steps=4, batch_size=4)
+    decoding.make_sampler(cfg, None, None, num_steps=4, batch_size=4)

@@ -12,7 +12,7 @@ from idlm_jax import config as config_lib
 from idlm_jax.diffusion import mdlm
 from idlm_jax.diffusion.schedules import get_schedule
 from idlm_jax.models import DIT
-from idlm_jax.objectives import diffusion
+from idlm_jax.diffusion.processes import MDLM
 
 from tests.models.test_dit import TINY, inputs, make, randomize
 
@@ -22,8 +22,8 @@ SCHEDULE = get_schedule("loglinear", 1e-3)
 
 def _nelbo(model, batch, key, chunk: int) -> jax.Array:
   """Per-token MDLM NELBO of one batch (train mode), as the teacher objective computes it."""
-  sums = diffusion.mdlm_nelbo_sums(model, batch, key, schedule=SCHEDULE, mask_id=MASK,
-                                   antithetic=True, train=True, loss_chunk=chunk)
+  proc = MDLM(SCHEDULE, mask_id=MASK, vocab_size=MASK + 1, antithetic=True, loss_chunk=chunk)
+  sums = proc.loss_sums(model, batch, key, train=True)
   return sums["nelbo_sum"] / sums["tokens"]
 
 
@@ -81,9 +81,9 @@ def _step_temp_bytes(chunk: int, vocab: int = 8192, L: int = 256, B: int = 4) ->
            "attention_mask": jnp.ones((B, L), jnp.int32)}
 
   def step(p, batch, key):
-    loss = lambda p: diffusion.mdlm_nelbo_sums(
-        nnx.merge(graphdef, p), batch, key, schedule=SCHEDULE, mask_id=vocab - 1,
-        antithetic=True, train=True, loss_chunk=chunk)["nelbo_sum"]
+    proc = MDLM(SCHEDULE, mask_id=vocab - 1, vocab_size=vocab, antithetic=True,
+                loss_chunk=chunk)
+    loss = lambda p: proc.loss_sums(nnx.merge(graphdef, p), batch, key, train=True)["nelbo_sum"]
     value, grads = jax.value_and_grad(loss)(p)
     return jax.tree.map(lambda a, g: a - 1e-3 * g, p, grads), value
 

@@ -26,6 +26,7 @@ from idlm_jax import convert as convert_cli
 from idlm_jax import models
 from idlm_jax.models import convert as conv
 from idlm_jax.models import torch_pickle
+from idlm_jax import main
 from idlm_jax.train import loop
 from tests.models.test_dit import np_ddit, randomize
 
@@ -428,7 +429,7 @@ def test_convert_then_eval(tmp_path, weights):
   with pytest.raises(FileExistsError, match="already holds checkpoints"):
     convert_cli.convert_to_workdir(cfg, str(folder), work)
 
-  run = loop.run(_config(tmp_path, "mode='eval'", "data.max_train_docs=300",
+  run = main.run(_config(tmp_path, "mode='eval'", "data.max_train_docs=300",
                          "data.max_val_rows=16"), work, devices=jax.devices()[:1])
   assert np.isfinite(run.results["val"]["nelbo"])
   assert int(run.state.step) == 0 and run.train_iter is None  # eval reads no training data

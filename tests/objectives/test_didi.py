@@ -1,8 +1,9 @@
-"""DiDi-Instruct (objectives/didi.py, models/discriminator.py, diffusion/rgas.py): grouped
+"""DiDi-Instruct (objectives/didi.py, models/discriminator.py, decoding/rgas.py): grouped
 rewards, the score-function gradient, spectral normalisation, the RGAS tilt, and the trainer
 path (pure, sharded-equal, exact resume)."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 
 from idlm_jax import config as config_lib
-from idlm_jax.diffusion import mdlm, rgas, samplers
+from idlm_jax import main
+from idlm_jax.decoding import ancestral as samplers, rgas
+from idlm_jax.diffusion import mdlm
 from idlm_jax.diffusion.categorical import x64_scope
 from idlm_jax.diffusion.schedules import LogLinear
 from idlm_jax.models import discriminator as disc_lib
@@ -265,16 +268,17 @@ def test_rgas_sampler_on_a_didi_workdir(teacher_dir, tmp_path):
       "distill.monitor_steps='2'", "distill.monitor_samples=8", "eval.sampling_steps='2'",
       "eval.num_samples=8", "distill.report_teacher_steps='2'"]
   cfg = config_lib.load_config("configs/demo.py:smoke", overrides)
-  run = loop.run(cfg, tmp_path, devices=jax.devices()[:1])
+  run = main.run(cfg, tmp_path, devices=jax.devices()[:1])
   counts = lambda r: (r["nfe"], r["disc_forwards"], r["disc_grads"])
   assert counts(run.results["samples"]) == (3.0, 3.0, 1.0)
-  assert counts(run.monitor.history[-1]["cells"]["2"]) == (3.0, 3.0, 1.0)
+  monitored = json.loads((tmp_path / "monitor.jsonl").read_text().splitlines()[-1])
+  assert counts(monitored["cells"]["2"]) == (3.0, 3.0, 1.0)
   teacher, student = run.results["report"]["rows"]
   assert teacher["sampler"] == "teacher ancestral" and "disc_forwards" not in teacher
   assert student["sampler"] == "didi student rgas" and counts(student) == (3.0, 3.0, 1.0)
   cfg = config_lib.load_config("configs/demo.py:smoke", overrides + [
       "mode=eval_samplers", "distill.report_teacher_steps=''"])
-  rows = loop.run(cfg, tmp_path, devices=jax.devices()[:1]).results["eval_samplers"]["rows"]
+  rows = main.run(cfg, tmp_path, devices=jax.devices()[:1]).results["eval_samplers"]["rows"]
   assert [(r["sampler"], counts(r)) for r in rows] == [("rgas", (3.0, 3.0, 1.0))]
   assert "disc. forwards" in (tmp_path / "eval_samplers" / "results.md").read_text()
 

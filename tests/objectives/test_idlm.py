@@ -12,7 +12,7 @@ from flax import nnx
 from idlm_jax import config as config_lib
 from idlm_jax import models
 from idlm_jax.data import tokenizers
-from idlm_jax.diffusion import mdlm, sedd, uniform
+from idlm_jax.diffusion import mdlm, processes, sedd, uniform
 from idlm_jax.diffusion.schedules import LogLinear
 from idlm_jax.objectives import idlm
 from idlm_jax.train import loop, state as state_lib
@@ -54,7 +54,8 @@ def test_fake_equal_to_teacher_gives_zero_student_gradient(algo, tmp_path):
   config = _config(algo, tmp_path)
   graphdef, params, tok = _nets(config)
   _, other, _ = _nets(config, seed=1)  # the student differs from the teacher
-  proc = idlm.get_process(config, tok.mask_id)
+  proc = idlm.parts(config, processes.get(config, vocab_size=tok.model_vocab_size,
+                                               mask_id=tok.mask_id))
   net = functools.partial(nnx.merge, graphdef)
   loss_fn = functools.partial(idlm.inverse_loss, proc, net)
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))  # one compile for both calls
@@ -81,7 +82,7 @@ def _toy_model(table):
 def test_mdlm_losses_equal_hand_computation():
   v, mask = 5, 4  # tokens 0..3 and [MASK] = 4
   schedule = LogLinear(1e-3)
-  proc = idlm.mdlm_process(schedule, mask)
+  proc = processes.MDLM(schedule, mask_id=mask, vocab_size=v).inverse_parts()
   rng = np.random.default_rng(0)
   student, teacher, fake = (_toy_model(jnp.asarray(rng.normal(size=(v, v)) * 2, jnp.float32))
                             for _ in range(3))
@@ -124,7 +125,7 @@ def test_soft_losses_reduce_to_the_one_hot_teacher_losses():
   log_s = jnp.asarray(rng.normal(size=(b, length, v)), jnp.float32)
   log_s = sedd.log_score(log_s, xt, sigma, "absorbing")
   ref = sedd.score_entropy(log_s, sigma, xt, x0, graph="absorbing", mask_id=mask)
-  soft = idlm.sedd_soft_score_entropy(log_s, jax.nn.one_hot(x0, v), 1.0 / jnp.expm1(sigma),
+  soft = processes.sedd.soft_score_entropy(log_s, jax.nn.one_hot(x0, v), 1.0 / jnp.expm1(sigma),
                                       (xt == mask).astype(jnp.float32), mask)
   np.testing.assert_allclose(soft, ref, rtol=1e-5, atol=1e-5)
   log_x = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(b, length, v)) * 2, jnp.float32))
@@ -145,7 +146,8 @@ def test_student_gradient_finite_at_extreme_logits(algo, factor, tmp_path):
   # scale the output layers: saturated softmax / very large scores everywhere
   scale = lambda p: jax.tree_util.tree_map_with_path(
       lambda path, x: x * factor if "output" in jax.tree_util.keystr(path) else x, p)
-  proc = idlm.get_process(config, tok.mask_id)
+  proc = idlm.parts(config, processes.get(config, vocab_size=tok.model_vocab_size,
+                                               mask_id=tok.mask_id))
   net = functools.partial(nnx.merge, graphdef)
   (loss, _), grads = jax.value_and_grad(functools.partial(idlm.inverse_loss, proc, net),
                                         has_aux=True)(scale(student), scale(fake), scale(params),

@@ -13,9 +13,10 @@ from flax import nnx
 from idlm_jax import config as config_lib
 from idlm_jax import models
 from idlm_jax.data import tokenizers
-from idlm_jax.diffusion import uniform
+from idlm_jax.diffusion import processes, uniform
 from idlm_jax.diffusion.schedules import LogLinear
 from idlm_jax.objectives import dcd, progressive, sdtt
+from idlm_jax.objectives import state as objective_state
 from idlm_jax.train import loop, state as state_lib
 
 SYN = "configs/synthetic_mdlm.py:smoke"  # 24 symbols: tiny vocabularies and Duo tables
@@ -103,8 +104,8 @@ def test_divergences_equal_their_formulas():
 def test_round_schedule_doubles_the_step_and_copies_only_at_boundaries():
   round_steps, num_rounds = 3, 3
   params = {"w": jnp.zeros(())}
-  teacher = state_lib.init_net({"w": jnp.full((), -1.0)}, progressive.ROUND_TEACHER_TX)
-  state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=(),
+  teacher = objective_state.init_net({"w": jnp.full((), -1.0)}, progressive.ROUND_TEACHER_TX)
+  state = objective_state.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=(),
                                ema_params=params, rng=jax.random.key_data(jax.random.key(0)),
                                aux={progressive.ROUND_TEACHER: teacher})
   copy = jax.jit(functools.partial(progressive.copy_student_to_teacher, round_steps=round_steps,
@@ -161,7 +162,7 @@ def test_dcd_loss_is_zero_for_the_same_network_at_the_same_point(tmp_path):
   x0 = jax.random.randint(jax.random.key(0), (4, 32), 0, tok.vocab_size).astype(jnp.int32)
   batch = {"input_ids": x0, "attention_mask": jnp.ones_like(x0)}
   loss_fn = functools.partial(dcd.dcd_loss, functools.partial(nnx.merge, graphdef),
-                              dcd.get_transform(config), eps=1e-3, antithetic=True,
+                              processes.uniform.duo_transform(config, tok.model_vocab_size), eps=1e-3, antithetic=True,
                               kind="kl-bwd", precision="float32")
   loss, tokens = loss_fn(params, params, batch, jax.random.key(1), jnp.asarray(0.0))
   assert float(loss) == 0.0 and float(tokens) == x0.size

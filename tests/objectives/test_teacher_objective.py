@@ -1,5 +1,6 @@
-"""The "diffusion" objective dispatches on diffusion.algo; Duo switches from the curriculum
-to the UDLM NELBO at curriculum_end; every teacher's eval step gives additive sums."""
+"""The teacher loss is the process of diffusion.algo's (diffusion/processes); Duo switches from
+the curriculum to the UDLM NELBO at curriculum_end; every teacher's eval step gives additive
+sums."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from idlm_jax import config as config_lib
-from idlm_jax.objectives import diffusion
+from idlm_jax.diffusion import processes
 
 
 class ToyModel:
@@ -28,6 +29,12 @@ def _batch():
   return {"input_ids": ids, "attention_mask": jnp.ones_like(ids)}
 
 
+def teacher_losses(cfg, mask_id):
+  """(train_sums(model, batch, key, step), eval_sums(model, batch, key)) of cfg's process."""
+  proc = processes.get(cfg, vocab_size=2048, mask_id=mask_id)
+  return (lambda m, b, k, step: proc.loss_sums(m, b, k, train=True, step=step)), proc.eval_sums
+
+
 def _cfg(spec, tmp_path, *extra):
   return config_lib.load_config(spec, [f"data.cache_dir='{tmp_path}'",
                                        "data.tokenizer='demo-bpe-2048'", *extra])
@@ -36,9 +43,9 @@ def _cfg(spec, tmp_path, *extra):
 def test_duo_curriculum_then_udlm(tmp_path):
   cfg = _cfg("configs/duo_owt.py:smoke", tmp_path, "diffusion.curriculum_start=2",
              "diffusion.curriculum_end=5")
-  train_sums, eval_sums = diffusion.teacher_losses(cfg, mask_id=3)
+  train_sums, eval_sums = teacher_losses(cfg, mask_id=3)
   model, batch, key = ToyModel(), _batch(), jax.random.key(2)
-  udlm = diffusion.teacher_losses(_cfg("configs/udlm_lm1b.py:smoke", tmp_path), 3)[1]
+  udlm = teacher_losses(_cfg("configs/udlm_lm1b.py:smoke", tmp_path), 3)[1]
   step_fn = jax.jit(lambda step: train_sums(model, batch, key, step)["nelbo_sum"])
   curr = [float(step_fn(jnp.int32(s))) for s in range(7)]
   plain = float(udlm(model, batch, key)["nelbo_sum"])
@@ -55,7 +62,7 @@ def test_duo_curriculum_then_udlm(tmp_path):
                                   "configs/udlm_lm1b.py:smoke", "configs/duo_lm1b.py:smoke"])
 def test_eval_sums_are_additive_and_positive(spec, tmp_path):
   cfg = _cfg(spec, tmp_path)
-  _, eval_sums = diffusion.teacher_losses(cfg, mask_id=3)
+  _, eval_sums = teacher_losses(cfg, mask_id=3)
   batch = _batch()
   batch["weight"] = jnp.array([1.0, 1.0, 1.0, 0.0])
   out = eval_sums(ToyModel(), batch, jax.random.key(3))

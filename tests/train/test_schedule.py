@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from idlm_jax import config as config_lib
-from idlm_jax.train import state as state_lib
+from idlm_jax.objectives import state as state_lib
 
 
 def _optim(decay: str, warmup: int = 10):

@@ -7,6 +7,7 @@ import pytest
 
 from idlm_jax import config as config_lib
 from idlm_jax.data.sources import DataNotFoundError
+from idlm_jax import main
 from idlm_jax.train import loop
 
 DEMO = "data.tokenizer='demo-bpe-2048'"
@@ -38,7 +39,7 @@ def _config(spec, cache, *overrides):
 def test_teacher_smoke_trains_validates_samples(name, tmp_path, cache_dir):
   spec, extra = SMOKES[name]
   cfg = _config(spec, cache_dir, *extra)
-  run = loop.run(cfg, tmp_path / name, devices=jax.devices()[:1])
+  run = main.run(cfg, tmp_path / name, devices=jax.devices()[:1])
   losses = [m["loss"] for _, m in run.results["train"]["history"]]
   assert len(losses) == cfg.train.steps and np.all(np.isfinite(losses))
   val = run.results["val"]
@@ -53,7 +54,7 @@ def test_teacher_smoke_trains_validates_samples(name, tmp_path, cache_dir):
     text = tmp_path / "zero_shot.txt"
     lines = [f"line {i} of a small text the model has never seen." for i in range(21)]
     text.write_text("\n".join(lines) + "\n")
-    ev = loop.run(_config(spec, cache_dir, *extra, "mode='eval'",
+    ev = main.run(_config(spec, cache_dir, *extra, "mode='eval'",
                           f"eval.zero_shot_path='{text}'"), tmp_path / name,
                   devices=jax.devices()[:1])
     assert ev.val_split.num_rows == len(lines)  # no train/validation split of the file

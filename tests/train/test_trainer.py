@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from idlm_jax import config as config_lib
+from idlm_jax import main
 from idlm_jax.train import loop, metrics
 
 
@@ -64,18 +65,18 @@ def test_nan_stops_with_step_and_metric(tmp_path):
 def test_run_writes_outputs_and_second_run_resumes(tmp_path, caplog):
   cfg = _config(tmp_path)
   workdir = tmp_path / "demo"
-  first = loop.run(cfg, workdir, devices=jax.devices()[:1])
+  first = main.run(cfg, workdir, devices=jax.devices()[:1])
   for name in ("config.json", "metrics.jsonl", "results.json", "samples/samples_step12.txt"):
     assert (workdir / name).exists(), name
   assert first.ckpt.latest_step() == 12
   assert first.results["val"]["nelbo"] > 0
   assert first.results["samples"]["nfe"] <= cfg.sample.steps + 1
   with caplog.at_level("INFO", logger="idlm_jax"):
-    second = loop.run(cfg, workdir, devices=jax.devices()[:1])
+    second = main.run(cfg, workdir, devices=jax.devices()[:1])
   assert "resumed from" in caplog.text and "nothing to train" in caplog.text
   _assert_trees_close(_params(first), _params(second), rtol=0, atol=0)
   # sampling reads no data: the run's corpus may be absent
-  sample_only = loop.run(_config(tmp_path, "mode='sample'", "data.source='owt'",
+  sample_only = main.run(_config(tmp_path, "mode='sample'", "data.source='owt'",
                                  "data.path='/nonexistent/owt'"), workdir, devices=jax.devices()[:1])
   assert sample_only.train_iter is None and sample_only.val_split is None
   assert len(sample_only.results["samples"]["texts"]) == cfg.sample.num_samples

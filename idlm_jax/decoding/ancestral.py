@@ -1,4 +1,5 @@
-"""Reverse-process samplers as single compiled loops (`lax.fori_loop`).
+"""The MDLM ancestral sampler (with caching) as one compiled loop (`lax.fori_loop`), and what
+every sampler shares: `SampleOutput` and the prompt clamp `apply_prefix`.
 
 `log_probs_fn(x_t, t) -> log x_theta [B, L, V]` is the denoiser's SUBS output; samplers count
 every call of it (NFE) on device.
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from idlm_jax.diffusion import categorical
+from idlm_jax.diffusion.mdlm import masked_posterior_logits
 from idlm_jax.diffusion.schedules import LogLinear, sampling_grid
 
 LogProbsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -32,18 +34,6 @@ def apply_prefix(x: jax.Array, prefix: jax.Array | None) -> jax.Array:
     raise ValueError(f"prefix of {p} tokens does not fit in seq_len {x.shape[-1]}")
   head = jnp.where(prefix >= 0, prefix, x[:, :p])
   return x.at[:, :p].set(head)
-
-
-def masked_posterior_logits(log_x0: jax.Array, alpha_t, alpha_s, mask_id: int, dtype) -> jax.Array:
-  """log q(z_s | z_t = [MASK], x_theta): (a_s-a_t)/(1-a_t) x_theta[v], mask (1-a_s)/(1-a_t).
-
-  MDLM §2.1 (reference/teachers.md §2.1), unnormalised (Gumbel-max is scale invariant).
-  """
-  log_x0 = log_x0.astype(dtype)
-  unmask = jnp.log(jnp.asarray(alpha_s - alpha_t, dtype))
-  stay = jnp.log(jnp.asarray(1.0 - alpha_s, dtype))
-  vocab = jnp.arange(log_x0.shape[-1])
-  return jnp.where(vocab == mask_id, stay, log_x0 + unmask)
 
 
 def mdlm_ancestral(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, seq_len: int,

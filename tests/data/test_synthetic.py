@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from idlm_jax.evals import synthetic
+from idlm_jax.data import synthetic
 
 
 

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from idlm_jax.diffusion import categorical, mdlm, r2, r2_samplers, r2_trajectories
+from idlm_jax.data import trajectories as traj_data
+from idlm_jax.decoding import r2 as r2_samplers, r2_rules as r2, trajectories as r2_trajectories
+from idlm_jax.diffusion import categorical, mdlm
 from idlm_jax.diffusion.schedules import LogLinear
 from idlm_jax.objectives import r2_finetune
 
@@ -19,12 +21,12 @@ def test_state_at_rebuilds_intermediate_states_by_hand():
   steps = np.array([[-1, 2, 0, 1, 2]])  # position 0 is a prompt token
   want = {0: [5, M, M, M, M], 1: [5, M, 2, M, M], 2: [5, M, 2, 3, M], 3: [5, 1, 2, 3, 4]}
   for k, row in want.items():
-    np.testing.assert_array_equal(r2_trajectories.state_at(tokens, steps, k, M), [row])
+    np.testing.assert_array_equal(traj_data.state_at(tokens, steps, k, M), [row])
   ks = jnp.array([1, 2])  # per-row k, JAX arrays
-  out = r2_trajectories.state_at(jnp.array(np.repeat(tokens, 2, 0)),
+  out = traj_data.state_at(jnp.array(np.repeat(tokens, 2, 0)),
                                  jnp.array(np.repeat(steps, 2, 0)), ks, M)
   np.testing.assert_array_equal(out, [want[1], want[2]])
-  np.testing.assert_array_equal(r2_trajectories.num_calls(steps), [3])
+  np.testing.assert_array_equal(traj_data.num_calls(steps), [3])
 
 
 V, B, L = 6, 4, 8
@@ -57,13 +59,13 @@ def test_recorded_commit_steps_reproduce_every_network_input():
   steps, rules = np.asarray(out.commit_step), np.asarray(out.commit_rule)
   np.testing.assert_array_equal(steps[:, 0], -1)  # the prompt
   assert np.all(steps[:, 1:] >= 0) and np.all(rules[:, 1:] >= 0)
-  np.testing.assert_array_equal(r2_trajectories.num_calls(steps), out.row_nfe)
+  np.testing.assert_array_equal(traj_data.num_calls(steps), out.row_nfe)
   for r in range(len(r2_samplers.COUNTS)):  # per-rule counts agree with the record
     assert int((rules == r).sum()) == int(out.commits[r])
   for b in range(B):  # row b makes its first row_nfe[b] calls of the batch
     for k in range(int(out.row_nfe[b])):
       np.testing.assert_array_equal(
-          r2_trajectories.state_at(out.tokens[b], steps[b], k, V), calls[k][b])
+          traj_data.state_at(out.tokens[b], steps[b], k, V), calls[k][b])
 
 
 def test_loss_terms_by_hand():
@@ -135,16 +137,16 @@ def test_keep_best_keeps_the_lowest_scores():
 
 def test_npz_round_trip_and_data_source(tmp_path):
   rng = np.random.default_rng(0)
-  traj = r2_trajectories.Trajectories(
+  traj = traj_data.Trajectories(
       rng.integers(0, V, (10, L)).astype(np.int32), rng.integers(-1, 20, (10, L)).astype(np.int32),
       rng.integers(-1, 6, (10, L)).astype(np.int32), rng.random(10).astype(np.float32))
   path = tmp_path / "t.npz"
-  r2_trajectories.save(path, traj, {"steps": 64})
-  back, meta = r2_trajectories.load(path)
+  traj_data.save(path, traj, {"steps": 64})
+  back, meta = traj_data.load(path)
   assert meta == {"steps": 64}
   for a, b in zip(traj, back):
     np.testing.assert_array_equal(a, b)
-  rows = r2_finetune.TrajectoryRows(back, V + 1)
+  rows = traj_data.TrajectoryRows(back, V + 1)
   got = rows.gather(np.array([3, 1]))
   np.testing.assert_array_equal(got["input_ids"], traj.tokens[[3, 1]])
   np.testing.assert_array_equal(got["commit_step"], traj.commit_step[[3, 1]])

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 from scipy.linalg import expm
 
-from idlm_jax.diffusion import categorical, score_samplers, uniform, uniform_samplers
+from idlm_jax.decoding import score as score_samplers, uniform as uniform_samplers
+from idlm_jax.diffusion import categorical, uniform
 from idlm_jax.diffusion.schedules import LogLinear
 from tests.diffusion.test_sedd import rate_matrix
 

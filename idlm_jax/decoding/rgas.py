@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from idlm_jax.diffusion import categorical
-from idlm_jax.diffusion.samplers import apply_prefix, masked_posterior_logits
+from idlm_jax.decoding.ancestral import apply_prefix
+from idlm_jax.diffusion.mdlm import masked_posterior_logits
 from idlm_jax.diffusion.schedules import LogLinear, sampling_grid
 
 DiscFn = Callable[[jax.Array, jax.Array], jax.Array]  # (ids or probs, t [B]) -> logits [B, L]

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from idlm_jax.diffusion import categorical, mdlm, r2, r2_samplers, samplers
-from idlm_jax.diffusion import score_samplers, uniform_samplers
+from idlm_jax.decoding import ancestral as samplers, r2 as r2_samplers, r2_rules as r2
+from idlm_jax.decoding import score as score_samplers, uniform as uniform_samplers
+from idlm_jax.diffusion import categorical, mdlm
 from idlm_jax.diffusion.schedules import LogLinear
 
 T, F = True, False

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from idlm_jax.diffusion import categorical, sedd
-from idlm_jax.diffusion.samplers import SampleOutput, apply_prefix
+from idlm_jax.decoding.ancestral import SampleOutput, apply_prefix
 from idlm_jax.diffusion.schedules import LogLinear, sampling_grid
 
 LogScoreFn = Callable[[jax.Array, jax.Array], jax.Array]

@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 from scipy import stats
 
 from idlm_jax.diffusion import categorical
-from idlm_jax.objectives import relax
+from idlm_jax.diffusion import relax
 
 B, L, V, MASK = 2, 3, 6, 5  # the last id is [MASK]
 

@@ -23,6 +23,35 @@ from typing import Optional
 
 import numpy as np
 
+from idlm_jax import fields as F
+from idlm_jax.data.sources import DocSource
+from idlm_jax.fields import ConfigError, Field
+
+FIELDS = {
+    "data.synthetic.seed": Field(0, 'data.source "synthetic_hmm": a seeded random unifilar HMM '
+                                 "over `vocab_size` symbols with exact likelihoods and "
+                                 "entropies; its seed."),
+    "data.synthetic.num_states": Field(256, "hidden states", check=F.at_least(1)),
+    "data.synthetic.vocab_size": Field(32, "emitted symbols", check=F.at_least(2)),
+    "data.synthetic.branching": Field(3, "symbols each state can emit (sparse emissions)",
+                                      check=F.at_least(1)),
+    "data.synthetic.concentration": Field(0.5, "Dirichlet concentration of the emission "
+                                          "probabilities", check=F.positive),
+    "data.synthetic.num_train_docs": Field(20_000, "sequences of data.seq_len - 2 symbols each",
+                                           check=F.positive),
+    "data.synthetic.num_val_docs": Field(1_000, "validation sequences", check=F.positive),
+}
+
+
+def validate(config) -> None:
+  """The synthetic source needs its word-level symbol tokenizer."""
+  if config.data.source == "synthetic_hmm":
+    want = tokenizer_name(config.data.synthetic.vocab_size)
+    if config.data.tokenizer != want:
+      raise ConfigError(f"config.data.tokenizer: the synthetic source over "
+                        f"{config.data.synthetic.vocab_size} symbols needs {want!r}, got "
+                        f"{config.data.tokenizer!r}")
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +206,6 @@ def to_text(seq) -> str:
 
 def doc_source(data_cfg, split: str):
   """DocSource of `split`: seeded source sequences of seq_len - 2 symbols as text."""
-  from idlm_jax.data import sources
   if split not in ("train", "validation"):
     raise ValueError(f"unknown split {split!r}")
   y = data_cfg.synthetic
@@ -194,7 +222,7 @@ def doc_source(data_cfg, split: str):
     seqs = sample(from_config(y), num, length, seed)
     return (to_text(s) for s in seqs)
 
-  return sources.DocSource(identity=identity, iter_docs=docs)
+  return DocSource(identity=identity, iter_docs=docs)
 
 
 # ------------------------------------------------------------------ scoring model samples

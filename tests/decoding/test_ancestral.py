@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from idlm_jax.diffusion import categorical, mdlm, samplers
+from idlm_jax.decoding import ancestral as samplers
+from idlm_jax.diffusion import categorical, mdlm
 from idlm_jax.diffusion.schedules import LogLinear
 
 V, MASK, L, N = 3, 3, 2, 3  # tokens {0,1,2}, [MASK]=3, length 2, 3 reverse steps

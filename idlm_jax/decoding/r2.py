@@ -1,4 +1,4 @@
-"""`mdlm_r2`: an MDLM sampler with R2-dLLM's fast-decoding rules (diffusion/r2.py), as ONE
+"""`mdlm_r2`: an MDLM sampler with R2-dLLM's fast-decoding rules (decoding/r2_rules.py), as ONE
 compiled `lax.while_loop` that stops as soon as no [MASK] is left.
 
 Each iteration makes at most one network call and then commits, in R2's order
@@ -34,8 +34,10 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from idlm_jax.diffusion import categorical, r2
-from idlm_jax.diffusion.samplers import apply_prefix, masked_posterior_logits
+from idlm_jax.decoding import r2_rules
+from idlm_jax.diffusion import categorical
+from idlm_jax.decoding.ancestral import apply_prefix
+from idlm_jax.diffusion.mdlm import masked_posterior_logits
 from idlm_jax.diffusion.schedules import LogLinear, sampling_grid
 
 LogProbsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -78,7 +80,7 @@ class R2Options(NamedTuple):
 def options_from_config(r) -> R2Options:
   """R2Options from the `sample.r2` ConfigDict."""
   fields = {k: r[k] for k in R2Options._fields if k != "rules"}
-  return R2Options(rules=r2.parse_rules(r.rules), **fields)
+  return R2Options(rules=r2_rules.parse_rules(r.rules), **fields)
 
 
 def apply_rules(opts: R2Options, conf, argmax, x, mask_id, active, segment, streak, fresh,
@@ -91,26 +93,26 @@ def apply_rules(opts: R2Options, conf, argmax, x, mask_id, active, segment, stre
     return (x == mask_id) & active & ~done
 
   if "threshold" in opts.rules:
-    masks.append(r2.threshold_rule(conf, cand(), opts.threshold))
+    masks.append(r2_rules.threshold_rule(conf, cand(), opts.threshold))
   else:
     masks.append(jnp.zeros_like(active))
   done = done | masks[-1]
   if "confidence_cluster" in opts.rules:
-    masks.append(r2.confidence_cluster_rule(
+    masks.append(r2_rules.confidence_cluster_rule(
         conf, cand(), (x == mask_id) & ~done, segment, window=opts.cluster_window,
         max_unmasked=opts.cluster_max_unmasked, tau=opts.spatial_threshold))
   else:
     masks.append(jnp.zeros_like(active))
   done = done | masks[-1]
   if "token_cluster" in opts.rules:
-    masks.append(r2.token_cluster_rule(
+    masks.append(r2_rules.token_cluster_rule(
         conf, argmax, cand(), segment, min_size=opts.token_cluster_size,
         tau=opts.spatial_threshold, select=opts.token_cluster_select, priority=priority))
   else:
     masks.append(jnp.zeros_like(active))
   done = done | masks[-1]
   if "temporal" in opts.rules:
-    new, commit = r2.temporal_rule(streak, conf, argmax, cand(), steps=opts.temporal_steps,
+    new, commit = r2_rules.temporal_rule(streak, conf, argmax, cand(), steps=opts.temporal_steps,
                                    tau=opts.temporal_threshold, aggregate=opts.temporal_eval)
     streak = jax.tree.map(lambda a, b: jnp.where(fresh, a, b), new, streak)
     masks.append(commit & fresh)
@@ -160,7 +162,7 @@ def mdlm_r2(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, seq_le
         jnp.float32), lambda: cached)
     nfe = nfe + fresh.astype(jnp.int32)
     row_nfe = row_nfe + (fresh & masked.any(-1)).astype(jnp.int32)
-    conf, argmax = r2.confidence_and_argmax(log_x0)
+    conf, argmax = r2_rules.confidence_and_argmax(log_x0)
     k_step, k_rule = jax.random.fold_in(key, i), jax.random.fold_in(rule_key, i)
 
     # 1. the floor, or the block's final noise removal after its budget of num_steps steps
@@ -178,7 +180,7 @@ def mdlm_r2(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, seq_le
       floor = cand & ~final & (draw != mask_id)
       floor_tokens = draw
     else:
-      floor = r2.top1_rule(conf, cand) & ~final
+      floor = r2_rules.top1_rule(conf, cand) & ~final
       floor_tokens = rule_tokens
     if noise_removal == "argmax":
       final_tokens = argmax
@@ -218,7 +220,7 @@ def mdlm_r2(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int, seq_le
   init = (x, jnp.int32(0), jnp.zeros((batch_size,), jnp.int32),
           jnp.full((batch_size,), -1, jnp.int32),
           jnp.zeros((batch_size, seq_len, vocab), jnp.float32), jnp.array(False), jnp.int32(0),
-          jnp.zeros((batch_size,), jnp.int32), r2.empty_streak((batch_size, seq_len)),
+          jnp.zeros((batch_size,), jnp.int32), r2_rules.empty_streak((batch_size, seq_len)),
           jnp.zeros((len(COUNTS),), jnp.int32), jnp.full((batch_size, seq_len), -1, jnp.int32),
           jnp.full((batch_size, seq_len), -1, jnp.int32))
   out = jax.lax.while_loop(not_done, step, init)

@@ -1,4 +1,5 @@
-"""Recorded R2 decoding trajectories (issue #8, part 2: fine-tuning on efficient trajectories).
+"""Recorded R2 decoding trajectories as training rows (objective r2_finetune; the recording and
+filtering are decoding/trajectories.py).
 
 A trajectory of `mdlm_r2` is stored compactly, per sample, as three [L] arrays:
   tokens[i]       the final token x_i,
@@ -18,12 +19,13 @@ Stored as one .npz (`save` / `load`): tokens, commit_step (int16), commit_rule (
 score (float32) and a JSON `meta` string (how they were recorded and filtered).
 """
 
+import hashlib
 import json
 from typing import NamedTuple
 
 import numpy as np
 
-from idlm_jax.diffusion import r2_samplers
+from idlm_jax.data import pipeline
 
 
 class Trajectories(NamedTuple):
@@ -45,44 +47,6 @@ def num_calls(commit_step):
   return commit_step.max(-1) + 1
 
 
-def from_outputs(outputs) -> Trajectories:
-  """Concatenate R2Output batches (fetched to host) into unscored Trajectories."""
-  cat = lambda f: np.concatenate([np.asarray(getattr(o, f)) for o in outputs]).astype(np.int32)
-  tokens = cat("tokens")
-  return Trajectories(tokens, cat("commit_step"), cat("commit_rule"),
-                      np.full(len(tokens), np.nan, np.float32))
-
-
-def exact_nll_scores(hmm, tokens: np.ndarray, noise: float = 1e-3) -> np.ndarray:
-  """Per-sample exact source NLL per symbol, -log p(body) / n (evals/synthetic.py, rows
-  [BOS] + n symbols + [EOS]): the filter score on the synthetic language."""
-  from idlm_jax.evals import synthetic
-  body = np.asarray(tokens)[:, 1:-1]
-  return (-synthetic.noisy_log_likelihood(hmm, body, noise) / body.shape[1]).astype(np.float32)
-
-
-def keep_best(scores: np.ndarray, fraction: float) -> np.ndarray:
-  """Indices of the ceil(fraction N) lowest scores (best first; NaN last; at least one)."""
-  if not 0.0 < fraction <= 1.0:
-    raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
-  scores = np.asarray(scores, np.float64)
-  n = max(1, int(np.ceil(fraction * len(scores) - 1e-9)))
-  order = np.argsort(np.where(np.isnan(scores), np.inf, scores), kind="stable")
-  return order[:n]
-
-
-def select(traj: Trajectories, index: np.ndarray) -> Trajectories:
-  return Trajectories(*(np.asarray(a)[index] for a in traj))
-
-
-def rule_stats(traj: Trajectories) -> dict:
-  """Tokens per sample committed by each rule and the mean calls per sample (row NFE)."""
-  n = len(traj.tokens)
-  counts = {name: float((traj.commit_rule == r).sum() / n)
-            for r, name in enumerate(r2_samplers.COUNTS)}
-  return {"commits_per_sample": counts, "row_nfe": float(num_calls(traj.commit_step).mean())}
-
-
 def save(path, traj: Trajectories, meta: dict) -> None:
   """One .npz with the arrays (compact dtypes) and `meta` as a JSON string."""
   with open(path, "wb") as f:
@@ -98,3 +62,52 @@ def load(path) -> tuple[Trajectories, dict]:
                         z["commit_rule"].astype(np.int32), z["score"].astype(np.float32))
     meta = json.loads(str(z["meta"]))
   return traj, meta
+
+
+class TrajectoryRows:
+  """Recorded trajectories as training rows (`pipeline.Rows`): `gather` adds commit_step /
+  commit_rule (int32 [n, L]) to input_ids / attention_mask."""
+
+  def __init__(self, traj: Trajectories, model_vocab_size: int):
+    self.traj, self.model_vocab_size = traj, model_vocab_size
+    self.rows, self.lengths = traj.tokens, None
+    h = hashlib.sha256()
+    for a in traj[:3]:
+      h.update(np.ascontiguousarray(a).tobytes())
+    self.fingerprint = h.hexdigest()[:32]
+
+  @property
+  def num_rows(self) -> int:
+    return len(self.rows)
+
+  @property
+  def seq_len(self) -> int:
+    return self.rows.shape[1]
+
+  def gather(self, index) -> dict:
+    index = np.asarray(index, np.int64)
+    return {"input_ids": self.traj.tokens[index], "commit_step": self.traj.commit_step[index],
+            "commit_rule": self.traj.commit_rule[index],
+            "attention_mask": np.ones((len(index), self.seq_len), np.int32)}
+
+  def token_counts(self, num_rows=None) -> np.ndarray:
+    rows = self.rows if num_rows is None else self.rows[:num_rows]
+    return np.bincount(rows.ravel(), minlength=self.model_vocab_size).astype(np.int64)
+
+
+def get_datasets(path: str, data_cfg, tokenizer, *, global_batch_size: int,
+                 eval_batch_size: int, process_index: int = 0, process_count: int = 1):
+  """(TrainIterator over the trajectories in the .npz `path`, the real validation split)."""
+  traj, _ = load(path)
+  if traj.tokens.shape[1] != data_cfg.seq_len:
+    raise ValueError(f"distill.r2ft.trajectories: rows of length {traj.tokens.shape[1]}, "
+                     f"data.seq_len is {data_cfg.seq_len}")
+  where = dict(process_index=process_index, process_count=process_count)
+  train = pipeline.TrainIterator(TrajectoryRows(traj, tokenizer.model_vocab_size),
+                                 global_batch_size=global_batch_size, seed=data_cfg.seed,
+                                 shuffle=data_cfg.shuffle, **where)
+  val = pipeline.EvalSplit(pipeline.load_split(data_cfg, tokenizer, "validation"),
+                           batch_size=eval_batch_size, max_rows=int(data_cfg.max_val_rows),
+                           **where)
+  return train, val
+

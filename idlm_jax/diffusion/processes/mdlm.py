@@ -1,0 +1,128 @@
+"""MDLM (Sahoo et al. 2024): absorbing forward process, SUBS network, continuous-time NELBO
+(reference/teachers.md §1.1-1.3), and its IDLM pieces (reference/idlm.md §2.2, §3.4)."""
+
+import jax
+import jax.numpy as jnp
+
+from idlm_jax.diffusion import mdlm, relax, sedd
+from idlm_jax.diffusion.processes.base import InverseParts, Process, Renoised, valid_weights
+from idlm_jax.diffusion.schedules import get_schedule, sample_t
+
+
+def _tokens_masked(r: Renoised, mask_id: int) -> jax.Array:
+  return (r.tokens == mask_id).astype(jnp.float32)
+
+
+class MDLM(Process):
+  """Absorbing ([MASK]) process with the SUBS parameterization and the log-linear schedule.
+
+  loss_chunk > 0 (model.loss_chunk): the loss takes the output projection and log-softmax that
+  many positions at a time (mdlm.chunked_log_prob_of; the model must have features/project).
+  """
+
+  name = "mdlm"
+  graphs = ("absorbing",)
+  parameterization = "subs"
+  time_conditioned = None
+  samplers = ("ancestral", "analytic", "euler", "r2", "rgas")
+  relaxations = ("simplex", "gumbel", "straight_through")
+
+  def __init__(self, schedule, *, mask_id: int, vocab_size: int, antithetic: bool = True,
+               loss_chunk: int = 0):
+    super().__init__(schedule, mask_id=mask_id, vocab_size=vocab_size, antithetic=antithetic)
+    self.loss_chunk = loss_chunk
+
+  @classmethod
+  def from_config(cls, config, *, vocab_size: int, mask_id: int) -> "MDLM":
+    f = config.diffusion
+    return cls(get_schedule(f.schedule, f.eps), mask_id=mask_id, vocab_size=vocab_size,
+               antithetic=f.antithetic, loss_chunk=config.model.loss_chunk)
+
+  def q_xt(self, key, x0, t):
+    return mdlm.q_xt(key, x0, self.schedule.alpha(t), self.mask_id)
+
+  def loss_sums(self, model, batch, key, *, train, step=None):
+    """Sum of per-token NELBO over valid tokens and their count, for one batch: t antithetic
+    over the batch, x_t from the absorbing process, loss only at masked non-pad positions
+    (SUBS gives 0 elsewhere); rows with `weight` 0 (eval padding) count nothing."""
+    del step
+    s, mask_id = self.schedule, self.mask_id
+    x0 = batch["input_ids"]
+    valid = valid_weights(batch)
+    k_t, k_mask, k_drop = jax.random.split(key, 3)
+    t = sample_t(k_t, x0.shape[0], s.eps, self.antithetic)
+    alpha, dalpha = s.alpha(t), s.dalpha(t)
+    xt = mdlm.q_xt(k_mask, x0, alpha, mask_id)
+    drop = k_drop if train else None
+    if self.loss_chunk > 0:
+      h = model.features(xt, s.sigma(t), dropout_key=drop)
+      log_p = mdlm.chunked_log_prob_of(model.project, h, xt, x0, mask_id, self.loss_chunk)
+    else:
+      log_p = mdlm.subs_log_prob_of(model(xt, s.sigma(t), dropout_key=drop), xt, x0, mask_id)
+    nelbo = mdlm.nelbo_per_token(log_p, alpha, dalpha) * valid
+    return {"nelbo_sum": nelbo.sum(), "tokens": valid.sum()}
+
+  def log_probs_fn(self, model, dropout_key=None):
+    s, mask_id = self.schedule, self.mask_id
+    return lambda x, t: mdlm.subs_log_probs(model(x, s.sigma(t), dropout_key=dropout_key), x,
+                                            mask_id)
+
+  def log_score_fn(self, model):
+    """MDLM through its score conversion (teachers.md §2.3 item 1) for analytic/euler."""
+    s, mask_id = self.schedule, self.mask_id
+
+    def fn(x, t):
+      sigma = s.sigma(t)
+      return sedd.mdlm_log_score(mdlm.subs_log_probs(model(x, sigma), x, mask_id), x, sigma,
+                                 mask_id)
+    return fn
+
+  # ---------------------------------------------------------------- IDLM (§2.2, §3.4)
+
+  def student_x0(self, model, batch, key, dropout_key):
+    """G: the SUBS x_theta of noised real data (one-hot where unmasked) [B, L, V]."""
+    x0 = batch["input_ids"]
+    k_t, k_x = jax.random.split(key)
+    t = sample_t(k_t, x0.shape[0], self.schedule.eps, True)
+    xt = self.q_xt(k_x, x0, t)
+    logits = model(xt, self.schedule.sigma(t), dropout_key=dropout_key)
+    return relax.simplex(mdlm.subs_log_probs(logits, xt, self.mask_id))
+
+  def inverse_parts(self, relaxation: str = "simplex", relax_tau: float = 0.1,
+                    draw: str = "inverse_cdf", **unused) -> InverseParts:
+    """SUBS student; x_t2 ~ Cat(a G + (1 - a) e_mask), hard ("simplex", the paper: gradient
+    only through the loss weights, relax.mdlm_inverse_token_loss) or relaxed ("gumbel",
+    "straight_through": pathwise ablations); NELBO weight lambda_t = -a'/(1 - a). `draw`: the
+    hard x_t's categorical draw (distill.train_draw)."""
+    del unused
+    schedule, mask_id = self.schedule, self.mask_id
+
+    def renoise(G, key):
+      k_t, k_x = jax.random.split(key)
+      t = sample_t(k_t, G.shape[0], schedule.eps, True)
+      alpha = schedule.alpha(t)
+      weight = mdlm.nelbo_weight(alpha, schedule.dalpha(t))
+      if relaxation == "simplex":
+        xt = relax.mdlm_hard_sample(k_x, G, alpha, mask_id, draw)
+        return Renoised(xt, xt, schedule.sigma(t), weight)
+      log_q = relax.mdlm_q_log_probs(G, alpha, mask_id)
+      if relaxation == "gumbel":
+        soft = relax.gumbel_softmax(k_x, log_q, relax_tau)
+      else:
+        soft = relax.straight_through(k_x, log_q, draw)
+      tokens = jnp.argmax(jax.lax.stop_gradient(soft), axis=-1).astype(jnp.int32)
+      return Renoised(soft, tokens, schedule.sigma(t), weight)
+
+    def output(model, r):
+      return mdlm.subs_log_probs(model(r.net_in, r.sigma), r.tokens, mask_id)
+
+    def fake_loss(log_f, r, G):
+      return relax.soft_label_nll(log_f, G, r.weight[:, None] * _tokens_masked(r, mask_id))
+
+    def inverse_loss(log_teacher, log_fake, r, G):
+      if relaxation == "simplex":  # gradient only through the loss weights (custom VJP)
+        return relax.mdlm_inverse_token_loss(G, log_teacher, log_fake, r.tokens, r.weight,
+                                             mask_id)
+      return fake_loss(log_teacher, r, G) - fake_loss(log_fake, r, G)  # pathwise ablations
+
+    return InverseParts(self.student_x0, renoise, output, fake_loss, inverse_loss)

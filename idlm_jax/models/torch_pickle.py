@@ -84,10 +84,10 @@ def _num(x) -> str:
   """An untrusted number for a message (str() of a 5000-digit int raises in Python >= 3.11)."""
   if isinstance(x, int) and not isinstance(x, bool) and abs(x) >= 10 ** 30:
     return f"{'-' if x < 0 else ''}<{abs(x).bit_length()}-bit integer>"
-  return _short(x)
+  return safe_repr(x)
 
 
-def _short(x, limit: int = 80) -> str:
+def safe_repr(x, limit: int = 80) -> str:
   """repr of an untrusted object, bounded (and never raising)."""
   if isinstance(x, (tuple, list)) and len(x) <= 8:
     inner = ", ".join(_num(v) for v in x)
@@ -163,14 +163,14 @@ def check_view(storage_numel: int, itemsize: int, offset, size, stride, where: s
     raise UnsafeTensorError(f"{where}: storage offset {_num(offset)} is not a non-negative "
                             f"integer")
   if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
-    raise UnsafeTensorError(f"{where}: size {_short(size)} and stride {_short(stride)} must "
+    raise UnsafeTensorError(f"{where}: size {safe_repr(size)} and stride {safe_repr(stride)} must "
                             f"be tuples")
   if len(size) != len(stride) or len(size) > MAX_NDIM:
-    raise UnsafeTensorError(f"{where}: size {_short(size)} and stride {_short(stride)} must "
+    raise UnsafeTensorError(f"{where}: size {safe_repr(size)} and stride {safe_repr(stride)} must "
                             f"have the same length (at most {MAX_NDIM})")
   for name, values in (("size", size), ("stride", stride)):
     if not all(_is_int(v) and v >= 0 for v in values):
-      raise UnsafeTensorError(f"{where}: {name} {_short(values)} is not a tuple of "
+      raise UnsafeTensorError(f"{where}: {name} {safe_repr(values)} is not a tuple of "
                               f"non-negative integers")
   numel = math.prod(size)
   if numel == 0:
@@ -178,13 +178,13 @@ def check_view(storage_numel: int, itemsize: int, offset, size, stride, where: s
       raise UnsafeTensorError(f"{where}: empty tensor at storage offset {_num(offset)}, past "
                               f"the end of its storage of {storage_numel} elements")
     if math.prod(n for n in size if n) * itemsize >= 1 << 62:
-      raise UnsafeTensorError(f"{where}: empty tensor of size {_short(size)} has dimensions "
+      raise UnsafeTensorError(f"{where}: empty tensor of size {safe_repr(size)} has dimensions "
                               f"too large for an array")
     return 0
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if last >= storage_numel:
     raise UnsafeTensorError(
-        f"{where}: size {_short(size)}, stride {_short(stride)} at offset {_num(offset)} reach "
+        f"{where}: size {safe_repr(size)}, stride {safe_repr(stride)} at offset {_num(offset)} reach "
         f"element {_num(last)}, but the storage holds {storage_numel} elements (a read past "
         f"its buffer)")
   return numel
@@ -219,16 +219,16 @@ class _Unpickler(pickle.Unpickler):
 
   def persistent_load(self, pid):
     if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-      raise CheckpointFormatError(f"{self._where}: unsupported persistent id {_short(pid)} "
+      raise CheckpointFormatError(f"{self._where}: unsupported persistent id {safe_repr(pid)} "
                                   f"(expected ('storage', type, key, location, numel))")
     _, storage_type, key, _location, numel = pid
     if not isinstance(key, str) or not _STORAGE_KEY.fullmatch(key):
-      raise CheckpointFormatError(f"{self._where}: storage key {_short(key)} is not a plain "
+      raise CheckpointFormatError(f"{self._where}: storage key {safe_repr(key)} is not a plain "
                                   f"name")
     if not isinstance(storage_type, _StorageType):
       kind = getattr(storage_type, "name", type(storage_type).__name__)
       raise CheckpointFormatError(
-          f"{self._where}: storage '{key}' has unsupported type {_short(kind)} (supported: "
+          f"{self._where}: storage '{key}' has unsupported type {safe_repr(kind)} (supported: "
           f"{', '.join('torch.' + n for n in _STORAGE_DTYPES)})")
     if not _is_int(numel) or numel < 0:
       raise CheckpointFormatError(f"{self._where}: storage '{key}' declares "
@@ -262,7 +262,7 @@ class _Unpickler(pickle.Unpickler):
     self._tensors += 1
     if not isinstance(storage, _Storage):
       raise UnsafeTensorError(f"{self._where}: tensor #{self._tensors} is built on "
-                              f"{_short(storage)}, not on a storage")
+                              f"{safe_repr(storage)}, not on a storage")
     flat = storage.array
     where = f"{self._where}: tensor #{self._tensors} on storage '{storage.key}' ({flat.dtype})"
     numel = check_view(flat.size, flat.itemsize, storage_offset, size, stride, where)
@@ -271,7 +271,7 @@ class _Unpickler(pickle.Unpickler):
     self._copied_bytes += numel * flat.itemsize
     if self._copied_bytes > MAX_COPY_FACTOR * self._storage_bytes + MAX_EXPANDED_BYTES:
       raise UnsafeTensorError(
-          f"{where}: size {_short(size)}, stride {_short(stride)} ({numel} elements): the "
+          f"{where}: size {safe_repr(size)}, stride {safe_repr(stride)} ({numel} elements): the "
           f"tensors built so far hold {self._copied_bytes} bytes, more than "
           f"{MAX_COPY_FACTOR} x the {self._storage_bytes} bytes of storage read plus "
           f"{MAX_EXPANDED_BYTES} (views repeated or expanded beyond their storage)")
@@ -330,13 +330,13 @@ def scan_pickle(data: bytes, where: str = "pickle") -> int:
   except CheckpointFormatError:
     raise
   except (ValueError, struct.error, EOFError) as e:  # genops: bad opcode, truncated, bad text
-    raise CheckpointFormatError(f"{where}: malformed pickle ({_brief(e)})") from None
+    raise CheckpointFormatError(f"{where}: malformed pickle ({error_summary(e)})") from None
   if max_put >= count:
     raise CheckpointFormatError(f"{where}: memo index {max_put} but only {count} opcodes")
   return count
 
 
-def _brief(e: BaseException) -> str:
+def error_summary(e: BaseException) -> str:
   try:
     text = str(e)
   except Exception:  # noqa: BLE001
@@ -373,7 +373,7 @@ def load(path) -> Any:
   except RecursionError:
     raise CheckpointFormatError(f"{path}: objects nested too deeply") from None
   except _DECODE_ERRORS as e:
-    raise CheckpointFormatError(f"{path}: malformed checkpoint ({_brief(e)})") from None
+    raise CheckpointFormatError(f"{path}: malformed checkpoint ({error_summary(e)})") from None
 
 
 def _load(archive: zipfile.ZipFile, where: str) -> Any:

@@ -192,11 +192,11 @@ def write_safetensors(path, tensors: dict, metadata: Optional[dict] = None) -> N
   if metadata:
     header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
   for name, value in tensors.items():
-    value = np.ascontiguousarray(value)
+    value = np.asarray(value)  # (np.ascontiguousarray would make a 0-d array 1-d)
     dtype = value.dtype.newbyteorder("<") if value.dtype.itemsize > 1 else value.dtype
     if dtype not in _ST_NAMES:
       raise ValueError(f"tensor '{name}': dtype {value.dtype} has no safetensors name")
-    raw = value.astype(dtype, copy=False).tobytes()
+    raw = value.astype(dtype, copy=False).tobytes(order="C")
     header[name] = {"dtype": _ST_NAMES[dtype], "shape": list(value.shape),
                     "data_offsets": [offset, offset + len(raw)]}
     chunks.append(raw)

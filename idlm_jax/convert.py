@@ -145,9 +145,14 @@ def convert_to_workdir(config, source: str, workdir, *, weights: str = "ema",
   return info
 
 
+def printable(text: str) -> str:
+  """`text` with control characters escaped (key names come from untrusted files)."""
+  return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def one_line(error: BaseException) -> str:
   """An error message on one line: its first line, then the others joined by '; '."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  lines = [printable(line.strip()) for line in str(error).splitlines() if line.strip()]
   if not lines:
     return type(error).__name__
   return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
@@ -164,24 +169,28 @@ def main(argv):
                               n_heads=FLAGS.n_heads)
   except (ConversionError, FileExistsError) as e:
     raise SystemExit(f"conversion failed: {one_line(e)}") from None
+  for line in report_lines(info, FLAGS.config.model.n_heads, FLAGS.workdir):
+    print(printable(line))
+
+
+def report_lines(info: dict, n_heads: int, workdir) -> list[str]:
+  """What the CLI prints after a conversion: source, ignored keys and objects, notes."""
   ignored = sum(len(v) for v in info["ignored_keys"].values())
-  print(f"converted {info['source']} ({info['format']}, {info['weights']} weights, prefix "
-        f"{info['prefix']!r}, {info['num_params']:,} parameters, {ignored} keys ignored) -> "
-        f"{info['checkpoint']}")
+  lines = [f"converted {info['source']} ({info['format']}, {info['weights']} weights, prefix "
+           f"{info['prefix']!r}, {info['num_params']:,} parameters, {ignored} keys ignored) -> "
+           f"{info['checkpoint']}"]
   for reason, keys in info["ignored_keys"].items():
-    print(f"  ignored {len(keys)} keys ({reason}): {', '.join(keys[:3])}"
-          f"{', ...' if len(keys) > 3 else ''}")
+    lines.append(f"  ignored {len(keys)} keys ({reason}): {', '.join(keys[:3])}"
+                 f"{', ...' if len(keys) > 3 else ''}")
   if info["ignored_objects"]:
-    print(f"  not converted: {len(info['ignored_objects'])} other entries of the file (pickled "
-          f"objects among them are inert records, never executed):")
-    for name, what in info["ignored_objects"].items():
-      print(f"    {name}: {what}")
-  print(f"  number of heads ({FLAGS.config.model.n_heads}) verified by: "
-        f"{info['n_heads_verified_by']}")
-  for note in info["notes"]:
-    print(f"  {note}")
-  print(f"run: python -m idlm_jax.main --config=... --workdir={FLAGS.workdir} "
-        f"--config.mode=eval|sample")
+    lines.append(f"  not converted: {len(info['ignored_objects'])} other entries of the file "
+                 f"(pickled objects among them are inert records, never executed):")
+    lines += [f"    {name}: {what}" for name, what in info["ignored_objects"].items()]
+  lines.append(f"  number of heads ({n_heads}) verified by: {info['n_heads_verified_by']}")
+  lines += [f"  {note}" for note in info["notes"]]
+  lines.append(f"run: python -m idlm_jax.main --config=... --workdir={workdir} "
+               f"--config.mode=eval|sample")
+  return lines
 
 
 if __name__ == "__main__":

@@ -273,7 +273,7 @@ def describe(value, budget: int = 100_000) -> str:
   if isinstance(value, np.ndarray):
     return f"tensor {value.dtype} {list(value.shape)}"
   if isinstance(value, torch_pickle.Opaque):
-    head = f"pickled object {_short(value.name, 120)}"
+    head = f"pickled object {str(value.name)[:120]}"
   elif isinstance(value, (dict, list, tuple)):
     head = f"{type(value).__name__} of {len(value)} entries"
   elif isinstance(value, str):
@@ -301,7 +301,7 @@ def describe(value, budget: int = 100_000) -> str:
   if tensors:
     parts.append(f"{tensors} tensor{'s' if tensors > 1 else ''} inside")
   if objects:
-    names = [_short(n, 60) for n, _ in objects.most_common(4)]
+    names = [str(n)[:80] for n, _ in objects.most_common(4)]
     parts.append(f"pickled objects inside: {', '.join(names)}"
                  f"{', ...' if len(objects) > 4 else ''}")
   return "; ".join(parts)

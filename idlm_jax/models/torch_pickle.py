@@ -358,22 +358,24 @@ def load(path) -> Any:
   Raises CheckpointFormatError (UnsafeTensorError for bad tensor geometry) for anything that is
   not a well-formed checkpoint; OSError if the file cannot be opened.
   """
-  try:
-    archive = zipfile.ZipFile(path)
-  except (zipfile.BadZipFile, EOFError, struct.error, ValueError, zlib.error,
-          NotImplementedError, UnicodeError, OverflowError):
-    raise CheckpointFormatError(
-        f"{path}: not a zip-format PyTorch checkpoint (torch.save since 1.6 writes zip files; "
-        f"re-save older files with a recent torch)") from None
-  try:
-    with archive:
-      return _load(archive, str(path))
-  except CheckpointFormatError:
-    raise
-  except RecursionError:
-    raise CheckpointFormatError(f"{path}: objects nested too deeply") from None
-  except _DECODE_ERRORS as e:
-    raise CheckpointFormatError(f"{path}: malformed checkpoint ({error_summary(e)})") from None
+  with open(path, "rb") as f:  # OSError here: the file cannot be read at all
+    try:
+      archive = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, EOFError, OSError, struct.error, ValueError, zlib.error,
+            NotImplementedError, UnicodeError, OverflowError):
+      raise CheckpointFormatError(
+          f"{path}: not a zip-format PyTorch checkpoint (torch.save since 1.6 writes zip "
+          f"files; re-save older files with a recent torch)") from None
+    try:
+      with archive:
+        return _load(archive, str(path))
+    except CheckpointFormatError:
+      raise
+    except RecursionError:
+      raise CheckpointFormatError(f"{path}: objects nested too deeply") from None
+    except (*_DECODE_ERRORS, OSError) as e:  # OSError: a seek outside the file, ...
+      raise CheckpointFormatError(f"{path}: malformed checkpoint "
+                                  f"({error_summary(e)})") from None
 
 
 def _load(archive: zipfile.ZipFile, where: str) -> Any:

@@ -15,10 +15,16 @@ raw little-endian buffers; BF16 through ml_dtypes). `.ckpt`/`.bin`/`.pt` (torch.
 format) are read by `models.torch_pickle` without PyTorch: a checkpoint is untrusted input, so
 only tensor-building globals are resolved and every other pickled object (Lightning
 hyper-parameters, OmegaConf configs, tokenizers) stays an inert record; nothing is executed.
+Both readers check every size, offset and stride against the bytes the file holds before any
+array is made (`read_safetensors`, `models.torch_pickle`); a malformed or crafted file raises
+`CheckpointFormatError` (`UnsafeTensorError` for a tensor's geometry), both ConversionErrors.
 
 `extract_backbone` picks the DDiT's key prefix and strips it; keys outside the prefix are
 ignored only when they match `IGNORED_PREFIXES` (each ignored key is reported), anything else
-is an error through `models.from_torch_state_dict`, which checks names and shapes.
+is an error through `models.from_torch_state_dict`, which checks names and shapes. Entries
+of a Lightning file that are not converted (hyper_parameters, callbacks, optimizer states,
+...) are listed in `Loaded.ignored_objects` and logged. The number of attention heads, which
+no weight shape shows, must be verifiable (`check_head_count`).
 """
 
 from __future__ import annotations
@@ -589,7 +595,12 @@ def check_half_precision_buffer(sd: dict, head_dim: int) -> list[str]:
   float32 buffers exactly.) Returns notes for the conversion record.
   """
   value = sd.get(BUFFERS[0])
-  if value is None or np.dtype(value.dtype).itemsize > 2:
+  if value is None:
+    return []
+  if value.dtype not in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):
+    raise ConversionError(f"key '{BUFFERS[0]}' has dtype {value.dtype}; the RoPE buffer is "
+                          f"floating point")
+  if value.dtype.itemsize > 2:
     return []
   from idlm_jax.models import rotary_inv_freq  # noqa: PLC0415
 

@@ -606,3 +606,9 @@ def test_crafted_torch_file_is_a_named_conversion_error(tmp_path):
   with pytest.raises(conv.UnsafeTensorError, match="reach element 65535, but the storage "
                                                    "holds 4 elements"):
     convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "x.bin"))
+
+
+def test_rope_buffer_of_a_non_float_dtype_is_a_conversion_error(tmp_path, weights):
+  tensors = _with_buffer(weights[0], "backbone.")
+  tensors["backbone.rotary_emb.inv_freq"] = np.ones(8, np.int16)
+  assert "has dtype int16; the RoPE buffer is floating point" in _convert_error(tmp_path, tensors)

@@ -11,8 +11,8 @@ arguments: no module is imported and nothing is called. Tensors come back as Num
 Nothing in the file is trusted either, so before anything is allocated or any view is made:
   - the archive: one `data.pkl` (at most MAX_PICKLE_BYTES), no duplicate entry names, every
     storage record present, of exactly the byte length the pickle declares for it (numel x
-    dtype size), stored or deflated (no other compression), read with a bounded read whose
-    CRC zipfile checks;
+    dtype size), stored or deflated (no other compression; deflated entries declaring at most
+    2 x the file size + 64 MiB in all), read with a bounded read whose CRC zipfile checks;
   - the pickle, scanned opcode by opcode before it is unpickled (`pickletools.genops`, which
     allocates nothing a truncated file does not hold): protocol <= 5, no opcode this reader
     does not support (PERSID, EXT1/2/4, NEXT_BUFFER, READONLY_BUFFER), memo indices bounded
@@ -37,6 +37,7 @@ import collections
 import io
 import lzma
 import math
+import os
 import pickle
 import pickletools
 import re
@@ -63,7 +64,9 @@ MAX_NDIM = 32
 MAX_COPY_FACTOR = 4
 MAX_EXPANDED_BYTES = 1 << 28
 MAX_GLOBALS = 10_000  # distinct globals named by one pickle (each becomes a stub class)
-MAX_INFLATE_RATIO = 1100  # deflate cannot exceed ~1032:1; more is a zip bomb
+# Deflated entries (torch writes none) may declare at most this many bytes in all: twice the
+# file's size plus 64 MiB; more is a zip bomb (deflate reaches ~1000:1).
+MAX_INFLATE_FACTOR, MAX_INFLATE_EXTRA = 2, 64 << 20
 # Opcodes the restricted unpickler does not support: text persistent ids (torch writes
 # BINPERSID), the copyreg extension registry, out-of-band buffers.
 UNSUPPORTED_OPCODES = frozenset({"PERSID", "EXT1", "EXT2", "EXT4", "NEXT_BUFFER",
@@ -294,10 +297,6 @@ def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> 
   if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
     raise CheckpointFormatError(f"{where}: record {info.filename!r} uses compression "
                                 f"{info.compress_type} (torch.save stores records uncompressed)")
-  if (info.compress_type == zipfile.ZIP_DEFLATED and
-      info.file_size > MAX_INFLATE_RATIO * max(info.compress_size, 1)):
-    raise CheckpointFormatError(f"{where}: record {info.filename!r} declares {info.file_size} "
-                                f"bytes from {info.compress_size} compressed bytes")
   with archive.open(info) as f:
     data = f.read(info.file_size + 1)
   if len(data) != info.file_size:
@@ -368,7 +367,7 @@ def load(path) -> Any:
           f"files; re-save older files with a recent torch)") from None
     try:
       with archive:
-        return _load(archive, str(path))
+        return _load(archive, str(path), os.fstat(f.fileno()).st_size)
     except CheckpointFormatError:
       raise
     except RecursionError:
@@ -378,8 +377,12 @@ def load(path) -> Any:
                                   f"({error_summary(e)})") from None
 
 
-def _load(archive: zipfile.ZipFile, where: str) -> Any:
+def _load(archive: zipfile.ZipFile, where: str, file_size: int) -> Any:
   infos = archive.infolist()
+  inflated = sum(i.file_size for i in infos if i.compress_type != zipfile.ZIP_STORED)
+  if inflated > MAX_INFLATE_FACTOR * file_size + MAX_INFLATE_EXTRA:
+    raise CheckpointFormatError(f"{where}: compressed entries declare {inflated} bytes, from a "
+                                f"file of {file_size} bytes (a zip bomb?)")
   names = [i.filename for i in infos]
   if len(set(names)) != len(names):
     dup = sorted({n for n in names if names.count(n) > 1})[:3]

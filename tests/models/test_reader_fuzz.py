@@ -189,6 +189,18 @@ def test_absurd_declared_sizes_in_the_zip(tmp_path):
     conv.read_torch_file(tmp_path / "absurd.bin")
 
 
+def test_deflated_records_load_but_a_zip_bomb_is_refused(tmp_path, monkeypatch):
+  pkl = fuzz.tensor_pickle({"w": ("0", "FloatStorage", 4096, 0, (4096,), (1,))})
+  with zipfile.ZipFile(tmp_path / "deflated.bin", "w", zipfile.ZIP_DEFLATED) as z:
+    z.writestr("a/data.pkl", pkl)
+    z.writestr("a/data/0", bytes(4 * 4096))  # zeros: ~1000:1
+  assert conv.read_torch_file(tmp_path / "deflated.bin")["w"].shape == (4096,)
+  monkeypatch.setattr(torch_pickle, "MAX_INFLATE_EXTRA", 1024)
+  with pytest.raises(conv.CheckpointFormatError, match="compressed entries declare 16.* bytes, "
+                                                       "from a file of .* bytes"):
+    conv.read_torch_file(tmp_path / "deflated.bin")
+
+
 @pytest.mark.parametrize("snippet,match", [
     (b"\x82\x01", "opcode EXT1 at byte 2 is not supported"),
     (b"\x97", "opcode NEXT_BUFFER"),

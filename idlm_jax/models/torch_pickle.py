@@ -187,9 +187,9 @@ def check_view(storage_numel: int, itemsize: int, offset, size, stride, where: s
   last = offset + sum((n - 1) * s for n, s in zip(size, stride))
   if last >= storage_numel:
     raise UnsafeTensorError(
-        f"{where}: size {safe_repr(size)}, stride {safe_repr(stride)} at offset {_num(offset)} reach "
-        f"element {_num(last)}, but the storage holds {storage_numel} elements (a read past "
-        f"its buffer)")
+        f"{where}: size {safe_repr(size)}, stride {safe_repr(stride)} at offset "
+        f"{_num(offset)} reach element {_num(last)}, but the storage holds {storage_numel} "
+        f"elements (a read past its buffer)")
   return numel
 
 

@@ -180,8 +180,9 @@ def _interesting(rng, old=None):
 
 def mutate_bytes(data: bytes, rng) -> tuple[bytes, str]:
   b = bytearray(data)
-  kind = _pick(rng, ("flip", "set", "insert", "delete", "truncate", "duplicate"))
   n = len(b)
+  kind = _pick(rng, ("flip", "set", "insert", "delete", "truncate", "duplicate") if n else
+               ("insert",))
   if kind == "flip":
     for _ in range(int(rng.integers(1, 9))):
       i = int(rng.integers(n))
@@ -747,8 +748,12 @@ def run(folder, *, seed: int = 0, cases: int = 0, seconds: float = 0.0, only: st
           yield i
           i += 1
       schedule = ((fmt, i) for i in rounds() for fmt in FORMATS)
-    start = time.monotonic()
+    start = last_log = time.monotonic()
     for fmt, i in schedule:
+      if seconds and time.monotonic() - last_log > 30:
+        last_log = time.monotonic()
+        log(f"  ... {summary['cases']} cases in {last_log - start:.0f} s, "
+            f"{len(summary['failures'])} failures")
       if not only and (seconds and time.monotonic() - start > seconds or
                        not seconds and i >= cases):
         break

@@ -137,7 +137,8 @@ def test_storage_and_archive_checks(tmp_path):
     conv.read_torch_file(_one_tensor(tmp_path, numel=5))
   with pytest.raises(conv.CheckpointFormatError, match="declares 18446744073709551616 x float32"):
     conv.read_torch_file(_one_tensor(tmp_path, numel=2**64, name="huge.bin"))
-  with pytest.raises(conv.CheckpointFormatError, match="unsupported type 'torch.ComplexFloatStorage'"):
+  with pytest.raises(conv.CheckpointFormatError,
+                     match="unsupported type 'torch.ComplexFloatStorage'"):
     conv.read_torch_file(_one_tensor(tmp_path, kind="ComplexFloatStorage", name="c.bin"))
   path = _write(tmp_path / "norec.bin", {"w": ("7", "FloatStorage", 4, 0, (4,), (1,))},
                 {"0": _storage([1, 2, 3, 4])})

@@ -2,7 +2,8 @@
 
   python -m idlm_jax.convert --config=configs/mdlm_owt.py \\
       --source=/path/to/mdlm.ckpt | /path/to/hf_folder | kuleshov-group/mdlm-owt[@revision] \\
-      --workdir=/out [--weights=ema|state_dict] [--prefix=backbone.] [--config.x=y ...]
+      --workdir=/out [--weights=ema|state_dict] [--prefix=backbone.] [--n_heads=N]
+      [--config.x=y ...]
 
 writes <workdir>/checkpoints/0/ (orbax, through train/checkpoint.py): step 0, params =
 ema_params = the converted weights, a fresh optimizer state, and meta["converted_from"]
@@ -13,6 +14,15 @@ were taken (EMA for Lightning files). Then
 
 evaluates (or samples, or fine-tunes) it directly; the data iterator starts from scratch.
 Readers and key handling: idlm_jax/models/convert.py.
+
+A checkpoint that cannot be converted (unreadable or crafted file, wrong shapes, config
+mismatch, unverifiable head count) ends the CLI with one line `conversion failed: ...` on
+stderr and exit status 1, no traceback. The number of attention heads is verified from the
+file (`rotary_emb.inv_freq`, or config.json); a file with neither converts only with
+--n_heads=N (equal to config.model.n_heads) stating it explicitly. Entries of a Lightning file
+that are not converted (hyper_parameters, callbacks, optimizer states, ...) are listed in the
+output and in meta["converted_from"]["ignored_objects"]; pickled objects among them are inert
+records, never executed.
 """
 
 import json
@@ -30,8 +40,13 @@ FLAGS = flags.FLAGS
 
 
 def convert_weights(config, source: str, *, weights: str = "ema", prefix: Optional[str] = None,
-                    cache_dir: Optional[str] = None):
-  """(params as a pure dict of float32 NumPy arrays, info dict) for `config`'s model."""
+                    cache_dir: Optional[str] = None, n_heads: Optional[int] = None):
+  """(params as a pure dict of float32 NumPy arrays, info dict) for `config`'s model.
+
+  `n_heads` states the checkpoint's number of attention heads when the file cannot tell
+  (no rotary_emb.inv_freq buffer, no config.json); it must equal config.model.n_heads.
+  Every problem is a ConversionError.
+  """
   import jax
   from flax import nnx
 
@@ -52,6 +67,7 @@ def convert_weights(config, source: str, *, weights: str = "ema", prefix: Option
   tokenizer = tokenizers.get_tokenizer(config.data.tokenizer)
   arch = conv.infer_architecture(sd, loaded.hf_config)
   conv.check_config(arch, config.model, config.data.tokenizer, tokenizer.model_vocab_size)
+  heads_from = conv.check_head_count(sd, loaded.hf_config, config.model.n_heads, n_heads)
   abstract = nnx.eval_shape(lambda: models.build_model(
       config.model, tokenizer.model_vocab_size, nnx.Rngs(params=jax.random.key(0))))
   abstract_params = nnx.state(abstract, nnx.Param)
@@ -72,7 +88,9 @@ def convert_weights(config, source: str, *, weights: str = "ema", prefix: Option
       "files": {str(f.relative_to(path) if path.is_dir() else f.name): conv.sha256(f)
                 for f in loaded.files},
       "ignored_keys": ignored,
+      "ignored_objects": loaded.ignored_objects,
       "architecture": arch,
+      "n_heads_verified_by": heads_from,
       "notes": loaded.notes,
       "num_params": models.count_params(abstract_params),
   }
@@ -116,15 +134,29 @@ def write_checkpoint(config, params, workdir, info: dict) -> pathlib.Path:
 
 
 def convert_to_workdir(config, source: str, workdir, *, weights: str = "ema",
-                       prefix: Optional[str] = None, cache_dir: Optional[str] = None) -> dict:
+                       prefix: Optional[str] = None, cache_dir: Optional[str] = None,
+                       n_heads: Optional[int] = None) -> dict:
   """Convert `source` for `config`'s model and write it as the workdir's step-0 checkpoint."""
   from idlm_jax import config as config_lib
 
   config_lib.validate(config)
   params, info = convert_weights(config, source, weights=weights, prefix=prefix,
-                                 cache_dir=cache_dir)
+                                 cache_dir=cache_dir, n_heads=n_heads)
   info["checkpoint"] = str(write_checkpoint(config, params, workdir, info))
   return info
+
+
+def printable(text: str) -> str:
+  """`text` with control characters escaped (key names come from untrusted files)."""
+  return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def one_line(error: BaseException) -> str:
+  """An error message on one line: its first line, then the others joined by '; '."""
+  lines = [printable(line.strip()) for line in str(error).splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
 
 
 def main(argv):
@@ -134,20 +166,32 @@ def main(argv):
 
   try:
     info = convert_to_workdir(FLAGS.config, FLAGS.source, FLAGS.workdir, weights=FLAGS.weights,
-                              prefix=FLAGS.prefix, cache_dir=FLAGS.cache_dir)
+                              prefix=FLAGS.prefix, cache_dir=FLAGS.cache_dir,
+                              n_heads=FLAGS.n_heads)
   except (ConversionError, FileExistsError) as e:
-    raise SystemExit(f"conversion failed: {e}") from None
+    raise SystemExit(f"conversion failed: {one_line(e)}") from None
+  for line in report_lines(info, FLAGS.config.model.n_heads, FLAGS.workdir):
+    print(printable(line))
+
+
+def report_lines(info: dict, n_heads: int, workdir) -> list[str]:
+  """What the CLI prints after a conversion: source, ignored keys and objects, notes."""
   ignored = sum(len(v) for v in info["ignored_keys"].values())
-  print(f"converted {info['source']} ({info['format']}, {info['weights']} weights, prefix "
-        f"{info['prefix']!r}, {info['num_params']:,} parameters, {ignored} keys ignored) -> "
-        f"{info['checkpoint']}")
+  lines = [f"converted {info['source']} ({info['format']}, {info['weights']} weights, prefix "
+           f"{info['prefix']!r}, {info['num_params']:,} parameters, {ignored} keys ignored) -> "
+           f"{info['checkpoint']}"]
   for reason, keys in info["ignored_keys"].items():
-    print(f"  ignored {len(keys)} keys ({reason}): {', '.join(keys[:3])}"
-          f"{', ...' if len(keys) > 3 else ''}")
-  for note in info["notes"]:
-    print(f"  {note}")
-  print(f"run: python -m idlm_jax.main --config=... --workdir={FLAGS.workdir} "
-        f"--config.mode=eval|sample")
+    lines.append(f"  ignored {len(keys)} keys ({reason}): {', '.join(keys[:3])}"
+                 f"{', ...' if len(keys) > 3 else ''}")
+  if info["ignored_objects"]:
+    lines.append(f"  not converted: {len(info['ignored_objects'])} other entries of the file "
+                 f"(pickled objects among them are inert records, never executed):")
+    lines += [f"    {name}: {what}" for name, what in info["ignored_objects"].items()]
+  lines.append(f"  number of heads ({n_heads}) verified by: {info['n_heads_verified_by']}")
+  lines += [f"  {note}" for note in info["notes"]]
+  lines.append(f"run: python -m idlm_jax.main --config=... --workdir={workdir} "
+               f"--config.mode=eval|sample")
+  return lines
 
 
 if __name__ == "__main__":
@@ -161,5 +205,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("prefix", None, "Key prefix of the DDiT (default: detected, e.g. "
                       "'backbone.', 'backbone.backbone.' or '').")
   flags.DEFINE_string("cache_dir", None, "huggingface_hub cache folder for hub names.")
+  flags.DEFINE_integer("n_heads", None, "The checkpoint's number of attention heads, stated "
+                       "explicitly: required when the file cannot tell (no rotary_emb.inv_freq "
+                       "buffer, no config.json); must equal --config.model.n_heads.")
   flags.mark_flags_as_required(["config", "source", "workdir"])
   app.run(main)

@@ -15,20 +15,27 @@ raw little-endian buffers; BF16 through ml_dtypes). `.ckpt`/`.bin`/`.pt` (torch.
 format) are read by `models.torch_pickle` without PyTorch: a checkpoint is untrusted input, so
 only tensor-building globals are resolved and every other pickled object (Lightning
 hyper-parameters, OmegaConf configs, tokenizers) stays an inert record; nothing is executed.
+Both readers check every size, offset and stride against the bytes the file holds before any
+array is made (`read_safetensors`, `models.torch_pickle`); a malformed or crafted file raises
+`CheckpointFormatError` (`UnsafeTensorError` for a tensor's geometry), both ConversionErrors.
 
 `extract_backbone` picks the DDiT's key prefix and strips it; keys outside the prefix are
 ignored only when they match `IGNORED_PREFIXES` (each ignored key is reported), anything else
-is an error through `models.from_torch_state_dict`, which checks names and shapes.
+is an error through `models.from_torch_state_dict`, which checks names and shapes. Entries
+of a Lightning file that are not converted (hyper_parameters, callbacks, optimizer states,
+...) are listed in `Loaded.ignored_objects` and logged. The number of attention heads, which
+no weight shape shows, must be verifiable (`check_head_count`).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import pathlib
-import pickle
 import re
 from typing import Any, Optional
 
@@ -60,42 +67,129 @@ _ST_DTYPES = {
     "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+MAX_SAFETENSORS_HEADER = 100 << 20  # bytes of JSON header (the format's own reader: 100 MB)
+MAX_NDIM = torch_pickle.MAX_NDIM
+MAX_NESTING = 200  # containers inside containers in a torch file
+# Entries of a Lightning checkpoint dict that conversion reads; everything else is reported.
+LIGHTNING_USED = ("state_dict", "ema")
+EMA_USED = ("shadow_params", "decay", "num_updates")
+
+log = logging.getLogger(__name__)
 
 
 class ConversionError(ValueError):
   """A checkpoint cannot be read or does not fit the configured model (the message says why)."""
 
 
+class CheckpointFormatError(ConversionError):
+  """The file is not a well-formed checkpoint of its format (damaged, truncated or crafted)."""
+
+
+class UnsafeTensorError(CheckpointFormatError):
+  """A tensor's declared geometry (shape, offsets, strides) does not fit the data it names."""
+
+
+_short = torch_pickle.safe_repr  # bounded repr of untrusted values (never raises)
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
 # ---------------------------------------------------------------------------- safetensors
 
 
+def _json_object(pairs):
+  """json object_pairs_hook: a dict, refusing duplicate keys (which JSON would resolve
+  silently to the last one)."""
+  out = {}
+  for k, v in pairs:
+    if k in out:
+      raise ValueError(f"duplicate key {_short(k)}")
+    out[k] = v
+  return out
+
+
 def read_safetensors(path) -> dict[str, np.ndarray]:
-  """name -> NumPy array of a .safetensors file (no torch, no safetensors package)."""
+  """name -> NumPy array of a .safetensors file (no torch, no safetensors package).
+
+  The file is untrusted: the header length must lie within the file and MAX_SAFETENSORS_HEADER,
+  the header must be a JSON object without duplicate keys, every tensor must have a known
+  dtype, a shape of at most MAX_NDIM non-negative integers and data_offsets [begin, end] of
+  non-negative integers inside the data section with end - begin = prod(shape) * itemsize,
+  and no two tensors' byte ranges may overlap. Anything else raises CheckpointFormatError
+  (UnsafeTensorError for a tensor's geometry). The arrays are read-only views of the file's
+  bytes.
+  """
   path = pathlib.Path(path)
-  data = path.read_bytes()
+  try:
+    data = path.read_bytes()
+  except OSError as e:
+    raise ConversionError(f"{path}: cannot read it ({e})") from None
   if len(data) < 8:
-    raise ConversionError(f"{path}: not a safetensors file (shorter than its 8-byte header)")
+    raise CheckpointFormatError(f"{path}: not a safetensors file (shorter than its 8-byte "
+                                f"header length)")
   n = int.from_bytes(data[:8], "little")
   if n > len(data) - 8:
-    raise ConversionError(f"{path}: not a safetensors file (header length {n} exceeds the file)")
+    raise CheckpointFormatError(f"{path}: not a safetensors file (header length {n} exceeds "
+                                f"the file's {len(data) - 8} bytes after it)")
+  if n > MAX_SAFETENSORS_HEADER:
+    raise CheckpointFormatError(f"{path}: safetensors header of {n} bytes (at most "
+                                f"{MAX_SAFETENSORS_HEADER})")
   try:
-    header = json.loads(data[8:8 + n])
-  except ValueError as e:
-    raise ConversionError(f"{path}: not a safetensors file (bad JSON header: {e})") from None
+    header = json.loads(data[8:8 + n], object_pairs_hook=_json_object)
+  except RecursionError:
+    raise CheckpointFormatError(f"{path}: not a safetensors file (JSON header nested too "
+                                f"deeply)") from None
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, duplicate keys, huge ints
+    raise CheckpointFormatError(f"{path}: not a safetensors file (bad JSON header: "
+                                f"{torch_pickle.error_summary(e)})") from None
+  if not isinstance(header, dict):
+    raise CheckpointFormatError(f"{path}: not a safetensors file (the header is a JSON "
+                                f"{type(header).__name__}, not an object)")
+  meta = header.get("__metadata__", {})
+  if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+    raise CheckpointFormatError(f"{path}: __metadata__ must map names to strings, got "
+                                f"{_short(meta)}")
   buf = memoryview(data)[8 + n:]
-  out = {}
+  entries = []
   for name, info in header.items():
     if name == "__metadata__":
       continue
-    if info.get("dtype") not in _ST_DTYPES:
-      raise ConversionError(f"{path}: tensor '{name}' has unsupported dtype {info.get('dtype')!r}")
-    dtype, shape = _ST_DTYPES[info["dtype"]], tuple(info["shape"])
-    begin, end = info["data_offsets"]
-    if not 0 <= begin <= end <= len(buf) or end - begin != math.prod(shape) * dtype.itemsize:
-      raise ConversionError(f"{path}: tensor '{name}' ({info['dtype']} {list(shape)}) has "
-                            f"inconsistent data offsets {[begin, end]}")
-    out[name] = np.frombuffer(buf[begin:end], dtype=dtype).reshape(shape)
-  return out
+    where = f"{path}: tensor {_short(name)}"
+    if not isinstance(info, dict):
+      raise CheckpointFormatError(f"{where}: header entry {_short(info)} is not an object")
+    dtype_name, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not isinstance(dtype_name, str) or dtype_name not in _ST_DTYPES:
+      raise CheckpointFormatError(f"{where} has unsupported dtype {_short(dtype_name)} "
+                                  f"(supported: {', '.join(_ST_DTYPES)})")
+    if (not isinstance(shape, list) or len(shape) > MAX_NDIM or
+        not all(_is_int(d) and d >= 0 for d in shape)):
+      raise UnsafeTensorError(f"{where}: shape {_short(shape)} is not a list of at most "
+                              f"{MAX_NDIM} non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or
+        not all(_is_int(o) and o >= 0 for o in offsets)):
+      raise UnsafeTensorError(f"{where}: data_offsets {_short(offsets)} is not a pair of "
+                              f"non-negative integers")
+    dtype, (begin, end) = _ST_DTYPES[dtype_name], offsets
+    nbytes = math.prod(shape) * dtype.itemsize
+    if not begin <= end <= len(buf) or end - begin != nbytes:
+      raise UnsafeTensorError(
+          f"{where} ({dtype_name} {_short(shape)}, {_short(nbytes)} bytes) has inconsistent "
+          f"data offsets {_short(offsets)} (the data section holds {len(buf)} bytes)")
+    if nbytes == 0 and math.prod(d for d in shape if d) * dtype.itemsize >= 1 << 62:
+      raise UnsafeTensorError(f"{where}: empty shape {_short(shape)} too large for an array")
+    entries.append((begin, end, name, dtype, tuple(shape)))
+  previous = None
+  for begin, end, name, _, _ in sorted(entries, key=lambda e: e[:2]):
+    if begin == end:
+      continue
+    if previous is not None and begin < previous[1]:
+      raise UnsafeTensorError(f"{path}: tensors {_short(previous[0])} and {_short(name)} "
+                              f"overlap (bytes {previous[1] - begin} of their data ranges)")
+    previous = (name, end)
+  return {name: np.frombuffer(buf[begin:end], dtype=dtype).reshape(shape)
+          for begin, end, name, dtype, shape in entries}
 
 
 def write_safetensors(path, tensors: dict, metadata: Optional[dict] = None) -> None:
@@ -104,11 +198,11 @@ def write_safetensors(path, tensors: dict, metadata: Optional[dict] = None) -> N
   if metadata:
     header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
   for name, value in tensors.items():
-    value = np.ascontiguousarray(value)
+    value = np.asarray(value)  # (np.ascontiguousarray would make a 0-d array 1-d)
     dtype = value.dtype.newbyteorder("<") if value.dtype.itemsize > 1 else value.dtype
     if dtype not in _ST_NAMES:
       raise ValueError(f"tensor '{name}': dtype {value.dtype} has no safetensors name")
-    raw = value.astype(dtype, copy=False).tobytes()
+    raw = value.astype(dtype, copy=False).tobytes(order="C")
     header[name] = {"dtype": _ST_NAMES[dtype], "shape": list(value.shape),
                     "data_offsets": [offset, offset + len(raw)]}
     chunks.append(raw)
@@ -126,24 +220,97 @@ def write_safetensors(path, tensors: dict, metadata: Optional[dict] = None) -> N
 
 
 def _to_plain(obj):
-  """Containers recursed into dicts/lists; NumPy tensors kept; other objects kept as Opaque."""
-  if isinstance(obj, dict):
-    return {k: _to_plain(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return type(obj)(_to_plain(v) for v in obj)
-  return obj
+  """Containers copied to plain dicts/lists/tuples; NumPy tensors and Opaque records kept.
+
+  Shared sub-objects stay shared (memo by id, so a pickle's repeated references cannot blow
+  up), cycles are kept, and nesting deeper than MAX_NESTING is a CheckpointFormatError.
+  """
+  memo = {}
+
+  def walk(o, depth):
+    if not isinstance(o, (dict, list, tuple)):
+      return o
+    if id(o) in memo:
+      return memo[id(o)]
+    if depth > MAX_NESTING:
+      raise CheckpointFormatError(f"containers nested more than {MAX_NESTING} deep")
+    if isinstance(o, dict):
+      out = memo[id(o)] = {}
+      for k, v in o.items():
+        out[k] = walk(v, depth + 1)
+      return out
+    if isinstance(o, list):
+      out = memo[id(o)] = []
+      out.extend(walk(v, depth + 1) for v in o)
+      return out
+    out = memo[id(o)] = tuple(walk(v, depth + 1) for v in o)
+    return out
+
+  return walk(obj, 0)
 
 
 def read_torch_file(path) -> Any:
   """The object torch.save wrote at `path`, tensors as NumPy, read without torch or code.
 
   `models.torch_pickle` resolves only the tensor-building globals; Lightning's pickled
-  hyper-parameters, OmegaConf configs or tokenizers become inert `Opaque` records.
+  hyper-parameters, OmegaConf configs or tokenizers become inert `Opaque` records. Every
+  tensor's geometry is checked against its storage first: a malformed or crafted file raises
+  CheckpointFormatError (UnsafeTensorError for a tensor that would read outside its storage).
   """
   try:
-    return _to_plain(torch_pickle.load(path))
-  except (ValueError, pickle.UnpicklingError, KeyError, EOFError) as e:
-    raise ConversionError(f"{path}: cannot read it as a PyTorch checkpoint: {e}") from None
+    obj = torch_pickle.load(path)
+  except torch_pickle.UnsafeTensorError as e:  # the message names the file and the tensor
+    raise UnsafeTensorError(str(e)) from None
+  except torch_pickle.CheckpointFormatError as e:
+    raise CheckpointFormatError(str(e)) from None
+  except OSError as e:
+    raise ConversionError(f"{path}: cannot read it ({e})") from None
+  try:
+    return _to_plain(obj)
+  except CheckpointFormatError as e:
+    raise CheckpointFormatError(f"{path}: {e}") from None
+  except RecursionError:
+    raise CheckpointFormatError(f"{path}: containers nested too deeply") from None
+
+
+def describe(value, budget: int = 100_000) -> str:
+  """A one-line description of a checkpoint entry that is not converted: its type and size,
+  and the tensors and pickled objects (kept as inert records, never executed) inside it."""
+  if isinstance(value, np.ndarray):
+    return f"tensor {value.dtype} {list(value.shape)}"
+  if isinstance(value, torch_pickle.Opaque):
+    head = f"pickled object {str(value.name)[:120]}"
+  elif isinstance(value, (dict, list, tuple)):
+    head = f"{type(value).__name__} of {len(value)} entries"
+  elif isinstance(value, str):
+    head = f"str {_short(value, 60)}"
+  else:
+    head = f"{type(value).__name__} {_short(value, 60)}"
+  tensors, objects, seen, stack = 0, collections.Counter(), set(), [value]
+  while stack and budget > 0:
+    budget -= 1
+    o = stack.pop()
+    if id(o) in seen:
+      continue
+    seen.add(id(o))
+    if isinstance(o, np.ndarray):
+      tensors += 1
+    elif isinstance(o, torch_pickle.Opaque):
+      if o is not value:
+        objects[o.name] += 1
+      stack += [*o.args, *o.kwargs.values(), o.state]
+    elif isinstance(o, dict):
+      stack += [*o.keys(), *o.values()]
+    elif isinstance(o, (list, tuple)):
+      stack += o
+  parts = [head]
+  if tensors:
+    parts.append(f"{tensors} tensor{'s' if tensors > 1 else ''} inside")
+  if objects:
+    names = [str(n)[:80] for n, _ in objects.most_common(4)]
+    parts.append(f"pickled objects inside: {', '.join(names)}"
+                 f"{', ...' if len(objects) > 4 else ''}")
+  return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------- sources
@@ -161,6 +328,9 @@ class Loaded:
   notes: list[str] = dataclasses.field(default_factory=list)
   # Lightning EMA: the state_dict names the shadow_params list was matched to, in order
   param_order: list[str] = dataclasses.field(default_factory=list)
+  # entries of the file that are not converted (Lightning hyper_parameters, callbacks,
+  # optimizer states, ...): name -> what it is (`describe`); reported, never executed
+  ignored_objects: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def is_hub_name(source: str) -> bool:
@@ -203,23 +373,48 @@ def sha256(path) -> str:
 
 
 def _flat_tensors(obj, path) -> dict[str, np.ndarray]:
-  if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
-    keys = f" with keys {list(obj)[:8]}" if isinstance(obj, dict) else ""
+  if not isinstance(obj, dict):
     raise ConversionError(f"{path}: expected a flat state dict of tensors, got "
-                          f"{type(obj).__name__}{keys}")
+                          f"{type(obj).__name__}")
+  bad = [(k, v) for k, v in obj.items() if not isinstance(k, str) or
+         not isinstance(v, np.ndarray)]
+  if bad:
+    listed = ", ".join(f"{_short(k, 60)}: {describe(v)}" for k, v in bad[:3])
+    raise ConversionError(f"{path}: expected a flat state dict of tensors under string keys; "
+                          f"{len(bad)} entries are not ({listed}{', ...' if len(bad) > 3 else ''})")
   return obj
+
+
+def _read_json(path) -> dict:
+  """A JSON object from a file of the checkpoint folder (untrusted: errors are ConversionError)."""
+  try:
+    value = json.loads(pathlib.Path(path).read_bytes())
+  except RecursionError:
+    raise CheckpointFormatError(f"{path}: JSON nested too deeply") from None
+  except (OSError, ValueError) as e:
+    raise CheckpointFormatError(f"{path}: not readable JSON "
+                                f"({torch_pickle.error_summary(e)})") from None
+  if not isinstance(value, dict):
+    raise CheckpointFormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
+  return value
 
 
 def _hf_folder(folder: pathlib.Path) -> Loaded:
   config = {}
   if (folder / "config.json").is_file():
-    config = json.loads((folder / "config.json").read_text())
+    config = _read_json(folder / "config.json")
   if (folder / "model.safetensors").is_file():
     files = [folder / "model.safetensors"]
     return Loaded(read_safetensors(files[0]), "hf_safetensors", "published", files, config)
   if (folder / "model.safetensors.index.json").is_file():
-    index = json.loads((folder / "model.safetensors.index.json").read_text())
-    files = [folder / f for f in sorted(set(index["weight_map"].values()))]
+    index_path = folder / "model.safetensors.index.json"
+    weight_map = _read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(f, str) and re.fullmatch(r"[\w.-]+\.safetensors", f)
+        for f in weight_map.values()):
+      raise CheckpointFormatError(f"{index_path}: 'weight_map' must map tensor names to "
+                                  f".safetensors file names in the same folder")
+    files = [folder / f for f in sorted(set(weight_map.values()))]
     sd = {}
     for f in files:
       sd.update(read_safetensors(f))
@@ -232,13 +427,28 @@ def _hf_folder(folder: pathlib.Path) -> Loaded:
                         f"{', '.join(HF_WEIGHT_FILES)}")
 
 
+def ignored_entries(obj: dict, used) -> dict[str, str]:
+  """name -> `describe(value)` for the entries of a Lightning checkpoint dict not in `used`
+  (and those of its `ema` dict beyond EMA_USED, as 'ema.<name>')."""
+  out = {}
+  for key, value in obj.items():
+    name = key if isinstance(key, str) else _short(key, 60)
+    if key == "ema" and "ema" in used and isinstance(value, dict):
+      out.update({f"ema.{k if isinstance(k, str) else _short(k, 60)}": describe(v)
+                  for k, v in value.items() if k not in EMA_USED})
+    elif key not in used:
+      out[name] = describe(value)
+  return out
+
+
 def _lightning(obj: dict, path, weights: str, prefix: Optional[str]) -> Loaded:
   """EMA (default) or raw weights of a Lightning checkpoint dict."""
   sd = _flat_tensors(obj["state_dict"], path)
   files = [pathlib.Path(path)]
   if weights == "state_dict":
     return Loaded(dict(sd), "lightning", "state_dict", files,
-                  notes=["state_dict (raw, non-EMA) weights taken on request"])
+                  notes=["state_dict (raw, non-EMA) weights taken on request"],
+                  ignored_objects=ignored_entries(obj, ("state_dict",)))
   ema = obj.get("ema")
   shadow = ema.get("shadow_params") if isinstance(ema, dict) else None
   if shadow is None:
@@ -246,6 +456,10 @@ def _lightning(obj: dict, path, weights: str, prefix: Optional[str]) -> Loaded:
         f"{path}: this Lightning checkpoint has no EMA weights ('ema.shadow_params'); "
         f"evaluation and sampling use EMA weights, so the raw state_dict is converted only when "
         f"asked for explicitly: --weights=state_dict")
+  if (not isinstance(shadow, (list, tuple)) or
+      not all(isinstance(v, np.ndarray) for v in shadow)):
+    raise ConversionError(f"{path}: ema.shadow_params is not a list of tensors "
+                          f"({describe(shadow)})")
   prefix = choose_prefix(sd, prefix)
   buffers = {prefix + b for b in BUFFERS}
   names = [k for k in sd if k.startswith(prefix) and k not in buffers]
@@ -269,10 +483,12 @@ def _lightning(obj: dict, path, weights: str, prefix: Optional[str]) -> Loaded:
   out.update({k: sd[k] for k in buffers if k in sd})
   # keys outside the backbone go through extract_backbone's ignore list as usual
   out.update({k: v for k, v in sd.items() if not k.startswith(prefix)})
-  notes = [f"EMA weights (decay {ema.get('decay')}, {ema.get('num_updates')} updates)"]
+  notes = [f"EMA weights (decay {_short(ema.get('decay'), 40)}, "
+           f"{_short(ema.get('num_updates'), 40)} updates)"]
   if len(shadow) > len(names):
     notes.append(f"{len(shadow) - len(names)} EMA tensors of the noise schedule ignored")
-  return Loaded(out, "lightning", "ema", files, notes=notes, param_order=names)
+  return Loaded(out, "lightning", "ema", files, notes=notes, param_order=names,
+                ignored_objects=ignored_entries(obj, LIGHTNING_USED))
 
 
 def load_source(path, weights: str = "ema", prefix: Optional[str] = None) -> Loaded:
@@ -303,6 +519,10 @@ def load_source(path, weights: str = "ema", prefix: Optional[str] = None) -> Loa
                           f".bin, .pt, .pth, .safetensors or a model folder)")
   if weights == "state_dict" and loaded.format != "lightning":
     loaded.notes.append("weights='state_dict' has no effect: only Lightning files hold both")
+  if loaded.ignored_objects:
+    log.info("%s: %d entries not converted (kept as records, never executed): %s", path,
+             len(loaded.ignored_objects), "; ".join(f"{k} ({v})" for k, v in
+                                                    loaded.ignored_objects.items()))
   return loaded
 
 
@@ -375,7 +595,12 @@ def check_half_precision_buffer(sd: dict, head_dim: int) -> list[str]:
   float32 buffers exactly.) Returns notes for the conversion record.
   """
   value = sd.get(BUFFERS[0])
-  if value is None or np.dtype(value.dtype).itemsize > 2:
+  if value is None:
+    return []
+  if value.dtype not in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64):
+    raise ConversionError(f"key '{BUFFERS[0]}' has dtype {value.dtype}; the RoPE buffer is "
+                          f"floating point")
+  if value.dtype.itemsize > 2:
     return []
   from idlm_jax.models import rotary_inv_freq  # noqa: PLC0415
 
@@ -414,12 +639,51 @@ def infer_architecture(sd: dict, hf_config: Optional[dict] = None) -> dict:
   cfg = dict(hf_config or {})
   cfg.update(cfg.get("model", {}) if isinstance(cfg.get("model"), dict) else {})
   for name in ("n_heads", "num_heads", "n_head"):
-    if isinstance(cfg.get(name), int):
+    if _is_int(cfg.get(name)):
+      if "n_heads" in arch and arch["n_heads"] != cfg[name]:
+        raise ConversionError(f"the checkpoint contradicts itself: its {BUFFERS[0]} buffer "
+                              f"gives head_dim {2 * int(np.shape(sd[BUFFERS[0]])[0])}, so "
+                              f"{arch['n_heads']} heads, but config.json says {name}="
+                              f"{_short(cfg[name])}")
       arch.setdefault("n_heads", cfg[name])
       break
   if isinstance(cfg.get("time_conditioning"), bool):
     arch["time_conditioning"] = cfg["time_conditioning"]
   return arch
+
+
+def check_head_count(sd: dict, hf_config: Optional[dict], config_n_heads: int,
+                     n_heads: Optional[int] = None) -> str:
+  """Where the number of attention heads is verified from; raises ConversionError if nowhere.
+
+  The attention weights have the same shapes for any head count, so a wrong
+  config.model.n_heads converts silently into a model with wrong outputs. The head count is
+  verified by the `rotary_emb.inv_freq` buffer (length head_dim/2, checked against
+  hidden_size/n_heads when the weights are loaded) or by a head count in the model's
+  config.json (compared by `check_config`); with neither, conversion needs `n_heads` given
+  explicitly (the CLI's --n_heads), which must equal config.model.n_heads.
+  """
+  if n_heads is not None:
+    if not _is_int(n_heads) or n_heads != config_n_heads:
+      raise ConversionError(f"n_heads={_short(n_heads)} was given explicitly but "
+                            f"config.model.n_heads={config_n_heads}: set "
+                            f"--config.model.n_heads={_short(n_heads)} as well (or drop "
+                            f"--n_heads)")
+  if BUFFERS[0] in sd:
+    return f"{BUFFERS[0]} buffer (head_dim = 2 x its length)"
+  cfg = dict(hf_config or {})
+  cfg.update(cfg.get("model", {}) if isinstance(cfg.get("model"), dict) else {})
+  if any(_is_int(cfg.get(name)) for name in ("n_heads", "num_heads", "n_head")):
+    return "config.json"
+  if n_heads is not None:
+    return "given explicitly (n_heads / --n_heads); not verifiable from the checkpoint"
+  raise ConversionError(
+      f"cannot verify the number of attention heads: the checkpoint has no '{BUFFERS[0]}' "
+      f"buffer (its length is head_dim/2) and no config.json with a head count, and the "
+      f"attention weights have the same shapes for any head count, so a wrong "
+      f"config.model.n_heads={config_n_heads} would convert silently into a model with wrong "
+      f"outputs; if {config_n_heads} heads is right, confirm it with --n_heads={config_n_heads} "
+      f"(convert_weights(..., n_heads={config_n_heads}))")
 
 
 KNOWN_VOCABS = {"gpt2": 50258, "bert-base-uncased": 30522, "demo-bpe-2048": 2048}

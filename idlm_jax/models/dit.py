@@ -23,6 +23,7 @@ Logical sharding names per parameter (`nnx.get_partition_spec`):
   output_layer.linear.kernel ('embed', 'vocab'), bias ('vocab',).
 """
 
+import re
 from typing import Optional
 
 import jax
@@ -329,6 +330,39 @@ def _check_buffer(value, head_dim: Optional[int]) -> list[str]:
   return []
 
 
+# The config fields that set each axis (torch layout) of each PyTorch key, for error messages.
+_V = "the tokenizer's vocabulary (config.data.tokenizer)"
+_D, _C = "config.model.hidden_size", "config.model.cond_dim"
+_M = "config.model.mlp_ratio x config.model.hidden_size"
+_AXIS_FIELDS = {
+    "vocab_embed.embedding": (_V, _D),
+    "sigma_map.mlp.0.weight": (_C, "the 256 sinusoid features (fixed)"),
+    "sigma_map.mlp.0.bias": (_C,), "sigma_map.mlp.2.weight": (_C, _C),
+    "sigma_map.mlp.2.bias": (_C,),
+    "blocks.*.norm1.weight": (_D,), "blocks.*.norm2.weight": (_D,),
+    "blocks.*.attn_qkv.weight": ("3 x " + _D, _D), "blocks.*.attn_out.weight": (_D, _D),
+    "blocks.*.mlp.0.weight": (_M, _D), "blocks.*.mlp.0.bias": (_M,),
+    "blocks.*.mlp.2.weight": (_D, _M), "blocks.*.mlp.2.bias": (_D,),
+    "blocks.*.adaLN_modulation.weight": ("6 x " + _D, _C),
+    "blocks.*.adaLN_modulation.bias": ("6 x " + _D,),
+    "output_layer.norm_final.weight": (_D,),
+    "output_layer.linear.weight": (_V, _D), "output_layer.linear.bias": (_V,),
+    "output_layer.adaLN_modulation.weight": ("2 x " + _D, _C),
+    "output_layer.adaLN_modulation.bias": ("2 x " + _D,),
+}
+
+
+def _shape_fields(key: str, found: tuple, expected: tuple) -> str:
+  """Which config fields set the axes of `key` that differ (for a shape-mismatch message)."""
+  fields = _AXIS_FIELDS.get(re.sub(r"^blocks\.\d+\.", "blocks.*.", key))
+  if fields is None:
+    return ""
+  if len(found) != len(expected):
+    return f"; {len(expected)} axes, set by {', '.join(dict.fromkeys(fields))}"
+  bad = [f"axis {i} is {fields[i]}" for i, (a, b) in enumerate(zip(found, expected)) if a != b]
+  return f"; {', '.join(bad)}" if bad else ""
+
+
 def _vocab_rows(state) -> Optional[int]:
   """Rows of the (possibly padded) input embedding of a DIT state, None if it has none."""
   flat = dict(nnx.to_flat_state(state))
@@ -342,7 +376,8 @@ def pad_vocab_rows(state_dict, rows: Optional[int]) -> dict:
   Only when all three are present, agree on a vocabulary V and V < rows; anything else is
   returned unchanged (and shape mismatches are reported by `from_torch_state_dict`).
   """
-  if rows is None or not all(k in state_dict for k in VOCAB_KEYS):
+  if rows is None or not all(k in state_dict and np.ndim(state_dict[k]) >= 1
+                             for k in VOCAB_KEYS):
     return state_dict
   sizes = {np.shape(state_dict[k])[0] for k in VOCAB_KEYS}
   if len(sizes) != 1 or sizes.pop() >= rows:
@@ -360,7 +395,8 @@ def from_torch_state_dict(state_dict, abstract_state, *,
 
   `state_dict` maps PyTorch keys (no `backbone.` prefix) to arrays in PyTorch layout;
   `abstract_state` is e.g. `nnx.state(nnx.eval_shape(lambda: DIT(...)))`. A missing or
-  unexpected key, or a shape mismatch, raises ValueError naming the key and both shapes.
+  unexpected key, or a shape mismatch, raises ConversionError (a ValueError) naming the key,
+  both shapes and the config fields that set the axes that differ.
   The `rotary_emb.inv_freq` buffer may be present; it is checked when head_dim is given.
   A vocabulary-padded model (`model.vocab_pad_multiple`) takes an unpadded checkpoint: the
   `VOCAB_KEYS` get zero rows up to the model's padded size (`pad_vocab_rows`).
@@ -384,11 +420,15 @@ def from_torch_state_dict(state_dict, abstract_state, *,
     value = np.asarray(state_dict[key])
     if value.shape != torch_shape:
       problems.append(f"key '{key}': checkpoint shape {value.shape} != model shape "
-                      f"{torch_shape} (torch layout)")
+                      f"{torch_shape} (torch layout"
+                      f"{_shape_fields(key, value.shape, torch_shape)})")
       continue
     value = value.T if transpose else value
     value = np.ascontiguousarray(value, dtype=_leaf_value(var).dtype)
     leaves.append((path, var.replace(value)))
-  if problems:
-    raise ValueError("PyTorch state_dict does not match the DIT:\n  " + "\n  ".join(problems))
+  if problems:  # a ConversionError (a ValueError): the converter reports it as one message
+    from idlm_jax.models.convert import ConversionError  # noqa: PLC0415 (import cycle)
+
+    raise ConversionError("PyTorch state_dict does not match the DIT:\n  " +
+                          "\n  ".join(problems))
   return nnx.from_flat_state(leaves)

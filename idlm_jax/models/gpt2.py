@@ -17,22 +17,24 @@ Conv1D layers whose `weight` is [in, out], which is exactly an NNX kernel.
 GELU is the tanh approximation ("gelu_new"), LayerNorm eps 1e-5, attention scale 1/sqrt(hd),
 causal mask. `load_pretrained(name_or_path)` reads `model.safetensors` + `config.json` from a
 local folder or, when online, from the Hub (huggingface_hub imported lazily). safetensors is
-parsed torch-free: 8-byte little-endian header length, JSON header, raw little-endian buffers.
+parsed torch-free by the package's checked reader (`models.convert.read_safetensors`).
 """
 
 import json
 import math
 import os
 import pathlib
-import struct
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 from flax import nnx
 
 from idlm_jax.models import layers
+from idlm_jax.models.convert import read_safetensors as _read_checked
+from idlm_jax.models.convert import write_safetensors  # noqa: F401 (the package's writer)
 
 LN_EPS = 1e-5
 
@@ -146,51 +148,15 @@ def hf_key(path: tuple) -> str:
   return ".".join(parts[:-1] + [leaf])
 
 
-_ST_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": None, "I64": "<i8", "I32": "<i4",
-              "U8": "u1", "BOOL": "?"}
-
-
 def read_safetensors(path) -> dict[str, np.ndarray]:
-  """Torch-free safetensors reader: {name: float32/int NumPy array} (BF16 widened to float32)."""
-  data = pathlib.Path(path).read_bytes()
-  (n,) = struct.unpack("<Q", data[:8])
-  header = json.loads(data[8:8 + n])
-  base = 8 + n
-  out = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    start, end = info["data_offsets"]
-    buf = data[base + start:base + end]
-    if info["dtype"] == "BF16":
-      raw = np.frombuffer(buf, "<u2").astype(np.uint32) << 16
-      arr = raw.view(np.float32)
-    elif info["dtype"] in _ST_DTYPES:
-      arr = np.frombuffer(buf, _ST_DTYPES[info["dtype"]])
-    else:
-      raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-    out[name] = arr.reshape(info["shape"])
-  return out
+  """{name: NumPy array} of a .safetensors file, BF16 widened to float32.
 
-
-def write_safetensors(path, tensors: dict[str, np.ndarray], metadata: Optional[dict] = None):
-  """Minimal safetensors writer (float32/float16/int arrays), for tests and shipped assets."""
-  names = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("<f8"): "F64",
-           np.dtype("<i8"): "I64", np.dtype("<i4"): "I32"}
-  header, blobs, offset = {}, [], 0
-  for name, arr in tensors.items():
-    arr = np.ascontiguousarray(arr)
-    arr = arr.astype(arr.dtype.newbyteorder("<"))
-    b = arr.tobytes()
-    header[name] = {"dtype": names[arr.dtype], "shape": list(arr.shape),
-                    "data_offsets": [offset, offset + len(b)]}
-    blobs.append(b)
-    offset += len(b)
-  if metadata:
-    header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
-  h = json.dumps(header).encode()
-  h += b" " * (-len(h) % 8)
-  pathlib.Path(path).write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+  The package's one checked, torch-free reader (`models.convert.read_safetensors`: bounded
+  header, known dtypes, offsets inside the file) plus the widening GPT-2 loading wants;
+  `write_safetensors` is the package's writer, re-exported.
+  """
+  return {k: v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v
+          for k, v in _read_checked(path).items()}
 
 
 def from_hf_state_dict(sd: dict, model: GPT2) -> GPT2:

@@ -462,3 +462,154 @@ def test_cli(tmp_path, weights):
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0
   assert "conversion failed" in bad.stderr and "--config.model.n_blocks=2" in bad.stderr
+
+
+# ---------------------------------------------------------------------------- issue #19 item 9
+
+
+def test_wrong_shape_is_a_conversion_error_naming_the_config_field(tmp_path, weights):
+  tensors = _with_buffer(weights[0], "backbone.")
+  tensors["backbone.blocks.1.mlp.0.weight"] = np.zeros((64, 32), np.float32)
+  msg = _convert_error(tmp_path, tensors)
+  assert ("key 'blocks.1.mlp.0.weight': checkpoint shape (64, 32) != model shape (128, 32) "
+          "(torch layout; axis 0 is config.model.mlp_ratio x config.model.hidden_size)") in msg
+  tensors = _with_buffer(weights[0], "backbone.")
+  tensors["backbone.blocks.1.adaLN_modulation.weight"] = np.zeros((192, 16), np.float32)
+  msg = _convert_error(tmp_path / "2", tensors)
+  assert "(192, 16) != model shape (192, 32) (torch layout; axis 1 is config.model.cond_dim)" \
+      in msg
+
+
+def test_cli_prints_a_conversion_error_as_one_line(tmp_path, weights):
+  """Before: models/dit.py's ValueError escaped the CLI as a traceback. Now one line, exit 1."""
+  tensors = _with_buffer(weights[0])
+  tensors["blocks.1.attn_out.weight"] = np.zeros((32, 30), np.float32)
+  folder = _hf_folder(tmp_path / "sedd", tensors, {"model": {"n_heads": N_HEADS}})
+  cmd = [sys.executable, "-m", "idlm_jax.convert", "--config=configs/demo_teacher.py:smoke",
+         f"--source={folder}", f"--workdir={tmp_path / 'out'}", "--config.model.n_blocks=2",
+         "--config.model.time_conditioning=True", f"--n_heads={N_HEADS}"]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert lines == [
+      "conversion failed: PyTorch state_dict does not match the DIT: key "
+      "'blocks.1.attn_out.weight': checkpoint shape (32, 30) != model shape (32, 32) (torch "
+      "layout; axis 1 is config.model.hidden_size)"], lines
+
+
+def test_one_line_and_printable():
+  err = conv.ConversionError("the checkpoint does not match the config:\n  a: x\n  b: y\x1b[2J")
+  assert convert_cli.one_line(err) == ("the checkpoint does not match the config: a: x; "
+                                       "b: y\\x1b[2J")
+
+
+def _no_buffer(sd, prefix="backbone."):
+  return {prefix + k: v for k, v in sd.items()}
+
+
+def test_unverifiable_head_count_needs_it_explicitly(tmp_path, weights):
+  """No rotary_emb.inv_freq and no head count in config.json: the attention weights have
+  the same shapes for any head count, so config.model.n_heads cannot be checked."""
+  folder = _hf_folder(tmp_path / "nobuf", _no_buffer(weights[0]), {"time_conditioning": False})
+  cfg = _config(tmp_path)
+  with pytest.raises(conv.ConversionError, match=r"cannot verify the number of attention heads"
+                                                 r".*confirm it with --n_heads=2 "
+                                                 r"\(convert_weights\(\.\.\., n_heads=2\)\)"):
+    convert_cli.convert_weights(cfg, str(folder))
+  # the reported case: a wrong config.model.n_heads no longer converts silently
+  with pytest.raises(conv.ConversionError, match="config.model.n_heads=4 would convert "
+                                                 "silently"):
+    convert_cli.convert_weights(_config(tmp_path, "model.n_heads=4"), str(folder))
+  with pytest.raises(conv.ConversionError, match="n_heads=4 was given explicitly but "
+                                                 "config.model.n_heads=2"):
+    convert_cli.convert_weights(cfg, str(folder), n_heads=4)
+  params, info = convert_cli.convert_weights(cfg, str(folder), n_heads=N_HEADS)
+  assert info["n_heads_verified_by"].startswith("given explicitly")
+  _assert_params_equal(params, weights[0])
+  # verified by the buffer or by config.json: no explicit count needed
+  _, info = convert_cli.convert_weights(cfg, str(_hf_folder(
+      tmp_path / "buf", _with_buffer(weights[0], "backbone."), {})))
+  assert info["n_heads_verified_by"].startswith("rotary_emb.inv_freq")
+  _, info = convert_cli.convert_weights(cfg, str(_hf_folder(
+      tmp_path / "cfg", _no_buffer(weights[0]), {"n_heads": N_HEADS})))
+  assert info["n_heads_verified_by"] == "config.json"
+
+
+def test_buffer_and_config_json_contradicting_is_an_error(tmp_path, weights):
+  folder = _hf_folder(tmp_path / "x", _with_buffer(weights[0], "backbone."), {"n_heads": 4})
+  with pytest.raises(conv.ConversionError, match=r"contradicts itself: its rotary_emb.inv_freq "
+                                                 r"buffer gives head_dim 16, so 2 heads, but "
+                                                 r"config.json says n_heads=4"):
+    convert_cli.convert_weights(_config(tmp_path), str(folder))
+
+
+def test_lightning_without_buffer_is_refused_without_n_heads(tmp_path, weights):
+  torch = pytest.importorskip("torch")
+  ckpt = _lightning(torch, weights[0], weights[1])
+  del ckpt["state_dict"]["backbone.rotary_emb.inv_freq"]
+  torch.save(ckpt, tmp_path / "x.ckpt")
+  with pytest.raises(conv.ConversionError, match="--n_heads=2"):
+    convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "x.ckpt"))
+  params, _ = convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "x.ckpt"),
+                                          n_heads=N_HEADS)
+  _assert_params_equal(params, weights[0])
+
+
+class Callback:
+  def __init__(self, monitor):
+    self.monitor = monitor
+
+
+def test_ignored_objects_are_reported(tmp_path, weights, caplog):
+  """hyper_parameters, callbacks, optimizer states, ...: listed in the conversion meta, logged
+  and printed by the CLI, instead of being dropped without a word."""
+  torch = pytest.importorskip("torch")
+  extra = {"hyper_parameters": argparse.Namespace(lr=3e-4),
+           "callbacks": {"ModelCheckpoint": Callback("val/nll")},
+           "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": 3}}}}
+  ckpt = _lightning(torch, weights[0], weights[1], extra)
+  ckpt["ema"]["collected_params"] = [torch.zeros(2)]
+  torch.save(ckpt, tmp_path / "x.ckpt")
+  with caplog.at_level("INFO", logger="idlm_jax.models.convert"):
+    _, info = convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "x.ckpt"))
+  objects = info["ignored_objects"]
+  assert objects["hyper_parameters"] == "pickled object argparse.Namespace"
+  assert objects["callbacks"].startswith("dict of 1 entries; pickled objects inside: ")
+  assert objects["callbacks"].endswith("test_convert.Callback")  # (module name as imported)
+  assert objects["epoch"] == "int 3" and objects["pytorch-lightning_version"] == "str '2.2.0'"
+  assert objects["optimizer_states"] == "list of 1 entries"
+  assert objects["loops"] == "dict of 1 entries"
+  assert objects["ema.collected_params"] == "list of 1 entries; 1 tensor inside"
+  assert "state_dict" not in objects and "ema" not in objects
+  assert any("8 entries not converted" in r.getMessage() and "hyper_parameters" in
+             r.getMessage() for r in caplog.records), caplog.records
+  info["checkpoint"] = "/out/checkpoints/0"
+  lines = convert_cli.report_lines(info, N_HEADS, "/out")
+  assert ("  not converted: 8 other entries of the file (pickled objects among them are inert "
+          "records, never executed):") in lines
+  assert "    hyper_parameters: pickled object argparse.Namespace" in lines
+  assert any(line.startswith("  number of heads (2) verified by: rotary_emb.inv_freq")
+             for line in lines)
+  # raw state_dict weights: the EMA entry is reported as not converted too
+  _, info = convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "x.ckpt"),
+                                        weights="state_dict")
+  assert info["ignored_objects"]["ema"] == "dict of 4 entries; 31 tensors inside"
+
+
+def test_crafted_torch_file_is_a_named_conversion_error(tmp_path):
+  """A tensor reading past its storage, through the converter: one ConversionError."""
+  from tests.models import reader_fuzz
+
+  reader_fuzz.write_torch_zip(tmp_path / "x.bin", reader_fuzz.tensor_pickle(
+      {"vocab_embed.embedding": ("0", "FloatStorage", 4, 0, (2048, 32), (32, 1))}),
+      {"0": np.zeros(4, np.float32).tobytes()})
+  with pytest.raises(conv.UnsafeTensorError, match="reach element 65535, but the storage "
+                                                   "holds 4 elements"):
+    convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "x.bin"))
+
+
+def test_rope_buffer_of_a_non_float_dtype_is_a_conversion_error(tmp_path, weights):
+  tensors = _with_buffer(weights[0], "backbone.")
+  tensors["backbone.rotary_emb.inv_freq"] = np.ones(8, np.int16)
+  assert "has dtype int16; the RoPE buffer is floating point" in _convert_error(tmp_path, tensors)

@@ -13,7 +13,7 @@ were taken (EMA for Lightning files). Then
   python -m idlm_jax.main --config=configs/mdlm_owt.py --workdir=/out --config.mode=eval
 
 evaluates (or samples, or fine-tunes) it directly; the data iterator starts from scratch.
-Readers and key handling: idlm_jax/models/convert.py.
+Readers and key handling: idlm_jax/models/readers.py.
 
 A checkpoint that cannot be converted (unreadable or crafted file, wrong shapes, config
 mismatch, unverifiable head count) ends the CLI with one line `conversion failed: ...` on
@@ -33,8 +33,19 @@ from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
+from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from idlm_jax import config as config_lib  # noqa: E402
+from idlm_jax import models  # noqa: E402
+from idlm_jax.data import tokenizers  # noqa: E402
+from idlm_jax.models import readers as conv  # noqa: E402
+from idlm_jax.models.readers import ConversionError  # noqa: E402
+from idlm_jax.objectives import state as state_lib  # noqa: E402
+from idlm_jax.train import checkpoint  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -47,13 +58,6 @@ def convert_weights(config, source: str, *, weights: str = "ema", prefix: Option
   (no rotary_emb.inv_freq buffer, no config.json); it must equal config.model.n_heads.
   Every problem is a ConversionError.
   """
-  import jax
-  from flax import nnx
-
-  from idlm_jax import models
-  from idlm_jax.data import tokenizers
-  from idlm_jax.models import convert as conv
-
   if config.model.name != "dit":
     raise conv.ConversionError(f"the published teachers are DDiTs: conversion needs "
                                f"model.name='dit', got config.model.name={config.model.name!r}")
@@ -101,12 +105,6 @@ def convert_weights(config, source: str, *, weights: str = "ema", prefix: Option
 
 def write_checkpoint(config, params, workdir, info: dict) -> pathlib.Path:
   """Save step 0 (params = ema_params = `params`, fresh optimizer) into <workdir>/checkpoints."""
-  import jax
-  import jax.numpy as jnp
-
-  from idlm_jax.objectives import state as state_lib
-  from idlm_jax.train import checkpoint
-
   workdir = pathlib.Path(workdir).expanduser()
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", every=config.ckpt.every,
                                  keep=config.ckpt.keep, async_save=False)
@@ -137,8 +135,6 @@ def convert_to_workdir(config, source: str, workdir, *, weights: str = "ema",
                        prefix: Optional[str] = None, cache_dir: Optional[str] = None,
                        n_heads: Optional[int] = None) -> dict:
   """Convert `source` for `config`'s model and write it as the workdir's step-0 checkpoint."""
-  from idlm_jax import config as config_lib
-
   config_lib.validate(config)
   params, info = convert_weights(config, source, weights=weights, prefix=prefix,
                                  cache_dir=cache_dir, n_heads=n_heads)
@@ -162,8 +158,6 @@ def one_line(error: BaseException) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from idlm_jax.models.convert import ConversionError
-
   try:
     info = convert_to_workdir(FLAGS.config, FLAGS.source, FLAGS.workdir, weights=FLAGS.weights,
                               prefix=FLAGS.prefix, cache_dir=FLAGS.cache_dir,

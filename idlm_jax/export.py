@@ -19,7 +19,7 @@ from etils import epath
 
 from idlm_jax import config as config_lib
 from idlm_jax.evals import genppl, modes
-from idlm_jax.models import convert, gpt2
+from idlm_jax.models import gpt2, readers
 from idlm_jax.train import checkpoint, loop, parallel, teacher
 
 
@@ -79,7 +79,7 @@ def export_evaluator(config, workdir: str, out: str, command: str) -> dict:
   walk(params, ())
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  convert.write_safetensors(out / "model.safetensors", flat)
+  readers.write_safetensors(out / "model.safetensors", flat)
   m = config.model
   (out / "config.json").write_text(json.dumps({
       "model_type": "gpt2", "vocab_size": int(run.tokenizer.model_vocab_size),

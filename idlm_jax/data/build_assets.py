@@ -31,7 +31,7 @@ import tempfile
 import tokenizers as hf_tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from idlm_jax.data import sources
+from idlm_jax.data import reasoning, sources
 from idlm_jax.data.tokenizers import ASSETS_DIR, DEMO_SPECIAL_TOKENS
 
 DEMO_VOCAB_SIZE = 2048
@@ -145,6 +145,7 @@ def build(source_dir: pathlib.Path, out_dir: pathlib.Path, verify: bool = True) 
   copy_verified(source_dir, out_dir, verify)
   (out_dir / "LICENSES.md").write_text(LICENSES_MD)
   train_demo_tokenizer(out_dir / "corpora").save(str(out_dir / DEMO_FILE), pretty=True)
+  reasoning.build_tokenizer().save(str(out_dir / reasoning.TOKENIZER_FILE), pretty=True)
 
 
 def _asset_files(root: pathlib.Path) -> list[str]:

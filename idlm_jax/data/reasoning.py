@@ -85,6 +85,9 @@ import numpy as np
 import tokenizers as hf_tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
+from idlm_jax.data.pipeline import row_dtype
+from idlm_jax.data.tokenizers import ASSETS_DIR, get_tokenizer
+
 FAMILIES = ("arithmetic", "word", "sort")
 SPLITS = ("train", "test")
 SPLIT_ALIASES = {"validation": "test"}  # the pipeline's name for the held-out split
@@ -453,13 +456,11 @@ def build_tokenizer() -> hf_tokenizers.Tokenizer:
 
 def tokenizer_path(assets_dir: str | pathlib.Path | None = None) -> pathlib.Path:
   """Path of the shipped tokenizer file."""
-  from idlm_jax.data.tokenizers import ASSETS_DIR
   return pathlib.Path(assets_dir or ASSETS_DIR) / TOKENIZER_FILE
 
 
 def get_reasoning_tokenizer():
   """The project `Tokenizer` of the shipped reasoning vocabulary."""
-  from idlm_jax.data.tokenizers import get_tokenizer
   return get_tokenizer(TOKENIZER_NAME)
 
 
@@ -493,7 +494,6 @@ class PromptRows:
   @classmethod
   def from_problems(cls, problems: Sequence[Problem], tokenizer, seq_len: int) -> "PromptRows":
     """Tokenizes problems; a row longer than seq_len is a ValueError naming it."""
-    from idlm_jax.data.pipeline import row_dtype
     prompts, responses = _encode_problems(problems, tokenizer)
     rows = np.full((len(problems), seq_len), tokenizer.eos_id,
                    row_dtype(tokenizer.model_vocab_size))

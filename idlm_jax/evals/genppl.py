@@ -69,6 +69,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from idlm_jax.data import tokenizers
+from idlm_jax.models import gpt2
+
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
 EMBEDDED = ASSETS / "ar_embedded"
 
@@ -135,12 +138,10 @@ class Evaluator:
 
 def load_evaluator(name: str, max_length: int = 1024) -> Evaluator:
   """"embedded", a HF GPT-2 name (online) or a local folder (see the module docstring)."""
-  from idlm_jax.data import tokenizers
-  from idlm_jax.models import gpt2
   folder = EMBEDDED if name == "embedded" else gpt2.resolve_local(name)
   if name == "embedded" and not (folder / "model.safetensors").is_file():
     raise FileNotFoundError(f"the shipped evaluator is missing from {folder}; train it with "
-                            "configs/ar_embedded.py and export it (see evals/genppl.py)")
+                            "configs/ar_embedded.py and export it (python -m idlm_jax.export evaluator)")
   model = gpt2.load_pretrained(str(folder))
   card = json.loads((folder / "config.json").read_text())
   if (folder / "card.json").is_file():

@@ -57,7 +57,7 @@ def _ok(r, key) -> bool:
 def plots(results: dict, out_dir) -> list[str]:
   """quality_vs_nfe.png (Gen PPL or exact NLL vs NFE, entropy annotated) and frontier.png
   (quality vs entropy). Returns the written paths."""
-  import matplotlib
+  import matplotlib  # here, not at import: Agg is set only when plots are written
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   out_dir = epath.Path(out_dir)  # local or gs://

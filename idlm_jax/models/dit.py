@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from idlm_jax.models import layers
+from idlm_jax.models.torch_pickle import ConversionError
 
 ROPE_BASE = 10000.0
 ROTARY_BUFFER = "rotary_emb.inv_freq"
@@ -427,8 +428,6 @@ def from_torch_state_dict(state_dict, abstract_state, *,
     value = np.ascontiguousarray(value, dtype=_leaf_value(var).dtype)
     leaves.append((path, var.replace(value)))
   if problems:  # a ConversionError (a ValueError): the converter reports it as one message
-    from idlm_jax.models.convert import ConversionError  # noqa: PLC0415 (import cycle)
-
     raise ConversionError("PyTorch state_dict does not match the DIT:\n  " +
                           "\n  ".join(problems))
   return nnx.from_flat_state(leaves)

@@ -17,7 +17,7 @@ Conv1D layers whose `weight` is [in, out], which is exactly an NNX kernel.
 GELU is the tanh approximation ("gelu_new"), LayerNorm eps 1e-5, attention scale 1/sqrt(hd),
 causal mask. `load_pretrained(name_or_path)` reads `model.safetensors` + `config.json` from a
 local folder or, when online, from the Hub (huggingface_hub imported lazily). safetensors is
-parsed torch-free by the package's checked reader (`models.convert.read_safetensors`).
+parsed torch-free by the package's checked reader (`models.readers.read_safetensors`).
 """
 
 import json
@@ -33,8 +33,8 @@ import numpy as np
 from flax import nnx
 
 from idlm_jax.models import layers
-from idlm_jax.models.convert import read_safetensors as _read_checked
-from idlm_jax.models.convert import write_safetensors  # noqa: F401 (the package's writer)
+from idlm_jax.models.readers import read_safetensors as _read_checked
+from idlm_jax.models.readers import write_safetensors  # noqa: F401 (the package's writer)
 
 LN_EPS = 1e-5
 
@@ -151,7 +151,7 @@ def hf_key(path: tuple) -> str:
 def read_safetensors(path) -> dict[str, np.ndarray]:
   """{name: NumPy array} of a .safetensors file, BF16 widened to float32.
 
-  The package's one checked, torch-free reader (`models.convert.read_safetensors`: bounded
+  The package's one checked, torch-free reader (`models.readers.read_safetensors`: bounded
   header, known dtypes, offsets inside the file) plus the widening GPT-2 loading wants;
   `write_safetensors` is the package's writer, re-exported.
   """

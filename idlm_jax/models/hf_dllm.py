@@ -2,7 +2,7 @@
 
 A checkpoint folder holds `config.json` and `model.safetensors` or a sharded
 `model.safetensors.index.json` (+ the shards it names); safetensors are read with NumPy by
-`models.convert.read_safetensors` (BF16 through ml_dtypes) and cast to the float32 parameters.
+`models.readers.read_safetensors` (BF16 through ml_dtypes) and cast to the float32 parameters.
 
 Names (HF key -> nnx path; "T": the [out, in] torch weight is transposed into an [in, out] kernel)
 
@@ -47,7 +47,7 @@ import numpy as np
 from flax import nnx
 
 from idlm_jax.models import dllm
-from idlm_jax.models.convert import ConversionError, read_safetensors, write_safetensors
+from idlm_jax.models.readers import ConversionError, read_safetensors, write_safetensors
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

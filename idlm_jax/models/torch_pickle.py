@@ -75,12 +75,16 @@ _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _STORAGE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-class CheckpointFormatError(ValueError):
-  """The file is not a well-formed torch.save checkpoint (the message says where and why)."""
+class ConversionError(ValueError):
+  """A checkpoint cannot be read or does not fit the configured model (the message says why)."""
+
+
+class CheckpointFormatError(ConversionError):
+  """The file is not a well-formed checkpoint of its format (damaged, truncated or crafted)."""
 
 
 class UnsafeTensorError(CheckpointFormatError):
-  """A tensor's size/stride/offset does not fit inside its storage (or is not a geometry)."""
+  """A tensor's declared geometry (shape, offsets, strides) does not fit the data it names."""
 
 
 def _num(x) -> str:

@@ -17,6 +17,7 @@ from typing import Optional
 import jax
 import numpy as np
 from etils import epath
+from tensorboardX import SummaryWriter, record_writer
 
 from idlm_jax.train import checkpoint
 
@@ -43,7 +44,6 @@ class MetricWriter:
       jsonl = self.workdir / "metrics.jsonl"
       self._jsonl = _RemoteLog(jsonl) if checkpoint.is_url(jsonl) else jsonl.open("a")
       if tensorboard:
-        from tensorboardX import SummaryWriter
         logdir = self.workdir / "tensorboard"
         if checkpoint.is_url(logdir):
           _epath_event_files(str(logdir).split("://")[0])
@@ -127,7 +127,6 @@ class _EpathEventFiles:
 def _epath_event_files(scheme: str) -> None:
   """Route tensorboardX's event files under `scheme`:// through epath (its own gs:// writer
   would need google-cloud-storage; this one uses the workdir's filesystem layer)."""
-  from tensorboardX import record_writer
   record_writer.register_writer_factory(scheme, _EpathEventFiles())
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from idlm_jax.fields import ConfigError, Field
@@ -99,11 +100,9 @@ def make_mesh(parallel_cfg, devices=None) -> Mesh:
   dcn = fill_mesh_shape(dcn_shape, num_slices, "dcn_mesh")
   ici = fill_mesh_shape(ici_shape, len(devices) // num_slices, "ici_mesh")
   if num_slices > 1:
-    from jax.experimental import mesh_utils  # multi-slice TPU pods
     grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
   else:
     try:
-      from jax.experimental import mesh_utils
       grid = mesh_utils.create_device_mesh(ici, devices)
     except (ValueError, NotImplementedError, AssertionError):
       grid = np.asarray(devices).reshape(ici)
@@ -176,8 +175,6 @@ def to_host(tree):
   tokens sharded over the batch axes); those are all-gathered across processes instead, so
   every process must call this with the same tree (it is a collective).
   """
-  from jax.experimental import multihost_utils
-
   def one(x):
     if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))

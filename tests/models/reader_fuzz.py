@@ -1,4 +1,4 @@
-"""Fuzz harness of the torch-free checkpoint readers (models/torch_pickle.py, models/convert.py).
+"""Fuzz harness of the torch-free checkpoint readers (models/torch_pickle.py, models/readers.py).
 
 Valid fixtures are written (a Lightning-style `.ckpt` dict with state_dict + EMA + pickled
 objects and a flat `.bin` state dict, both by torch.save; a `.safetensors` file by the
@@ -67,7 +67,7 @@ def write_fixtures(folder) -> dict[str, pathlib.Path]:
   """The three valid files (torch for .ckpt/.bin, the project's writer for .safetensors)."""
   import torch  # only to WRITE the fixtures
 
-  from idlm_jax.models import convert as conv
+  from idlm_jax.models import readers as conv
 
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
@@ -565,7 +565,7 @@ def _expected(record_bytes: bytes, dtype, offset, size, stride, sample_rng):
 
 def check_torch(path, originals) -> str:
   """Load a mutated torch file; '' when the outcome is allowed, else why not."""
-  from idlm_jax.models import convert as conv
+  from idlm_jax.models import readers as conv
 
   records = _Recorder.install()
   try:
@@ -593,7 +593,7 @@ def check_torch(path, originals) -> str:
 
 
 def check_safetensors(path, originals) -> str:
-  from idlm_jax.models import convert as conv
+  from idlm_jax.models import readers as conv
 
   try:
     out = conv.read_safetensors(path)
@@ -617,7 +617,7 @@ def check_safetensors(path, originals) -> str:
 
 
 def _check_load_source(path, first: str) -> str:
-  from idlm_jax.models import convert as conv
+  from idlm_jax.models import readers as conv
 
   try:
     loaded = conv.load_source(path)
@@ -634,7 +634,7 @@ def _check_load_source(path, first: str) -> str:
 
 def _originals(paths) -> dict:
   """Signatures of every tensor of the unmutated files -> their bytes."""
-  from idlm_jax.models import convert as conv
+  from idlm_jax.models import readers as conv
 
   sigs = {}
   for fmt, path in paths.items():

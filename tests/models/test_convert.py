@@ -1,4 +1,4 @@
-"""Conversion of published PyTorch DDiT checkpoints (models/convert.py and the convert CLI).
+"""Conversion of published PyTorch DDiT checkpoints (models/readers.py and the convert CLI).
 
 Random weights on the demo:smoke model (vocab 2048, d=32, 2 blocks, 2 heads, cond 32) are
 written in each published layout (Lightning .ckpt with EMA, HF folders with `backbone.`,
@@ -24,7 +24,7 @@ from flax import nnx
 from idlm_jax import config as config_lib
 from idlm_jax import convert as convert_cli
 from idlm_jax import models
-from idlm_jax.models import convert as conv
+from idlm_jax.models import readers as conv
 from idlm_jax.models import torch_pickle
 from idlm_jax import main
 from idlm_jax.train import loop
@@ -571,7 +571,7 @@ def test_ignored_objects_are_reported(tmp_path, weights, caplog):
   ckpt = _lightning(torch, weights[0], weights[1], extra)
   ckpt["ema"]["collected_params"] = [torch.zeros(2)]
   torch.save(ckpt, tmp_path / "x.ckpt")
-  with caplog.at_level("INFO", logger="idlm_jax.models.convert"):
+  with caplog.at_level("INFO", logger="idlm_jax.models.readers"):
     _, info = convert_cli.convert_weights(_config(tmp_path), str(tmp_path / "x.ckpt"))
   objects = info["ignored_objects"]
   assert objects["hyper_parameters"] == "pickled object argparse.Namespace"

@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
 from idlm_jax.models import count_params, dllm, hf_dllm, layers
-from idlm_jax.models.convert import ConversionError, read_safetensors
+from idlm_jax.models.readers import ConversionError, read_safetensors
 from idlm_jax.train import parallel
 
 DATA = pathlib.Path(__file__).parent / "data"

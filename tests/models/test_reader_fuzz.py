@@ -21,7 +21,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from idlm_jax.models import convert as conv
+from idlm_jax.models import readers as conv
 from idlm_jax.models import gpt2, torch_pickle
 from tests.models import reader_fuzz as fuzz
 
@@ -87,7 +87,7 @@ def test_size_2_pow_28_is_an_error_not_a_segfault(tmp_path):
   """Reported: size 2^28 on a small storage crashed the process with SIGSEGV. Run in a
   subprocess, so that a regression fails this test instead of killing pytest."""
   path = _one_tensor(tmp_path, size=(2**28,))
-  code = ("import sys; from idlm_jax.models import convert as conv\n"
+  code = ("import sys; from idlm_jax.models import readers as conv\n"
           "try:\n  conv.read_torch_file(sys.argv[1])\n"
           "except conv.UnsafeTensorError as e:\n  print('refused:', e)\n")
   out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=fuzz.ROOT,

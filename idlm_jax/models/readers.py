@@ -43,6 +43,9 @@ import ml_dtypes
 import numpy as np
 
 from idlm_jax.models import torch_pickle
+from idlm_jax.models.dit import rotary_inv_freq
+from idlm_jax.models.torch_pickle import (  # noqa: F401 (the conversion errors live there)
+    CheckpointFormatError, ConversionError, UnsafeTensorError)
 
 # Prefixes of the DDiT inside the published containers, most specific first.
 KNOWN_PREFIXES = ("backbone.backbone.", "model.backbone.", "backbone.", "model.", "")
@@ -75,18 +78,6 @@ LIGHTNING_USED = ("state_dict", "ema")
 EMA_USED = ("shadow_params", "decay", "num_updates")
 
 log = logging.getLogger(__name__)
-
-
-class ConversionError(ValueError):
-  """A checkpoint cannot be read or does not fit the configured model (the message says why)."""
-
-
-class CheckpointFormatError(ConversionError):
-  """The file is not a well-formed checkpoint of its format (damaged, truncated or crafted)."""
-
-
-class UnsafeTensorError(CheckpointFormatError):
-  """A tensor's declared geometry (shape, offsets, strides) does not fit the data it names."""
 
 
 _short = torch_pickle.safe_repr  # bounded repr of untrusted values (never raises)
@@ -258,11 +249,7 @@ def read_torch_file(path) -> Any:
   CheckpointFormatError (UnsafeTensorError for a tensor that would read outside its storage).
   """
   try:
-    obj = torch_pickle.load(path)
-  except torch_pickle.UnsafeTensorError as e:  # the message names the file and the tensor
-    raise UnsafeTensorError(str(e)) from None
-  except torch_pickle.CheckpointFormatError as e:
-    raise CheckpointFormatError(str(e)) from None
+    obj = torch_pickle.load(path)  # its errors name the file and the tensor
   except OSError as e:
     raise ConversionError(f"{path}: cannot read it ({e})") from None
   try:
@@ -602,7 +589,6 @@ def check_half_precision_buffer(sd: dict, head_dim: int) -> list[str]:
                           f"floating point")
   if value.dtype.itemsize > 2:
     return []
-  from idlm_jax.models import rotary_inv_freq  # noqa: PLC0415
 
   expected = rotary_inv_freq(head_dim)
   rtol = float(ml_dtypes.finfo(value.dtype).eps)

@@ -222,3 +222,13 @@ def test_idlm_configs_load_with_paper_settings(name):
     assert (cfg.diffusion.gamma_min, cfg.diffusion.gamma_max, cfg.diffusion.tau) == \
         (-3.55, -1.85, 1e-3)
     assert cfg.sample.noise_removal == "argmax"  # greedy tail
+
+
+def test_idlm_step_carries_named_scopes(teacher_dir, tmp_path):
+  """The fake and student updates are named scopes (a GPU profile reads by part)."""
+  run = _idlm_run(teacher_dir, tmp_path / "r", jax.devices()[:1])
+  batches = tuple(loop.parallel.global_batch(next(run.train_iter), run.mesh) for _ in range(2))
+  with loop.parallel.mesh_context(run.mesh):
+    text = run.p_train_step.lower(run.state, run.frozen, batches).as_text(debug_info=True)
+  for scope in ("fake_update", "student_update"):
+    assert f"/{scope}/" in text, scope

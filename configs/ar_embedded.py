@@ -1,7 +1,7 @@
 """The offline Gen PPL evaluator: a small GPT-2-architecture causal LM on the embedded corpus.
 
 python -m idlm_jax.main --config=configs/ar_embedded.py --workdir=/tmp/ar_embedded
-python -m idlm_jax.evals.genppl export --workdir=/tmp/ar_embedded  # -> idlm_jax/evals/assets
+python -m idlm_jax.export evaluator --workdir=/tmp/ar_embedded  # -> idlm_jax/evals/assets
 
 Trained with the demo BPE (vocabulary 2048) of the demo diffusion teacher: with the GPT-2
 vocabulary (50257) the tied embedding alone would be ~25 MB at this width and a 2-core CPU

@@ -2,7 +2,7 @@
 
 python -m idlm_jax.main --config=configs/demo_teacher.py --workdir=/tmp/demo_teacher \
     --config.model.vocab_pad_multiple=0
-python -m idlm_jax.train.teacher /tmp/demo_teacher idlm_jax/assets/demo_teacher
+python -m idlm_jax.export teacher /tmp/demo_teacher idlm_jax/assets/demo_teacher
 
 The exported EMA weights ship inside the package (idlm_jax/assets/demo_teacher, ~4 MB) and
 are the teacher that `configs/demo.py` distills. BPE vocabulary 2048, L=64, DiT d=128 with 2

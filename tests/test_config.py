@@ -57,6 +57,7 @@ def test_unknown_variant_and_missing_file():
     config_lib.load_config("configs/nope.py")
 
 
+@pytest.mark.slow
 def test_cli_rejects_unknown_override(tmp_path):
   import subprocess
   import sys

@@ -72,7 +72,7 @@ __all__ = [
 
 
 def build_model(model_cfg, vocab_size: int, rngs: nnx.Rngs) -> DIT:
-  """The denoiser named by the `model` config section (configs/base.py)."""
+  """The network named by the `model` config section (models.FIELDS)."""
   if model_cfg.name == "gpt2":  # causal LM for the "ar" objective (Gen PPL evaluator)
     return gpt2.build(model_cfg, vocab_size, model_cfg.n_positions, rngs)
   if model_cfg.name != "dit":

@@ -115,7 +115,7 @@ class Discriminator(nnx.Module):
 
 
 def build(model_cfg, vocab_size: int, rngs: nnx.Rngs) -> Discriminator:
-  """The discriminator of the `model` config section's DiT (configs/base.py)."""
+  """The discriminator of the `model` config section's DiT."""
   return Discriminator(
       vocab_size=vocab_size, hidden_size=model_cfg.hidden_size, n_blocks=model_cfg.n_blocks,
       n_heads=model_cfg.n_heads, cond_dim=model_cfg.cond_dim, mlp_ratio=model_cfg.mlp_ratio,

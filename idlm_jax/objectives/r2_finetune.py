@@ -6,7 +6,7 @@ Data: trajectories recorded with the R2 rules and filtered by quality
 (benchmarks/r2_record_trajectories.py -> an .npz, data/trajectories.py), read by
 `get_datasets` in place of the training split (the validation split stays the real data).
 A row holds the final tokens x, commit steps s_i and committing rules r_i; the model starts as
-the teacher (config.distill.teacher; the objective is in DISTILLATION).
+the teacher (config.distill.teacher; its spec has teacher=True).
 
 One example: k ~ U{0, ..., K - 1} (K = 1 + max_i s_i: the row's network calls), the recorded
 state x_k = x where s < k, else [MASK] (the input of call k), its masked set M_k = {i: s_i >= k}

@@ -11,6 +11,7 @@ from benchmarks import generation_speed, train_throughput
 CONFIG = ["--config=configs/mdlm_owt.py", "--set", "data.tokenizer=demo-bpe-2048"]
 
 
+@pytest.mark.slow
 def test_train_throughput_smoke(tmp_path):
   # one device: the steps' XLA compilation (most of this test) is not 8-way SPMD
   rows = train_throughput.main(["--smoke", *CONFIG, "--devices", "1", "--out", str(tmp_path)])
@@ -51,6 +52,7 @@ def test_train_throughput_perf_flags_smoke():
   assert rows[0]["step_ms_median"] > 0 and rows[0]["x_teacher_step"] == 1.0
 
 
+@pytest.mark.slow
 def test_generation_speed_smoke(tmp_path):
   rows = generation_speed.main(["--smoke", *CONFIG, "--out", str(tmp_path)])
   assert [r["role"] for r in rows] == ["teacher", "student", "student"]

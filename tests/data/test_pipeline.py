@@ -268,6 +268,7 @@ LM1B_FAKE = {
 }
 
 
+@pytest.mark.slow
 def test_tfds_lm1b_through_mock_data(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   import tensorflow as tf

@@ -49,6 +49,7 @@ def test_exported_evaluator_scores_gen_ppl(evaluator_dir):
   assert out2["tokens"] == sum(s["tokens"] for s in sums)
 
 
+@pytest.mark.slow
 def test_eval_samplers_mode_with_gen_ppl(evaluator_dir, tmp_path):
   work = tmp_path / "mdlm"
   main.run(_cfg("configs/demo_teacher.py:smoke", tmp_path), work, devices=jax.devices()[:1])

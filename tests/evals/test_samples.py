@@ -30,6 +30,7 @@ def _proc(cfg):
   return processes.get(cfg, vocab_size=2048, mask_id=MASK)
 
 
+@pytest.mark.slow
 def test_forward_is_unchanged_under_x64_scope():
   cfg, graphdef, params = _tiny()
   fwd = jax.jit(lambda p, x, s: nnx.merge(graphdef, p)(x, s))

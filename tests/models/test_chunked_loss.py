@@ -31,6 +31,7 @@ def _batch(ids) -> dict:
   return {"input_ids": ids, "attention_mask": jnp.ones_like(ids).at[0, -2:].set(0)}
 
 
+@pytest.mark.slow
 def test_features_and_project_compose_to_call():
   model = make(vocab_pad_multiple=16)
   randomize(model)

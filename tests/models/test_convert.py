@@ -447,6 +447,7 @@ def test_convert_then_eval(tmp_path, weights):
   assert results["step"] == 0 and np.isfinite(results["val_nelbo"])
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, weights):
   folder = _hf_folder(tmp_path / "sedd", _with_buffer(weights[0]),
                       {"model": {"n_heads": N_HEADS}})
@@ -480,6 +481,7 @@ def test_wrong_shape_is_a_conversion_error_naming_the_config_field(tmp_path, wei
       in msg
 
 
+@pytest.mark.slow
 def test_cli_prints_a_conversion_error_as_one_line(tmp_path, weights):
   """Before: models/dit.py's ValueError escaped the CLI as a traceback. Now one line, exit 1."""
   tensors = _with_buffer(weights[0])

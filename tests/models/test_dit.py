@@ -143,6 +143,7 @@ def expected_torch_shapes(V, d, n_blocks, cond, hd):
 # ---------------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_shapes_dtypes_and_zero_initial_logits():
   ids, sigma = inputs()
   for dtype in (jnp.float32, jnp.bfloat16):
@@ -354,6 +355,7 @@ def _base_config():
   return module.get_config()
 
 
+@pytest.mark.slow
 def test_build_model_from_config():
   cfg = _base_config().model
   abstract = nnx.eval_shape(lambda: build_model(cfg, 50258, nnx.Rngs(0)))

@@ -180,6 +180,7 @@ def test_dual_cache_block_equals_full_forward(arch, model):
     assert max_diff(out[:, 0], full[:, s]) > WRONG_MIN
 
 
+@pytest.mark.slow
 def test_prefix_cache_block_equals_truncated_forward(arch, model):
   """The prefix cache attends to positions < e only, so the exact reference is the full
   forward of the truncated sequence x[:, :e]; the cache must come from a forward in which the
@@ -334,6 +335,7 @@ def test_sharded_tiny_forward_matches(model):
 # ---------------------------------------------------------------------------- interface
 
 
+@pytest.mark.slow
 def test_probabilities_dropout_and_remat(model):
   ids = jnp.asarray(fixture(model.config.arch)["input_ids"])[:1]
   ref = model(ids)

@@ -49,6 +49,7 @@ def test_padded_model_shapes_and_same_init_as_unpadded():
   assert padded.padding_params == 11 * (2 * 32 + 1)
 
 
+@pytest.mark.slow
 def test_padded_logits_and_grads_equal_unpadded():
   plain, padded = make(), make(vocab_pad_multiple=PAD)
   sd = randomize(plain)
@@ -90,6 +91,7 @@ def test_conversion_pads_and_unpads():
   assert pad_vocab_rows(odd, 48) is odd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_remat_block_same_outputs_and_grads(dropout):
   plain, remat = make(dropout=dropout), make(dropout=dropout, remat="block")

@@ -332,6 +332,7 @@ def test_safetensors_valid_edge_cases_and_one_shared_reader(tmp_path):
 # ---------------------------------------------------------------------------- fuzz
 
 
+@pytest.mark.slow
 def test_fuzz_readers(tmp_path):
   """Mutated .ckpt/.bin/.safetensors files: every load returns exact, in-file tensors or
   raises a ConversionError; never another exception, a crash or a hang (see reader_fuzz)."""

@@ -34,6 +34,7 @@ def _execute(name: str, tmp_path, monkeypatch):
   return "\n".join(texts), kinds
 
 
+@pytest.mark.slow
 def test_quickstart(tmp_path, monkeypatch):
   text, kinds = _execute("quickstart", tmp_path, monkeypatch)
   assert "TINY=True" in text and "teacher: validation NELBO" in text
@@ -44,6 +45,7 @@ def test_quickstart(tmp_path, monkeypatch):
   assert (tmp_path / "work" / "idlm" / "distill_report" / "results.json").is_file()
 
 
+@pytest.mark.slow
 def test_published_teacher(tmp_path, monkeypatch):
   text, _ = _execute("published_teacher", tmp_path, monkeypatch)
   assert '"format": "hf_safetensors"' in text and '"prefix": "backbone."' in text

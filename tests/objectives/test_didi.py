@@ -207,6 +207,7 @@ def _didi_run(teacher_dir, work, devices, extra=()):
   return loop.build(cfg, work, devices=devices)
 
 
+@pytest.mark.slow
 def test_step_is_pure_sharded_equal_and_resumes_exactly(teacher_dir, tmp_path):
   one = _didi_run(teacher_dir, tmp_path / "one", jax.devices()[:1])
   teacher = one.frozen["teacher"]
@@ -255,6 +256,7 @@ def test_step_traces_with_block_remat(teacher_dir, tmp_path):
   assert new.params.keys() == run.state.params.keys() and "loss" in metrics
 
 
+@pytest.mark.slow
 def test_rgas_sampler_on_a_didi_workdir(teacher_dir, tmp_path):
   """sample.sampler="rgas" through the trainer: the monitor, the end-of-training samples, the
   distillation report (teacher rows: ancestral) and mode eval_samplers on the checkpoint read

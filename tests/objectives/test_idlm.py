@@ -49,6 +49,7 @@ def _batch(tok, b=4, length=32, seed=0):
   return {"input_ids": ids.astype(jnp.int32), "attention_mask": jnp.ones((b, length), jnp.int32)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", sorted(ALGOS))
 def test_fake_equal_to_teacher_gives_zero_student_gradient(algo, tmp_path):
   config = _config(algo, tmp_path)
@@ -137,6 +138,7 @@ def test_soft_losses_reduce_to_the_one_hot_teacher_losses():
 
 # output-layer scale: softmax-based losses take logits of order 1e4; SEDD's score entropy has
 # exp(log-score) itself (float32 overflows past 88), so it is pushed to log-scores of ~50.
+@pytest.mark.slow
 @pytest.mark.parametrize("algo,factor", [("mdlm", 3e3), ("duo", 3e3), ("sedd", 4.0)])
 def test_student_gradient_finite_at_extreme_logits(algo, factor, tmp_path):
   config = _config(algo, tmp_path)
@@ -172,6 +174,7 @@ def _idlm_run(teacher_dir, work, devices, extra=()):
   return loop.build(cfg, work, devices=devices)
 
 
+@pytest.mark.slow
 def test_state_starts_as_copies_of_the_teacher(teacher_dir, tmp_path):
   run = _idlm_run(teacher_dir, tmp_path / "r", jax.devices()[:1])
   teacher = run.frozen["teacher"]
@@ -184,6 +187,7 @@ def test_state_starts_as_copies_of_the_teacher(teacher_dir, tmp_path):
   assert int(run.state.aux["fake"].step) == 1
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_and_resume_is_exact(teacher_dir, tmp_path):
   one = _idlm_run(teacher_dir, tmp_path / "one", jax.devices()[:1])
   loop.train(one)

@@ -54,6 +54,7 @@ def toy():
   objectives.unregister("toy")
 
 
+@pytest.mark.slow
 def test_a_registered_objective_brings_its_config_and_trains(toy, tmp_path):
   assert "toy" in objectives.names() and config_lib.defaults().toy.weight == 1.0
   overrides = ["objective=toy", "toy.weight=0.5", "train.steps=2", "ckpt.async_save=False",

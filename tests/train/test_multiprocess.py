@@ -114,6 +114,7 @@ def _launch(tmp_path, workdir, until: int, leg: str) -> list:
   return reports
 
 
+@pytest.mark.slow
 def test_two_processes_train_checkpoint_and_resume(tmp_path):
   cfg = config_lib.load_config(CONFIG, _overrides(tmp_path))
   # tokenize once here (the hosts then only read the cache) and get one-process batch 0

@@ -63,6 +63,7 @@ def _spec(x):
   return tuple(x.sharding.spec) + (None,) * (x.ndim - len(x.sharding.spec))
 
 
+@pytest.mark.slow
 def test_teacher_pjit_equals_pmap_and_shardings_follow_the_rules(tmp_path, cache):
   pjit_run = _build(TEACHER, tmp_path / "pjit", cache, "pjit",
                     [FSDP_TP, "train.global_batch_size=8"])
@@ -113,6 +114,7 @@ def teacher_dir(tmp_path_factory, cache):
   return work
 
 
+@pytest.mark.slow
 def test_idlm_pjit_equals_pmap(teacher_dir, tmp_path, cache):
   extra = [f"distill.teacher='{teacher_dir}'", "distill.monitor_every=0"]
   pjit_run = _build("configs/demo.py:smoke", tmp_path / "pjit", cache, "pjit",
@@ -127,6 +129,7 @@ def test_idlm_pjit_equals_pmap(teacher_dir, tmp_path, cache):
   assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(pmap_run.frozen))
 
 
+@pytest.mark.slow
 def test_ar_distinct_rows_per_device_and_checkpoints_restore_under_either(tmp_path, cache):
   """The built pmap step (per-device keys) on different rows per device equals pjit: AR with
   dropout 0 draws no noise, packed rows give every device the same token count."""

@@ -14,6 +14,7 @@ def _config(tmp_path, *extra):
       f"data.cache_dir='{tmp_path / 'cache'}'", *extra])
 
 
+@pytest.mark.slow
 def test_trace_of_the_configured_steps_lands_in_the_workdir(tmp_path):
   cfg = _config(tmp_path, "log.profile_start=2", "log.profile_steps=1")
   run = loop.build(cfg, tmp_path / "run", devices=jax.devices()[:1])

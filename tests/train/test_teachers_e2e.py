@@ -35,6 +35,7 @@ def _config(spec, cache, *overrides):
       "sample.steps=8", "sample.num_samples=4", "sample.batch_size=4", *overrides])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMOKES))
 def test_teacher_smoke_trains_validates_samples(name, tmp_path, cache_dir):
   spec, extra = SMOKES[name]

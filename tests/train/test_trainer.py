@@ -23,6 +23,7 @@ def _assert_trees_close(a, b, **kw):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **kw), a, b)
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(tmp_path):
   cfg = _config(tmp_path, "parallel.ici_mesh=(2, 4, 1)", "train.steps=3")
   sharded = loop.build(cfg, tmp_path / "a", devices=jax.devices())
@@ -36,6 +37,7 @@ def test_sharded_step_equals_single_device(tmp_path):
   _assert_trees_close(_params(sharded), _params(single), rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
   cfg = _config(tmp_path, "train.steps=6", "ckpt.every=100")
   full = loop.build(cfg, tmp_path / "full", devices=jax.devices()[:1])
@@ -62,6 +64,7 @@ def test_nan_stops_with_step_and_metric(tmp_path):
     loop.train(run)
 
 
+@pytest.mark.slow
 def test_run_writes_outputs_and_second_run_resumes(tmp_path, caplog):
   cfg = _config(tmp_path)
   workdir = tmp_path / "demo"

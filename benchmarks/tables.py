@@ -1,0 +1,197 @@
+"""Every results table in the docs, generated from the committed raw files.
+
+  python -m benchmarks.tables          # rewrite the tables in README.md, docs/*.md and
+                                       # benchmarks/results/README.md from their raw files
+  python -m benchmarks.tables --check  # exit 1 when a table no longer matches its raw file
+
+A table lives in a Markdown file between `<!-- table: NAME -->` and `<!-- /table -->`, where
+NAME is a key of TABLES; the lines in between are generated (a caption line naming the raw
+files, seed and sample count, then the table). tests/benchmarks/test_tables.py runs the check,
+so a number in the docs can only change together with its raw file.
+"""
+
+import argparse
+import json
+import pathlib
+import re
+import sys
+
+from idlm_jax import config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), RESULTS / "README.md"]
+MARKER = re.compile(r"(<!-- table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table -->)",
+                    re.S)
+
+
+def _load(name: str):
+  path = RESULTS / name
+  if path.suffix == ".jsonl":
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return json.loads(path.read_text())
+
+
+COUNTS = ("steps", "nfe", "row_nfe", "disc_forwards", "disc_grads", "L", "B")
+
+
+def _fmt(v, digits: int = 3, key: str = "") -> str:
+  if v is None:
+    return "–"
+  if isinstance(v, float):
+    if key in COUNTS:  # call counts: integers, or one decimal for means over batches
+      return str(int(v)) if v.is_integer() else f"{v:.1f}"
+    if abs(v) >= 100:
+      return f"{v:.1f}"
+    return f"{v:.{digits}f}"
+  return str(v)
+
+
+# ------------------------------------------------------------------ renderers
+
+
+def quality(*sources) -> str:
+  """Sample-quality rows of eval_samplers / distillation-report results files.
+
+  sources: (file, label) or (file, label, keep) tuples; label is a format string over the
+  row's fields ({sampler}, {variant}) or None (the row's variant, else its sampler); keep(row)
+  selects rows (default: all). Columns: quality (Gen PPL or the
+  exact NLL per token on the synthetic language), unigram entropy, distinct-4, NFE (and the
+  per-row NFE of R2 rows, RGAS's discriminator calls) — whatever the rows carry."""
+  rows, headers, files = [], [], []
+  for name, label, *keep in sources:
+    d = _load(name)
+    files.append(name)
+    headers.append(d.get("header", {}))
+    for r in d["rows"]:
+      if keep and not keep[0](r):
+        continue
+      text = label.format(sampler=r.get("sampler", ""), variant=r.get("variant", "")) \
+          if label else (r.get("variant") or r.get("sampler"))
+      rows.append((text, r))
+  metric = "gen_ppl" if any("gen_ppl" in r for _, r in rows) else "exact_nll"
+  cols = [("steps", "steps"), ("nfe", "NFE")]
+  if any("row_nfe" in r for _, r in rows):
+    cols.append(("row_nfe", "row NFE"))
+  if any("disc_forwards" in r for _, r in rows):
+    cols.append(("disc_forwards", "disc. calls"))
+  cols += [(metric, "Gen PPL" if metric == "gen_ppl" else "exact NLL/token"),
+           ("entropy", "entropy"), ("distinct_4", "distinct-4")]
+  out = ["| model | " + " | ".join(c[1] for c in cols) + " |",
+         "|---|" + "---|" * len(cols)]
+  for text, r in rows:
+    out.append(f"| {text} | " + " | ".join(_fmt(r.get(k), key=k) for k, _ in cols) + " |")
+  seeds = sorted({h.get("seed") for h in headers if "seed" in h})
+  samples = sorted({h.get("num_samples") for h in headers if "num_samples" in h})
+  precision = sorted({h.get("precision") for h in headers if "precision" in h})
+  caption = (f"Raw: {', '.join('`benchmarks/results/' + f + '`' for f in files)}; "
+             f"seed {'/'.join(map(str, seeds)) or '?'}, {'/'.join(map(str, samples)) or '?'} "
+             f"samples per row, {'/'.join(precision) or '?'} draws.")
+  return caption + "\n\n" + "\n".join(out) + "\n"
+
+
+def speed_rows(name: str, keys, title: dict, derived=None) -> str:
+  """A JSONL benchmark file as a table of the listed keys (`derived`: {key: row -> value})."""
+  rows = _load(name)
+  derived = derived or {}
+  value = lambda r, k: derived[k](r) if k in derived else r.get(k)  # noqa: E731
+  out = ["| " + " | ".join(title.get(k, k) for k in keys) + " |", "|" + "---|" * len(keys)]
+  for r in rows:
+    out.append("| " + " | ".join(_fmt(value(r, k), 2, k) for k in keys) + " |")
+  first = rows[0]
+  caption = (f"Raw: `benchmarks/results/{name}` ({first.get('device', '?')}, "
+             f"jax {first.get('jax', first.get('version', '?'))}).")
+  return caption + "\n\n" + "\n".join(out) + "\n"
+
+
+def config_fields() -> str:
+  """Every config field (path, default, allowed values, meaning) from the declarations."""
+  out = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
+  cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+  for path, f in config.schema().items():
+    allowed = ", ".join(map(repr, f.allowed())) if f.allowed() is not None else \
+        (f.check.what if f.check else "")
+    out.append(f"| `{path}` | `{f.default!r}` | {cell(allowed)} | {cell(f.doc)} |")
+  return ("Generated from the `FIELDS` declarations (`python -m benchmarks.tables`).\n\n"
+          + "\n".join(out) + "\n")
+
+
+TABLES = {
+    "config_fields": config_fields,
+    "demo": lambda: quality(("demo_genppl_teacher1024.json", "{sampler} (eval run)",
+                             lambda r: r["sampler"].startswith("teacher")),
+                            ("demo_genppl.json", None)),
+    "synthetic_mdlm_teacher": lambda: quality(("synthetic_mdlm.json", "MDLM teacher {sampler}")),
+    "idlm_synthetic": lambda: quality(("idlm_synthetic.json", None)),
+    "dcd_synthetic": lambda: quality(("dcd_synthetic.json", None),
+                                     ("idlm_dcd_synthetic.json", "IDLM-DCD lr 1e-4 {sampler}"),
+                                     ("idlm_dcd_synthetic_lr1e5.json",
+                                      "IDLM-DCD lr 1e-5 {sampler}")),
+    "didi_synthetic": lambda: quality(("didi_synthetic_400.json", "DiDi lr 1e-4, {sampler}"),
+                                      ("didi_synthetic_400_lr2e5.json",
+                                       "DiDi lr 2e-5, {sampler}")),
+    "didi_demo": lambda: quality(("didi_demo.json", "DiDi student, {sampler}")),
+    "r2_synthetic": lambda: quality(("r2_synthetic.json", None)),
+    "r2_idlm_student": lambda: quality(("r2_idlm_student_synthetic.json", None)),
+    "r2_finetune": lambda: quality(("r2_finetune_synthetic_l1.json", "fine-tuned, {variant}"),
+                                   ("r2_finetune_synthetic_rand_l1.json",
+                                    "random-mask ablation, {variant}")),
+    "generation_speed_cpu": lambda: speed_rows(
+        "generation_speed_cpu_2026-11-23.jsonl",
+        ["role", "steps", "B", "L", "nfe", "seconds", "tokens_per_s", "speedup_vs_teacher"],
+        {"nfe": "NFE", "seconds": "s / batch", "tokens_per_s": "tokens/s",
+         "speedup_vs_teacher": "speed-up"}),
+    "h100_train": lambda: speed_rows(
+        "h100_2026-11-22.jsonl",
+        ["framework", "kind", "L", "B", "tokens_per_s", "ms", "mfu", "peak_mem_gib"],
+        {"tokens_per_s": "tokens/s", "ms": "ms per call", "mfu": "MFU",
+         "peak_mem_gib": "peak GiB"},
+        {"ms": lambda r: r.get("step_ms", r.get("call_ms")),
+         "mfu": lambda r: r.get("mfu", r.get("mfu_brief"))}),
+}
+
+
+# ------------------------------------------------------------------ rewriting the docs
+
+
+def render(text: str, path: pathlib.Path) -> str:
+  def one(m):
+    name = m.group("name")
+    if name not in TABLES:
+      raise KeyError(f"{path}: unknown table {name!r} (known: {sorted(TABLES)})")
+    return m.group(1) + TABLES[name]() + m.group(4)
+  return MARKER.sub(one, text)
+
+
+def stale(paths=None) -> list[str]:
+  """Files whose generated tables differ from their raw files (empty: all up to date)."""
+  out = []
+  for path in paths or DOCS:
+    if path.is_file():
+      text = path.read_text()
+      if render(text, path) != text:
+        out.append(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))
+  return out
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--check", action="store_true", help="only report stale tables")
+  args = ap.parse_args(argv)
+  if args.check:
+    bad = stale()
+    for name in bad:
+      print(f"stale table(s) in {name}: run python -m benchmarks.tables", file=sys.stderr)
+    return 1 if bad else 0
+  for path in DOCS:
+    if path.is_file():
+      text = path.read_text()
+      new = render(text, path)
+      if new != text:
+        path.write_text(new)
+        print(f"updated {path.relative_to(ROOT)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,28 @@
+"""The docs' results tables are generated from the committed raw files (benchmarks/tables.py):
+a table that no longer matches its raw file, or names an unknown table, fails here."""
+
+from benchmarks import tables
+
+
+def test_every_docs_table_matches_its_raw_file():
+  assert not tables.stale(), "stale tables: run python -m benchmarks.tables"
+
+
+def test_every_table_marker_names_a_known_table_and_is_used():
+  used = set()
+  for path in tables.DOCS:
+    if path.is_file():
+      used |= {m.group("name") for m in tables.MARKER.finditer(path.read_text())}
+  assert used <= set(tables.TABLES)
+  assert set(tables.TABLES) <= used, f"tables never shown: {set(tables.TABLES) - used}"
+
+
+def test_an_edited_number_in_a_table_is_stale(tmp_path):
+  doc = tmp_path / "doc.md"
+  doc.write_text("<!-- table: idlm_synthetic -->\n<!-- /table -->\n")
+  rendered = tables.render(doc.read_text(), doc)
+  doc.write_text(rendered)
+  assert tables.stale([doc]) == []
+  assert "1.990" in rendered
+  doc.write_text(rendered.replace("1.990", "1.890"))
+  assert tables.stale([doc]) == [str(doc)]

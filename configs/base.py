@@ -57,8 +57,10 @@ def offline(variant):
 def apply_variant(c, arg, variants=None):
   """Apply `--config=file.py:<arg>`; every config knows 'smoke' and 'tiny' plus its own."""
   table = {"smoke": smoke, "tiny": tiny, **(variants or {})}
+  if arg == config_lib.VARIANT_QUERY:  # --help lists the variants
+    raise config_lib.VariantList(sorted(table))
   if arg in (None, ""):
     return c
   if arg not in table:
-    raise ValueError(f"unknown config variant {arg!r}; known: {sorted(table)}")
+    raise config_lib.ConfigError(f"unknown config variant {arg!r}; known: {sorted(table)}")
   return table[arg](c)

@@ -79,6 +79,40 @@ def base_config() -> ml_collections.ConfigDict:
   return defaults()
 
 
+def shipped_configs(folder=None) -> list[tuple[str, list[str], str]]:
+  """(path, variants, first docstring line) of every config file in configs/."""
+  folder = pathlib.Path(folder or REPO_ROOT / "configs")
+  out = []
+  for path in sorted(folder.glob("*.py")):
+    if path.name in ("__init__.py", "base.py"):
+      continue
+    module = _load_module(path)
+    paragraph = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+    sentence = paragraph.split(". ")[0].rstrip(".")
+    out.append((f"configs/{path.name}", variants_of(module), sentence))
+  return out
+
+
+def variants_of(module) -> list[str]:
+  """The variant names a config module's get_config accepts (base.apply_variant lists them)."""
+  try:
+    module.get_config(VARIANT_QUERY)
+  except VariantList as e:
+    return list(e.names)
+  return []
+
+
+class VariantList(Exception):
+  """Raised by base.apply_variant for VARIANT_QUERY: carries the known variant names."""
+
+  def __init__(self, names):
+    super().__init__(", ".join(names))
+    self.names = names
+
+
+VARIANT_QUERY = "?variants"
+
+
 def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
   """Load `path/to/config.py[:arg]`, apply "a.b=value" overrides, validate, lock."""
   path, _, arg = spec.partition(":")
@@ -175,12 +209,13 @@ def _parse(raw: str, current):
 def _set(config, key: str, raw: str) -> None:
   node = config
   parts = key.split(".")
+  unknown = ConfigError(f"config.{key}: unknown field{_suggest(key, _flatten(config))}")
   for part in parts[:-1]:
     if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-      raise ConfigError(f"config.{key}: unknown field")
+      raise unknown
     node = node[part]
   if parts[-1] not in node:
-    raise ConfigError(f"config.{key}: unknown field")
+    raise unknown
   value = _parse(raw, node[parts[-1]])
   try:
     node[parts[-1]] = value

@@ -1,4 +1,4 @@
-"""CLI: python -m idlm_jax.main --config=configs/demo.py --workdir=/tmp/demo [--config.x=y].
+"""CLI: python -m idlm_jax.main --config=configs/demo.py[:variant] --workdir=/tmp/demo [--config.x=y].
 
 Dispatches config.mode (evals/modes.py): trains (train), or evaluates / samples the latest
 checkpoint in the workdir (eval, sample, eval_samplers). Running it again on the same workdir
@@ -9,6 +9,10 @@ TPU pods, SLURM, Open MPI, GKE). Elsewhere (several GPU hosts, or processes on o
 give the coordinator explicitly, by flag or environment variable, on every process:
   --coordinator_address=10.0.0.2:8476 (JAX_COORDINATOR_ADDRESS) --num_processes=2
   (JAX_NUM_PROCESSES) --process_id=0 (JAX_PROCESS_ID); any of them implies --distributed.
+
+User errors (a bad config field or value, missing data or checkpoint, an unreadable
+checkpoint) print one line and exit with status 2; `--verbose` (or IDLM_VERBOSE=1) shows the
+traceback. `--help` lists the shipped configs with their variants.
 """
 
 import logging as py_logging
@@ -20,41 +24,95 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from idlm_jax import config as config_lib  # noqa: E402
 from idlm_jax import objectives  # noqa: E402
+from idlm_jax.data.sources import DataNotFoundError  # noqa: E402
 from idlm_jax.evals import modes  # noqa: E402
+from idlm_jax.fields import ConfigError  # noqa: E402
+from idlm_jax.models.readers import ConversionError  # noqa: E402
 from idlm_jax.train import checkpoint  # noqa: E402
 
 log = py_logging.getLogger("idlm_jax")
+# errors that are the user's input, not a bug: one line, no traceback (unless --verbose)
+USER_ERRORS = (ConfigError, ConversionError, DataNotFoundError, FileNotFoundError)
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py[:variant].",
-                                lock_config=True)
+flags.DEFINE_string("config", None, "Config file, e.g. configs/demo.py[:variant]; fields are "
+                    "overridden with --config.section.field=value.")
 flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, samples).")
+flags.DEFINE_bool("verbose", False, "Show tracebacks for user errors (also IDLM_VERBOSE=1).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host pods).")
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0's coordinator (default: $JAX_COORDINATOR_ADDRESS).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (default: $JAX_NUM_PROCESSES).")
 flags.DEFINE_integer("process_id", None, "This process's index (default: $JAX_PROCESS_ID).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+OVERRIDES: list = []  # the --config.a.b=value arguments (split off before absl parses argv)
+
+
+def split_overrides(argv: list) -> tuple[list, list]:
+  """(argv without the --config.x=y arguments, ["x=y", ...]); "--config.x y" works too."""
+  rest, overrides, i = [], [], 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      key, sep, value = arg[len("--config."):].partition("=")
+      if not sep:
+        if i + 1 >= len(argv):
+          raise ConfigError(f"--config.{key}: no value given")
+        value, i = argv[i + 1], i + 1
+      overrides.append(f"{key}={value}")
+    else:
+      rest.append(arg)
+    i += 1
+  return rest, overrides
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS.config or not FLAGS.workdir:
+    print("error: --config and --workdir are required (--help lists the configs)",
+          file=sys.stderr)
+    sys.exit(2)
   _setup_logging()
-
   dist = distributed_args(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                           os.environ)
   if FLAGS.distributed or dist:
     jax.distributed.initialize(**dist)  # before any other JAX call
   jax.config.update("jax_threefry_partitionable", True)
-  config_lib.validate(FLAGS.config)  # before any work: fails naming the bad field
-  log.info("JAX %s, %d devices (%s), process %d/%d", jax.__version__, jax.device_count(),
-           jax.devices()[0].platform, jax.process_index(), jax.process_count())
-  run(FLAGS.config, FLAGS.workdir)
+  verbose = FLAGS.verbose or os.environ.get("IDLM_VERBOSE", "") not in ("", "0")
+  try:
+    config = config_lib.load_config(FLAGS.config, OVERRIDES)  # fails naming the bad field
+    log.info("JAX %s, %d devices (%s), process %d/%d", jax.__version__, jax.device_count(),
+             jax.devices()[0].platform, jax.process_index(), jax.process_count())
+    run(config, FLAGS.workdir)
+  except USER_ERRORS as e:
+    if verbose:
+      raise
+    print(f"error: {one_line(e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(error: BaseException) -> str:
+  """The message of a user error on one line (continuation lines joined by '; ')."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return "; ".join(lines) if lines else type(error).__name__
+
+
+def usage() -> str:
+  """--help: the flags, then every shipped config with its variants and first doc line."""
+  lines = [__doc__.strip(), "", "Flags:",
+           "  --config=FILE[:VARIANT]   a config file (below); --config.section.field=value "
+           "overrides a field",
+           "  --workdir=DIR             output directory (local path or gs:// URL)",
+           "  --distributed, --coordinator_address, --num_processes, --process_id: multi-host",
+           "  --verbose                 tracebacks for user errors", "", "Configs:"]
+  for path, variants, doc in config_lib.shipped_configs():
+    lines.append(f"  {path}  [{', '.join(variants)}]")
+    lines.append(f"      {doc}")
+  return "\n".join(lines)
 
 
 def run(config, workdir, devices=None):
@@ -123,5 +181,19 @@ def _setup_logging():
   log.propagate = False
 
 
+def cli(argv=None) -> None:
+  """The entry point: --help, the --config.* overrides, then absl's flags and `main`."""
+  argv = list(sys.argv if argv is None else argv)
+  if any(a in ("--help", "-h", "--helpfull", "-?") for a in argv[1:]):
+    print(usage())
+    sys.exit(0)
+  try:
+    argv, OVERRIDES[:] = split_overrides(argv)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  app.run(main, argv=argv)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

@@ -57,6 +57,39 @@ def test_unknown_variant_and_missing_file():
     config_lib.load_config("configs/nope.py")
 
 
+def _cli(*args, env=None):
+  import os
+  import subprocess
+  import sys
+  return subprocess.run([sys.executable, "-m", "idlm_jax.main", *args], capture_output=True,
+                        text=True, timeout=180, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.slow
+def test_cli_user_errors_are_one_line_and_help_lists_the_configs(tmp_path):
+  work = f"--workdir={tmp_path}"
+  cases = [
+      (["--config=configs/demo.py", work, "--config.optim.lrr=1"],
+       "error: config.optim.lrr: unknown field (did you mean 'optim.lr'?)"),
+      (["--config=configs/demo.py", work, "--config.optim.lr=-1"],
+       "error: config.optim.lr: must be positive, got -1"),
+      (["--config=configs/demo.py:huge", work], "error: unknown config variant 'huge'"),
+      (["--config=configs/nope.py", work], "error: config file not found"),
+      (["--config=configs/demo.py"], "error: --config and --workdir are required"),
+  ]
+  for args, message in cases:
+    out = _cli(*args)
+    assert out.returncode == 2, (args, out.stderr[-2000:])
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), (args, out.stderr[-2000:])
+  verbose = _cli("--config=configs/demo.py", work, "--config.optim.lr=-1", "--verbose")
+  assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+  help_ = _cli("--help")
+  assert help_.returncode == 0
+  assert "configs/demo.py  [scratch, smoke, tiny]" in help_.stdout
+  assert "IDLM distillation of the shipped demo teacher" in help_.stdout
+
+
 @pytest.mark.slow
 def test_cli_rejects_unknown_override(tmp_path):
   import subprocess

@@ -26,7 +26,7 @@ def smoke(c):
   c.optim.update(warmup_steps=4)
   c.ckpt.update(every=6, keep=2)
   c.eval.update(batch_size=16)
-  c.sample.update(num_samples=8, batch_size=8, steps=16)
+  c.sample.update(num_samples=8, batch_size=8, steps=8)
   c.log.progress_every_s = 5.0
   return c
 
@@ -50,6 +50,18 @@ def offline(variant):
     c = variant(c)
     c.data.update(source="embedded", path="")
     c.model.dtype = "float32"
+    return c
+  return apply
+
+
+def with_teacher(variant, spec: str):
+  """A distillation variant that trains its own matching teacher first when none is given:
+  distill.teacher = "scratch:<spec>" (trained into <workdir>/teacher, then distilled), so the
+  variant runs alone from a fresh clone."""
+  def apply(c):
+    c = variant(c)
+    if not c.distill.teacher:
+      c.distill.teacher = f"scratch:{spec}"
     return c
   return apply
 

@@ -84,7 +84,9 @@ def synthetic(c):
 
 def get_config(arg=None):
   c = paper(duo_owt.get_config())
-  variants = {"smoke": small(base.offline(base.smoke)), "tiny": small(base.offline(base.tiny)),
+  variants = {"smoke": base.with_teacher(small(base.offline(base.smoke)),
+                                         "configs/duo_owt.py:smoke"),
+              "tiny": small(base.offline(base.tiny)),
               "demo": demo, "demo_teacher": demo_teacher_duo, "greedy": duo_lm1b.greedy,
               "synthetic": synthetic}
   return base.apply_variant(c, arg, variants)

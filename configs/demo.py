@@ -8,8 +8,8 @@ distils it with IDLM (student + fake, both copies of the teacher), monitors the 
 Gen PPL and entropy, then prints the table of the teacher at 256/64/16 steps against the
 student at 16/8/4 steps (same seeds, the shipped AR evaluator). About 10 minutes on 2 cores.
 Variants: `:scratch` trains the teacher first (configs/demo_teacher.py:short, into
-<workdir>/teacher) and distils that one; `:smoke` is the test-suite size (give
---config.distill.teacher a matching smoke teacher).
+<workdir>/teacher) and distils that one; `:smoke` is the test-suite size (it trains a matching
+smoke teacher into <workdir>/teacher first unless --config.distill.teacher names one).
 """
 
 from configs import base, demo_teacher
@@ -17,6 +17,7 @@ from configs import base, demo_teacher
 
 def smoke(c):
   c = base.smoke(c)
+  c.distill.teacher = ""  # the shipped teacher is not smoke-sized: train a matching one
   c.distill.update(monitor_every=6, monitor_steps="2,4", monitor_samples=8,
                    report_teacher_steps="8")
   c.eval.update(sampling_steps="2,4", num_samples=8, evaluator="")
@@ -41,4 +42,5 @@ def get_config(arg=None):
   c.ckpt.update(every=100, keep=2)
   c.eval.update(sampling_steps="16,8,4", num_samples=64)
   c.sample.update(num_samples=16, batch_size=16, steps=16)
-  return base.apply_variant(c, arg, {"smoke": smoke, "scratch": scratch})
+  return base.apply_variant(c, arg, {
+      "smoke": base.with_teacher(smoke, "configs/demo_teacher.py:smoke"), "scratch": scratch})

@@ -75,6 +75,8 @@ def demo(c):
 
 def get_config(arg=None):
   c = didi(mdlm_owt.get_config())
-  variants = {"smoke": small(base.offline(base.smoke)), "tiny": small(base.offline(base.tiny)),
+  variants = {"smoke": base.with_teacher(small(base.offline(base.smoke)),
+                                         "configs/mdlm_owt.py:smoke"),
+              "tiny": small(base.offline(base.tiny)),
               "demo": demo}
   return base.apply_variant(c, arg, variants)

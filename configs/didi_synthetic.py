@@ -23,4 +23,5 @@ def get_config(arg=None):
   c.ckpt.update(every=100, keep=2)
   c.eval.update(sampling_steps="16,8,4", num_samples=128)
   c.sample.update(num_samples=16, batch_size=32, steps=16)
-  return base.apply_variant(c, arg)
+  return base.apply_variant(c, arg, {
+      "smoke": base.with_teacher(base.smoke, "configs/synthetic_mdlm.py:smoke")})

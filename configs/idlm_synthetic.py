@@ -27,4 +27,6 @@ def idlm(c):
 
 def get_config(arg=None):
   c = idlm(synthetic_mdlm.get_config())
-  return base.apply_variant(c, arg, {"duo": lambda _: idlm(synthetic_duo.get_config())})
+  return base.apply_variant(c, arg, {
+      "duo": lambda _: idlm(synthetic_duo.get_config()),
+      "smoke": base.with_teacher(base.smoke, "configs/synthetic_mdlm.py:smoke")})

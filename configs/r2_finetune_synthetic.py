@@ -11,9 +11,27 @@ needs --config.model.vocab_pad_multiple=0). Trajectories: 1024 samples at sample
 with all four rules (threshold, A, B, C; sample.r2.*), the best quarter by exact source NLL.
 Measured: benchmarks/results/r2_finetune_synthetic.md.
 Objective r2_finetune (objectives/r2_finetune.py): trajectory NELBO + sharpening hinge.
+`:smoke` reads idlm_jax/assets/r2_smoke_trajectories.npz, recorded from the synthetic
+teacher's :smoke run with
+  python -m idlm_jax.main --config=configs/synthetic_mdlm.py:smoke --workdir=/tmp/syn_smoke
+  python benchmarks/r2_record_trajectories.py --config=configs/r2_finetune_synthetic.py:smoke \
+      --workdir=/tmp/syn_smoke --out=idlm_jax/assets/r2_smoke_trajectories.npz
 """
 
+import pathlib
+
+import idlm_jax
 from configs import base, synthetic_mdlm
+
+# 64 trajectories of the :smoke teacher (L=32), recorded as the docstring says, for :smoke
+SMOKE_TRAJECTORIES = pathlib.Path(idlm_jax.__file__).parent / "assets" / "r2_smoke_trajectories.npz"
+
+
+def smoke(c):
+  c = base.smoke(c)
+  c.distill.r2ft.update(trajectories=str(SMOKE_TRAJECTORIES), record_samples=64,
+                        keep_fraction=0.5)
+  return base.with_teacher(lambda x: x, "configs/synthetic_mdlm.py:smoke")(c)
 
 
 def get_config(arg=None):
@@ -28,4 +46,4 @@ def get_config(arg=None):
   c.train.update(steps=300, global_batch_size=32, log_every=25, eval_every=0, sample_every=0,
                  max_minutes=8.0)
   c.ckpt.update(every=150, keep=2)
-  return base.apply_variant(c, arg)
+  return base.apply_variant(c, arg, {"smoke": smoke})

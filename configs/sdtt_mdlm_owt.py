@@ -69,6 +69,8 @@ def synthetic(c):
 
 def get_config(arg=None):
   c = paper(mdlm_owt.get_config())
-  variants = {"smoke": small(base.offline(base.smoke)), "tiny": small(base.offline(base.tiny)),
+  variants = {"smoke": base.with_teacher(small(base.offline(base.smoke)),
+                                         "configs/mdlm_owt.py:smoke"),
+              "tiny": small(base.offline(base.tiny)),
               "demo": demo, "synthetic": synthetic}
   return base.apply_variant(c, arg, variants)

@@ -27,3 +27,18 @@ jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("IDLM_JAX_TEST_CACHE", "/tmp/idlm_jax_test_xla_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_addoption(parser):
+  parser.addoption("--smoke-configs", action="store_true",
+                   help="run every shipped config's :smoke variant (tests/test_smoke_configs.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+  """The :smoke-variant runs are opt-in (--smoke-configs): deselected otherwise."""
+  if config.getoption("--smoke-configs"):
+    return
+  keep = [i for i in items if "smoke_configs" not in i.keywords]
+  if len(keep) != len(items):
+    config.hook.pytest_deselected(items=[i for i in items if "smoke_configs" in i.keywords])
+    items[:] = keep

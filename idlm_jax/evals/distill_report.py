@@ -16,7 +16,7 @@ import ml_collections
 from idlm_jax import decoding
 from idlm_jax import fields as F
 from idlm_jax.data import synthetic
-from idlm_jax.evals import evaluate, genppl, report
+from idlm_jax.evals import evaluate, genppl, progress, report
 from idlm_jax.fields import Field
 from idlm_jax.train import loop
 
@@ -31,14 +31,15 @@ FIELDS = {
 
 
 def rows_for(run, label: str, params, steps_list, evaluator, hmm, config=None,
-             aux=None) -> list[dict]:
+             aux=None, phase=None) -> list[dict]:
   """One row per step count: `params` sampled with `config` (default: the run's) and `aux`
   (decoding.sampler_aux), scored as in eval_samplers."""
   c = config or run.config
   rows = []
   for steps in steps_list:
     d = evaluate.draw(c, run.process, run.graphdef, params, run.mesh, num_steps=steps,
-                      num_samples=int(c.eval.num_samples), seed=int(c.eval.seed), aux=aux)
+                      num_samples=int(c.eval.num_samples), seed=int(c.eval.seed), aux=aux,
+                      phase=phase)
     texts = run.tokenizer.decode_batch(d["tokens"].tolist())
     row = {"sampler": label, "steps": steps, **{k: d[k] for k in decoding.COUNTS if k in d}}
     row.update(evaluate.entropy_lib.throughput(len(d["tokens"]), int(c.data.seq_len),
@@ -70,12 +71,17 @@ def run_report(run, step: int) -> dict:
     evaluator = genppl.load_evaluator(c.eval.evaluator, c.eval.evaluator_max_length)
   sampler = c.sample.sampler
   teacher_cfg = teacher_config(c)
+  teacher_steps = evaluate.parse_steps(c.distill.report_teacher_steps)
+  student_steps = evaluate.parse_steps(c.eval.sampling_steps)
+  n_batches = -(-int(c.eval.num_samples) // int(c.sample.batch_size))
+  phase = progress.Phase("distillation report",
+                         n_batches * (sum(teacher_steps) + sum(student_steps)))
   rows = rows_for(run, f"teacher {teacher_cfg.sample.sampler}", run.frozen["teacher"],
-                  evaluate.parse_steps(c.distill.report_teacher_steps), evaluator, hmm,
-                  config=teacher_cfg)
+                  teacher_steps, evaluator, hmm, config=teacher_cfg, phase=phase)
   rows += rows_for(run, f"{c.objective} student {sampler}", loop.eval_params(run),
-                   evaluate.parse_steps(c.eval.sampling_steps), evaluator, hmm,
-                   aux=decoding.sampler_aux(c, run.state))
+                   student_steps, evaluator, hmm, aux=decoding.sampler_aux(c, run.state),
+                   phase=phase)
+  phase.done()
   header = evaluate.run_header(run, step, evaluator, hmm, teacher=c.distill.teacher)
   results = {"header": header, "rows": rows,
              "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

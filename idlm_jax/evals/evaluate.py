@@ -24,7 +24,7 @@ from idlm_jax import fields as F
 from idlm_jax.data import synthetic
 from idlm_jax.diffusion import categorical
 from idlm_jax.evals import entropy as entropy_lib
-from idlm_jax.evals import genppl, report
+from idlm_jax.evals import genppl, progress, report
 from idlm_jax.fields import Field
 from idlm_jax.train import loop, parallel
 
@@ -70,9 +70,10 @@ def with_sampler(config, name: str):
 
 
 def draw(config, process, graphdef, params, mesh, *, num_steps: int, num_samples: int,
-         seed: int, aux=None) -> dict:
+         seed: int, aux=None, phase=None) -> dict:
   """Token ids [num_samples, L], mean NFE (and RGAS's discriminator calls: decoding.call_counts),
-  timed seconds (after one warm-up batch). aux: see decoding.sampler_aux."""
+  timed seconds (after one warm-up batch). aux: see decoding.sampler_aux. phase: a
+  progress.Phase advanced by num_steps per batch (each batch is then waited for)."""
   batch = config.sample.batch_size
   sampler = decoding.make_sampler(config, process, graphdef, num_steps=num_steps,
                                   batch_size=batch)
@@ -83,7 +84,13 @@ def draw(config, process, graphdef, params, mesh, *, num_steps: int, num_samples
     jax.block_until_ready(sampler(params, jax.random.fold_in(key, 10**6), None, aux))  # compile
     compile_s = time.time() - t0
     t0 = time.time()
-    outs = [sampler(params, jax.random.fold_in(key, i), None, aux) for i in range(n_batches)]
+    outs = []
+    for i in range(n_batches):
+      outs.append(sampler(params, jax.random.fold_in(key, i), None, aux))
+      if phase is not None:
+        jax.block_until_ready(outs[-1])
+        phase.advance(num_steps, f"{config.sample.sampler} at {num_steps} steps, batch "
+                                 f"{i + 1}/{n_batches}")
     outs = jax.block_until_ready(outs)
     seconds = time.time() - t0
     outs = parallel.to_host(outs)  # also when sharded over hosts
@@ -141,12 +148,15 @@ def run_eval(run, step: int) -> dict:
   params = loop.eval_params(run)
   header = run_header(run, step, evaluator, hmm)
   rows = []
+  n_batches = -(-int(e.num_samples) // int(c.sample.batch_size))
+  phase = progress.Phase("eval_samplers", len(sampler_names(c)) * n_batches *
+                         sum(parse_steps(e.sampling_steps)))
   for name in sampler_names(c):
     cfg = with_sampler(c, name)
     for steps in parse_steps(e.sampling_steps):
       d = draw(cfg, run.process, run.graphdef, params, run.mesh, num_steps=steps,
                num_samples=int(e.num_samples), seed=int(e.seed),
-               aux=decoding.sampler_aux(cfg, run.state))
+               aux=decoding.sampler_aux(cfg, run.state), phase=phase)
       texts = run.tokenizer.decode_batch(d["tokens"].tolist())
       row = {"sampler": name, "steps": steps, **{k: d[k] for k in decoding.COUNTS if k in d},
              "compile_seconds": d["compile_seconds"]}
@@ -160,6 +170,7 @@ def run_eval(run, step: int) -> dict:
       log.info("eval_samplers %s steps=%d NFE %.1f  %s", name, steps, d["nfe"],
                "  ".join(f"{k} {row[k]:.4g}" for k in ("gen_ppl", "exact_nll", "entropy",
                                                        "tokens_per_s") if row.get(k) is not None))
+  phase.done()
   results = {"header": header, "rows": rows,
              "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
   if jax.process_index() == 0:

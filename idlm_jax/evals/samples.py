@@ -9,6 +9,7 @@ import numpy as np
 
 from idlm_jax import decoding
 from idlm_jax.diffusion import categorical
+from idlm_jax.evals import progress
 from idlm_jax.train import parallel
 
 
@@ -60,11 +61,15 @@ def generate(config, process, graphdef, params, tokenizer, mesh, *, seed: int, n
     prefix = prompt_prefix(tokenizer, list(prefix_texts), n_batches * batch, config.data.seq_len)
   outs = []
   start = time.time()
+  phase = progress.Phase("samples", n_batches * num_steps)
   with categorical.x64_scope(s.precision), parallel.mesh_context(mesh):
     for i in range(n_batches):
       key = jax.random.fold_in(jax.random.key(seed), i)
       rows = None if prefix is None else prefix[i * batch:(i + 1) * batch]
       outs.append(sampler(params, key, rows, aux))
+      if n_batches > 1:
+        jax.block_until_ready(outs[-1])
+        phase.advance(num_steps, f"batch {i + 1}/{n_batches} at {num_steps} steps")
     outs = parallel.to_host(outs)  # also when sharded over hosts
   seconds = time.time() - start
   ids = np.concatenate([o.tokens for o in outs])[:s.num_samples]

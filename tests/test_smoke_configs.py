@@ -1,0 +1,29 @@
+"""Every shipped config's `:smoke` variant runs alone from an empty workdir, as a new user
+would run it (`python -m idlm_jax.main --config=configs/X.py:smoke --workdir=...`): the
+distillation smokes train their own matching smoke teacher first.
+
+Opt-in (about a minute each): `python -m pytest --smoke-configs tests/test_smoke_configs.py`
+(CI runs it after the suite, .ci/run)."""
+
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from idlm_jax import config as config_lib
+from idlm_jax import main
+
+SMOKES = [path for path, variants, _ in config_lib.shipped_configs() if "smoke" in variants]
+
+
+@pytest.mark.smoke_configs
+@pytest.mark.parametrize("path", SMOKES)
+def test_smoke_variant_runs_alone_from_an_empty_workdir(path, tmp_path):
+  t0 = time.time()
+  run = main.run(config_lib.load_config(f"{path}:smoke"), tmp_path / "run",
+                 devices=jax.devices()[:1])
+  history = run.results["train"]["history"]
+  assert history and all(np.isfinite(m["loss"]) for _, m in history)
+  assert (tmp_path / "run" / "results.json").is_file()
+  print(f"{path}:smoke {time.time() - t0:.0f} s")

@@ -28,8 +28,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from idlm_jax import config as config_lib  # noqa: E402
 from idlm_jax.diffusion import categorical  # noqa: E402
 from idlm_jax import decoding  # noqa: E402
-from idlm_jax.data import synthetic  # noqa: E402
-from idlm_jax.evals import evaluate, genppl  # noqa: E402
+from idlm_jax.evals import evaluate  # noqa: E402
 from idlm_jax.train import loop, parallel  # noqa: E402
 
 
@@ -77,11 +76,9 @@ def main(argv=None):
   a = p.parse_args(argv)
   workdir = pathlib.Path(a.workdir).expanduser()
   run, step = load_run(workdir, a.override)
-  c, tok = run.config, run.tokenizer
-  hmm = synthetic.from_config(c.data.synthetic) if c.data.source == "synthetic_hmm" else None
-  evaluator = None
-  if c.eval.evaluator and hmm is None:
-    evaluator = genppl.load_evaluator(c.eval.evaluator, c.eval.evaluator_max_length)
+  c = run.config
+  scorer = evaluate.Scorer.for_run(run)
+  hmm, evaluator = scorer.hmm, scorer.evaluator
   student = loop.eval_params(run)
   cfgs = {name: evaluate.with_sampler(c, name) for name in ("ancestral", "rgas")}
   aux = decoding.sampler_aux(cfgs["rgas"], run.state)  # the discriminator
@@ -98,9 +95,7 @@ def main(argv=None):
       tokens = np.concatenate([o.tokens for o in outs])[:a.num_samples]
       row = {"sampler": name, "steps": steps, "disc_forwards": 0.0, "disc_grads": 0.0,
              **decoding.call_counts(outs), "seconds_per_batch": seconds / len(keys)}
-      row.update(evaluate.evaluate_cell(tokens, tok.decode_batch(tokens.tolist()),
-                                        evaluator=evaluator, hmm=hmm, tokenizer=tok,
-                                        evaluator_batch_size=int(c.eval.evaluator_batch_size)))
+      row.update(scorer.score(tokens))
       rows.append(row)
       print(json.dumps(row), flush=True)
   metric = "exact_nll" if hmm is not None else ("gen_ppl" if evaluator else None)

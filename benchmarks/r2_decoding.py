@@ -29,7 +29,7 @@ from idlm_jax import decoding  # noqa: E402
 from idlm_jax.data import synthetic  # noqa: E402
 from idlm_jax.decoding import r2 as r2_samplers  # noqa: E402
 from idlm_jax.diffusion import categorical  # noqa: E402
-from idlm_jax.evals import evaluate, genppl  # noqa: E402
+from idlm_jax.evals import evaluate  # noqa: E402
 from idlm_jax.train import loop, parallel  # noqa: E402
 
 ALL3 = "confidence_cluster,token_cluster,temporal"
@@ -136,9 +136,8 @@ def main():
   # only the (EMA) parameters: sampling needs no optimizer state
   params = run.ckpt.restore_params(step, run.state.params, use_ema=bool(config.eval.use_ema))
   e = config.eval
-  evaluator = genppl.load_evaluator(e.evaluator, e.evaluator_max_length) if e.evaluator else None
-  hmm = synthetic.from_config(config.data.synthetic) if config.data.source == "synthetic_hmm" \
-      else None
+  scorer = evaluate.Scorer.for_run(run)
+  hmm, evaluator = scorer.hmm, scorer.evaluator
   header = {"step": int(step), "workdir": str(args.workdir), "config": args.config,
             "seq_len": int(config.data.seq_len), "num_samples": args.num_samples,
             "sample_batch_size": int(config.sample.batch_size),
@@ -155,11 +154,8 @@ def main():
     for steps in evaluate.parse_steps(args.steps):
       tokens, row = draw(cfg, run.process, run.graphdef, params, run.mesh,
                          num_steps=steps, num_samples=args.num_samples, seed=int(e.seed))
-      texts = run.tokenizer.decode_batch(tokens.tolist())
       row.update(variant=name, steps=steps, sampler=sampler, r2=r2)
-      row.update(evaluate.evaluate_cell(tokens, texts, evaluator=evaluator, hmm=hmm,
-                                        tokenizer=run.tokenizer,
-                                        evaluator_batch_size=int(e.evaluator_batch_size)))
+      row.update(scorer.score(tokens))
       rows.append(row)
       print(f"{name:28s} N={steps:4d} NFE {row['nfe']:6.1f} row {row['row_nfe']:6.1f} "
             f"nll {row.get('exact_nll', float('nan')):.3f} "

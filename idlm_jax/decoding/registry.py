@@ -113,6 +113,9 @@ def validate(config) -> None:
   spec = _REGISTRY[config.sample.sampler]
   if spec.validate is not None:
     spec.validate(config)
+  if config.sample.temperature != 1.0 and config.sample.sampler != "ancestral":
+    raise ConfigError(f"config.sample.temperature: implemented for the ancestral sampler, "
+                      f"got sample.sampler={config.sample.sampler!r}")
 
 
 def make_sampler(config, process, graphdef, *, num_steps: int, batch_size: int):

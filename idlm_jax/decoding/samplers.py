@@ -14,6 +14,7 @@ need x64 while tracing and running (categorical.x64_scope(sample.precision)).
 
 import functools
 
+import jax
 from flax import nnx
 
 from idlm_jax import fields as F
@@ -32,6 +33,14 @@ def _common(config, num_steps: int, batch_size: int, prefix) -> dict:
 # ------------------------------------------------------------------ ancestral
 
 
+def tempered(log_probs_fn, temperature: float):
+  """x_theta^(1/T), renormalised: log_softmax(log x_theta / T) (T = 1: unchanged). SUBS rows
+  of unmasked positions stay one-hot."""
+  if temperature == 1.0:
+    return log_probs_fn
+  return lambda x, t: jax.nn.log_softmax(log_probs_fn(x, t) / temperature, axis=-1)
+
+
 def build_ancestral(config, process, graphdef, *, num_steps: int, batch_size: int):
   s = config.sample
 
@@ -39,11 +48,12 @@ def build_ancestral(config, process, graphdef, *, num_steps: int, batch_size: in
     del aux  # reads the model only
     model = nnx.merge(graphdef, params)
     common = _common(config, num_steps, batch_size, prefix)
+    log_probs_fn = tempered(process.log_probs_fn(model), float(s.temperature))
     if process.parameterization == "mean":  # uniform state: the Duo posterior
-      return uniform.duo_ancestral(process.log_probs_fn(model), key,
+      return uniform.duo_ancestral(log_probs_fn, key,
                                    vocab_size=process.vocab_size,
                                    alpha_fn=process.schedule.alpha, top_p=s.top_p, **common)
-    return ancestral.mdlm_ancestral(process.log_probs_fn(model), key, mask_id=process.mask_id,
+    return ancestral.mdlm_ancestral(log_probs_fn, key, mask_id=process.mask_id,
                                     schedule=process.schedule, cache=s.cache,
                                     time_conditioned=config.model.time_conditioning, **common)
 
@@ -51,6 +61,7 @@ def build_ancestral(config, process, graphdef, *, num_steps: int, batch_size: in
 
 
 def validate_ancestral(config) -> None:
+  """(Also checked for other samplers: sample.temperature is the ancestral sampler's.)"""
   if config.sample.top_p < 1.0 and config.diffusion.algo not in ("udlm", "duo"):
     raise ConfigError(f"config.sample.top_p: nucleus sampling is implemented for the "
                       f"udlm/duo ancestral sampler, not diffusion.algo="
@@ -61,7 +72,11 @@ register(SamplerSpec(
     "ancestral", build_ancestral, "the ancestral sampler", validate=validate_ancestral,
     fields={"sample.top_p": Field(1.0, "udlm/duo ancestral: nucleus on x_theta before the "
                                   "posterior (1 = off).",
-                                  check=Check(lambda v: 0.0 < v <= 1.0, "in (0, 1]"))}))
+                                  check=Check(lambda v: 0.0 < v <= 1.0, "in (0, 1]")),
+            "sample.temperature": Field(
+                1.0, "ancestral sampler: x_theta^(1/T) renormalised before the posterior "
+                "(< 1 sharper, > 1 flatter; 1 = the model). eval.temperatures sweeps it to "
+                "trace a quality-entropy frontier.", check=F.positive)}))
 
 
 # ------------------------------------------------------------------ analytic / euler

@@ -6,17 +6,17 @@ sample.sampler="rgas" (a DiDi-Instruct run) the student is sampled with RGAS and
 discriminator, the teacher (which has none) with the plain ancestral sampler.
 """
 
-import json
 import logging
 import time
 
 import jax
 import ml_collections
 
+import numpy as np
+
 from idlm_jax import decoding
 from idlm_jax import fields as F
-from idlm_jax.data import synthetic
-from idlm_jax.evals import evaluate, genppl, progress, report
+from idlm_jax.evals import evaluate, progress, report
 from idlm_jax.fields import Field
 from idlm_jax.train import loop
 
@@ -30,28 +30,6 @@ FIELDS = {
 }
 
 
-def rows_for(run, label: str, params, steps_list, evaluator, hmm, config=None,
-             aux=None, phase=None) -> list[dict]:
-  """One row per step count: `params` sampled with `config` (default: the run's) and `aux`
-  (decoding.sampler_aux), scored as in eval_samplers."""
-  c = config or run.config
-  rows = []
-  for steps in steps_list:
-    d = evaluate.draw(c, run.process, run.graphdef, params, run.mesh, num_steps=steps,
-                      num_samples=int(c.eval.num_samples), seed=int(c.eval.seed), aux=aux,
-                      phase=phase)
-    texts = run.tokenizer.decode_batch(d["tokens"].tolist())
-    row = {"sampler": label, "steps": steps, **{k: d[k] for k in decoding.COUNTS if k in d}}
-    row.update(evaluate.entropy_lib.throughput(len(d["tokens"]), int(c.data.seq_len),
-                                               d["seconds"], d["num_batches"]))
-    row.update(evaluate.evaluate_cell(d["tokens"], texts, evaluator=evaluator, hmm=hmm,
-                                      tokenizer=run.tokenizer,
-                                      evaluator_batch_size=int(c.eval.evaluator_batch_size)))
-    row["example"] = texts[0][:200]
-    rows.append(row)
-  return rows
-
-
 def teacher_config(config):
   """The config the teacher is sampled with: the run's, with "ancestral" for RGAS (the
   discriminator belongs to the student)."""
@@ -62,36 +40,57 @@ def teacher_config(config):
   return c
 
 
+def matched_entropy(rows: list[dict], teacher_label: str, metric: str) -> None:
+  """For every student row, the teacher's quality at the student's entropy: linear
+  interpolation along the teacher's quality-entropy frontier (its rows at each step count,
+  over the temperature sweep), recorded as row["teacher_at_entropy"] = {steps: value}
+  (None outside the frontier's entropy range: no extrapolation)."""
+  frontiers = {}
+  for r in rows:
+    if r["sampler"].startswith(teacher_label) and r.get(metric) is not None:
+      frontiers.setdefault(r["steps"], []).append((r["entropy"], r[metric]))
+  for r in rows:
+    if r["sampler"].startswith(teacher_label) or r.get("steps") is None:
+      continue
+    r["teacher_at_entropy"] = {}
+    for steps, points in sorted(frontiers.items()):
+      points = sorted(points)
+      xs = np.array([p[0] for p in points])
+      ys = np.array([p[1] for p in points])
+      inside = len(points) >= 2 and xs[0] <= r["entropy"] <= xs[-1]
+      r["teacher_at_entropy"][str(steps)] = float(np.interp(r["entropy"], xs, ys)) \
+          if inside else None
+
+
 def run_report(run, step: int) -> dict:
-  """Teacher vs student table on a trained distillation `loop.Run` (run.frozen = teacher)."""
+  """Teacher vs student table on a trained distillation `loop.Run` (run.frozen = teacher):
+  a data row, the teacher at distill.report_teacher_steps (over eval.temperatures: its
+  quality-entropy frontier), the student at eval.sampling_steps, and for each student row the
+  teacher's quality at the student's entropy (`matched_entropy`)."""
   c = run.config
-  hmm = synthetic.from_config(c.data.synthetic) if c.data.source == "synthetic_hmm" else None
-  evaluator = None
-  if c.eval.evaluator and hmm is None:
-    evaluator = genppl.load_evaluator(c.eval.evaluator, c.eval.evaluator_max_length)
-  sampler = c.sample.sampler
+  scorer = evaluate.Scorer.for_run(run)
   teacher_cfg = teacher_config(c)
   teacher_steps = evaluate.parse_steps(c.distill.report_teacher_steps)
   student_steps = evaluate.parse_steps(c.eval.sampling_steps)
+  temperatures = evaluate.parse_floats(c.eval.temperatures)
   n_batches = -(-int(c.eval.num_samples) // int(c.sample.batch_size))
-  phase = progress.Phase("distillation report",
-                         n_batches * (sum(teacher_steps) + sum(student_steps)))
-  rows = rows_for(run, f"teacher {teacher_cfg.sample.sampler}", run.frozen["teacher"],
-                  teacher_steps, evaluator, hmm, config=teacher_cfg, phase=phase)
-  rows += rows_for(run, f"{c.objective} student {sampler}", loop.eval_params(run),
-                   student_steps, evaluator, hmm, aux=decoding.sampler_aux(c, run.state),
-                   phase=phase)
+  phase = progress.Phase("distillation report", n_batches * (
+      len(temperatures) * sum(teacher_steps) + sum(student_steps)))
+  teacher_label = f"teacher {teacher_cfg.sample.sampler}"
+  rows = [evaluate.reference_row(run, scorer, int(c.eval.num_samples))] \
+      if c.eval.reference_row else []
+  rows += evaluate.sample_rows(run, teacher_label, run.frozen["teacher"], teacher_steps, scorer,
+                               config=teacher_cfg, phase=phase,
+                               temperatures=temperatures
+                               if teacher_cfg.sample.sampler == "ancestral" else (1.0,))
+  rows += evaluate.sample_rows(run, f"{c.objective} student {c.sample.sampler}",
+                               loop.eval_params(run), student_steps, scorer,
+                               aux=decoding.sampler_aux(c, run.state), phase=phase)
   phase.done()
-  header = evaluate.run_header(run, step, evaluator, hmm, teacher=c.distill.teacher)
-  results = {"header": header, "rows": rows,
-             "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
-  table = report.markdown(results)
+  matched_entropy(rows, teacher_label, "gen_ppl" if scorer.evaluator else "exact_nll")
+  results = {"header": evaluate.run_header(run, step, scorer, teacher=c.distill.teacher),
+             "rows": rows, "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+  results = evaluate.write_results(run, "distill_report", results)
   if jax.process_index() == 0:
-    out = run.workdir / "distill_report"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(table)
-    results["plots"] = report.plots(results, out)
-    print("\n" + table, flush=True)
-  log.info("distillation report: %s", run.workdir / "distill_report")
+    print("\n" + report.markdown(results), flush=True)
   return results

@@ -19,8 +19,8 @@ from idlm_jax import decoding
 from idlm_jax import fields as F
 from idlm_jax.data import synthetic
 from idlm_jax.diffusion import categorical
-from idlm_jax.evals import evaluate, genppl
-from idlm_jax.fields import Check, Field
+from idlm_jax.evals import distill_report, evaluate, genppl
+from idlm_jax.fields import Field
 from idlm_jax.train import loop, parallel
 
 log = logging.getLogger("idlm_jax")
@@ -35,11 +35,16 @@ FIELDS = {
                                    check=F.step_list),
     "distill.monitor_samples": Field(32, "samples per monitored step count.", check=F.positive),
     "distill.entropy_floor": Field(
-        0.0, "a warning when the monitored entropy falls below this (0: (1 - entropy_drop) x "
-        "the step-0 student's = the teacher's few-step entropy).",
-        check=F.non_negative_or_off("0: relative to step 0")),
-    "distill.entropy_drop": Field(0.05, "relative entropy drop of the default floor.",
-                                  check=Check(lambda v: 0 <= v < 1, "in [0, 1)")),
+        0.0, "> 0: an explicit entropy floor for the best checkpoint (monitors below it are not "
+        "considered, and warned about); 0: the band around the teacher's entropy below.",
+        check=F.non_negative_or_off("0: the band of distill.entropy_band")),
+    "distill.entropy_band": Field(
+        0.05, "the best checkpoint only considers monitors whose entropy is within this many "
+        "nats of the teacher's entropy at distill.entropy_reference_steps (matched "
+        "entropy, not a relative drop).", check=F.positive),
+    "distill.entropy_reference_steps": Field(
+        1024, "sampling steps of the teacher's reference entropy (sampled once, at step 0, "
+        "with distill.monitor_samples samples, kept in monitor.jsonl).", check=F.positive),
     "distill.best_metric": Field(
         "gen_ppl", "the best checkpoint (<workdir>/best) minimises this at the largest monitor "
         'step among monitors whose entropy is above the floor: "gen_ppl", "exact_nll" '
@@ -48,18 +53,25 @@ FIELDS = {
 }
 
 
-def entropy_floor(config, history: list) -> float:
-  """distill.entropy_floor, or (1 - entropy_drop) x the step-0 entropy at the top step count."""
+MONITOR_STREAM = 1  # the monitor's keys: fold_in(key(eval.seed), 1) (reports: key(eval.seed))
+
+
+def entropy_band(config, history: list) -> tuple[float, float]:
+  """(lo, hi): the entropies a monitor row may have to be the best checkpoint.
+  distill.entropy_floor > 0: [floor, inf); else the teacher's reference entropy (monitor row
+  0's "reference_entropy") +- distill.entropy_band; no reference yet: any entropy."""
   d = config.distill
   if d.entropy_floor > 0:
-    return float(d.entropy_floor)
-  first = [h for h in history if h["step"] == 0]
-  return (1.0 - d.entropy_drop) * first[0]["entropy"] if first else 0.0
+    return float(d.entropy_floor), math.inf
+  ref = [h["reference_entropy"] for h in history if "reference_entropy" in h]
+  if not ref:
+    return -math.inf, math.inf
+  return ref[0] - d.entropy_band, ref[0] + d.entropy_band
 
 
-def is_better(row: dict, best: dict | None, metric: str, floor: float) -> bool:
-  """The best rule: lowest `metric` among rows with entropy >= floor (step 0 excluded)."""
-  if metric == "none" or row["step"] == 0 or row["entropy"] < floor:
+def is_better(row: dict, best: dict | None, metric: str, band: tuple) -> bool:
+  """The best rule: lowest `metric` among rows with entropy in `band` (step 0 excluded)."""
+  if metric == "none" or row["step"] == 0 or not band[0] <= row["entropy"] <= band[1]:
     return False
   value = row.get(metric)
   if value is None or not math.isfinite(value):
@@ -78,43 +90,45 @@ class Monitor:
         else None
     self.evaluator = None
     if c.eval.evaluator and self.hmm is None:
-      self.evaluator = genppl.load_evaluator(c.eval.evaluator, c.eval.evaluator_max_length)
+      self.evaluator = genppl.load_evaluator(c.eval.evaluator,
+                                             c.eval.evaluator_max_length or c.data.seq_len)
     self.metric = c.distill.best_metric
     if self.metric == "gen_ppl" and self.evaluator is None:
       self.metric = "exact_nll" if self.hmm is not None else "none"
     self.path = run.workdir / "monitor.jsonl"
     self.history = [json.loads(l) for l in self.path.read_text().splitlines()] \
         if self.path.is_file() else []
-    floor = entropy_floor(c, self.history)
+    band = entropy_band(c, self.history)
     self.best = None
     for row in self.history:
-      if is_better(row, self.best, self.metric, floor):
+      if is_better(row, self.best, self.metric, band):
         self.best = row
     self._samplers = {}
+    self.scorer = evaluate.Scorer(c, run.tokenizer, self.evaluator, self.hmm)
 
-  def _sampler(self, steps: int):
-    if steps not in self._samplers:
-      self._samplers[steps] = decoding.make_sampler(
-          self.config, self.run.process, self.run.graphdef, num_steps=steps,
+  def _sampler(self, steps: int, config):
+    key = (steps, config.sample.sampler)
+    if key not in self._samplers:
+      self._samplers[key] = decoding.make_sampler(
+          config, self.run.process, self.run.graphdef, num_steps=steps,
           batch_size=self.config.sample.batch_size)
-    return self._samplers[steps]
+    return self._samplers[key]
 
-  def cell(self, params, steps: int, aux=None) -> dict:
-    """Metrics of monitor_samples samples at `steps` (fixed keys from eval.seed); aux: see
-    decoding.sampler_aux."""
+  def cell(self, params, steps: int, aux=None, config=None) -> dict:
+    """Metrics of monitor_samples samples at `steps` (fixed keys of the monitor's own stream,
+    disjoint from the reported evaluation's: checkpoint selection never sees the reported
+    samples); aux: see decoding.sampler_aux."""
     c = self.config
     n, batch = c.distill.monitor_samples, c.sample.batch_size
-    key = jax.random.key(c.eval.seed)
+    key = jax.random.fold_in(jax.random.key(c.eval.seed), MONITOR_STREAM)
     with categorical.x64_scope(c.sample.precision), parallel.mesh_context(self.run.mesh):
-      outs = [self._sampler(steps)(params, jax.random.fold_in(key, i), None, aux)
+      outs = [self._sampler(steps, config or c)(params, jax.random.fold_in(key, i), None, aux)
               for i in range(-(-n // batch))]
       outs = parallel.to_host(outs)  # also when sharded over hosts
     tokens = np.concatenate([o.tokens for o in outs])[:n]
-    texts = self.run.tokenizer.decode_batch(tokens.tolist())
-    row = evaluate.evaluate_cell(tokens, texts, evaluator=self.evaluator, hmm=self.hmm,
-                                 tokenizer=self.run.tokenizer,
-                                 evaluator_batch_size=c.eval.evaluator_batch_size)
+    row = self.scorer.score(tokens)
     row.update(decoding.call_counts(outs))  # NFE (and RGAS's discriminator calls)
+    row["tokens"] = tokens
     return row
 
   def __call__(self, step: int, state, save_best=None) -> dict:
@@ -126,8 +140,19 @@ class Monitor:
                                  if k in top},
            "cells": {str(s): {k: v for k, v in r.items() if isinstance(v, (int, float))}
                      for s, r in cells.items()}}
+    if not any("reference_entropy" in h for h in self.history) and \
+        self.config.distill.entropy_floor <= 0:
+      # the teacher's entropy (the step-0 student is the teacher's copy at step 0; later, the
+      # frozen teacher when the run has one) at entropy_reference_steps
+      ref_params = self.run.frozen["teacher"] if step > 0 and self.run.frozen else params
+      ref = self.cell(ref_params, int(self.config.distill.entropy_reference_steps),
+                      config=distill_report.teacher_config(self.config))
+      row["reference_entropy"] = ref["entropy"]
+      log.info("monitor: the teacher's entropy at %d steps is %.4f (the best checkpoint's "
+               "band: +-%.2f)", self.config.distill.entropy_reference_steps, ref["entropy"],
+               self.config.distill.entropy_band)
     self.history.append(row)
-    floor = entropy_floor(self.config, self.history)
+    band = entropy_band(self.config, self.history)
     scalars = {f"monitor/{s}/{k}": v for s, r in row["cells"].items() for k, v in r.items()
                if k in ("gen_ppl", "exact_nll", "entropy")}
     self.run.writer.scalars(step, scalars)
@@ -135,12 +160,12 @@ class Monitor:
         f"[{s} steps] " + " ".join(f"{k} {v:.4g}" for k, v in r.items()
                                    if k in ("gen_ppl", "exact_nll", "entropy"))
         for s, r in row["cells"].items()))
-    if step > 0 and row["entropy"] < floor:
-      log.warning("monitor step %d: entropy %.3f fell below the floor %.3f at %d steps "
-                  "(IDLM's reverse KL collapses entropy late in training; the best checkpoint "
-                  "only considers monitors above the floor)", step, row["entropy"], floor,
-                  max(self.steps))
-    row["best"] = is_better(row, self.best, self.metric, floor)
+    if step > 0 and not band[0] <= row["entropy"] <= band[1]:
+      log.warning("monitor step %d: entropy %.3f at %d steps is outside the band [%.3f, %.3f] "
+                  "around the teacher's (IDLM's reverse KL lowers entropy late in training; "
+                  "the best checkpoint only considers monitors inside the band)", step,
+                  row["entropy"], max(self.steps), band[0], band[1])
+    row["best"] = is_better(row, self.best, self.metric, band)
     if row["best"]:
       self.best = row
       if save_best is not None:

@@ -65,9 +65,13 @@ def plots(results: dict, out_dir) -> list[str]:
   key = "gen_ppl" if any("gen_ppl" in r for r in rows) else "exact_nll"
   label = "Gen PPL" if key == "gen_ppl" else "exact source NLL (nats/token)"
   written = []
+  data = [r for r in rows if r.get("nfe") is None and _ok(r, key)]  # reference rows: no NFE
+  rows = [r for r in rows if r.get("nfe") is not None]
   samplers = sorted({r["sampler"] for r in rows}, key=[r["sampler"] for r in rows].index)
 
   fig, ax = plt.subplots(figsize=(5.5, 4))
+  for r in data:
+    ax.axhline(r[key], color="gray", ls=":", lw=1, label=f"{r['sampler']} (H={r['entropy']:.2f})")
   for name in samplers:
     rs = [r for r in rows if r["sampler"] == name and _ok(r, key)]
     ax.plot([r["nfe"] for r in rs], [r[key] for r in rs], "o-", label=name)
@@ -90,6 +94,8 @@ def plots(results: dict, out_dir) -> list[str]:
     for r in rs:
       ax.annotate(str(r["steps"]), (r["entropy"], r[key]), fontsize=7,
                   textcoords="offset points", xytext=(3, 4))
+  for r in data:
+    ax.plot([r["entropy"]], [r[key]], "k*", ms=10, label=r["sampler"])
   ax.set_xlabel("unigram entropy (nats, per sample)")
   ax.set_ylabel(label)
   written.append(_finish(fig, ax, rows, key, label, f"{label}-entropy frontier (labels: steps)",

@@ -3,7 +3,7 @@ reduction hook of the pmap strategy. (Creating the state sharded: train/state.py
 
 import contextlib
 import contextvars
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax

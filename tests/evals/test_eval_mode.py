@@ -10,7 +10,6 @@ import pytest
 from idlm_jax import config as config_lib
 from idlm_jax.evals import genppl
 from idlm_jax import export, main
-from idlm_jax.train import loop
 
 COMMON = ["ckpt.async_save=False", "log.tensorboard=False", "train.steps=2", "data.seq_len=16",
           "data.max_train_docs=200", "data.max_val_rows=16", "ckpt.every=2", "sample.steps=2",

@@ -20,27 +20,29 @@ def _cfg(**distill):
   return c
 
 
-def test_entropy_floor_relative_to_step_zero_or_absolute():
-  hist = [{"step": 0, "entropy": 4.0}, {"step": 10, "entropy": 3.0}]
-  assert monitor.entropy_floor(_cfg(entropy_drop=0.1), hist) == pytest.approx(3.6)
-  assert monitor.entropy_floor(_cfg(entropy_floor=2.5), hist) == 2.5
-  assert monitor.entropy_floor(_cfg(), []) == 0.0  # no baseline yet: no floor
+def test_entropy_band_around_the_teachers_reference_entropy_or_an_explicit_floor():
+  hist = [{"step": 0, "entropy": 4.0, "reference_entropy": 3.9}, {"step": 10, "entropy": 3.0}]
+  lo, hi = monitor.entropy_band(_cfg(entropy_band=0.1), hist)
+  assert (lo, hi) == (pytest.approx(3.8), pytest.approx(4.0))
+  assert monitor.entropy_band(_cfg(entropy_floor=2.5), hist) == (2.5, float("inf"))
+  assert monitor.entropy_band(_cfg(), []) == (-float("inf"), float("inf"))  # no reference yet
 
 
-def test_best_rule_lowest_metric_above_the_entropy_floor():
+def test_best_rule_lowest_metric_inside_the_entropy_band():
   rows = [{"step": 0, "entropy": 4.0, "gen_ppl": 10.0},   # the teacher copy: never "best"
           {"step": 5, "entropy": 3.9, "gen_ppl": 50.0},
-          {"step": 10, "entropy": 3.0, "gen_ppl": 20.0},  # collapsed: below the floor
+          {"step": 10, "entropy": 3.0, "gen_ppl": 20.0},  # collapsed: below the band
+          {"step": 12, "entropy": 4.5, "gen_ppl": 5.0},   # above the band
           {"step": 15, "entropy": 3.8, "gen_ppl": 40.0},
           {"step": 20, "entropy": 3.85, "gen_ppl": float("nan")}]
   best = None
   picks = []
   for r in rows:
-    if monitor.is_better(r, best, "gen_ppl", floor=3.6):
+    if monitor.is_better(r, best, "gen_ppl", band=(3.6, 4.2)):
       best = r
       picks.append(r["step"])
   assert picks == [5, 15]
-  assert not monitor.is_better(rows[1], None, "none", 0.0)
+  assert not monitor.is_better(rows[1], None, "none", (0.0, 9.0))
 
 
 def test_fit_vocab_pads_and_cuts_only_vocabulary_axes():

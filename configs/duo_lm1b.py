@@ -27,6 +27,7 @@ def get_config(arg=None):
   c.eval.update(batch_size=512)
   c.sample.update(sampler="ancestral", noise_removal="ancestral", num_samples=64,
                   batch_size=64, steps=128, cache=False)
+  c.eval.evaluator = "gpt2-large"  # the papers' Gen PPL evaluator (offline variants: embedded)
   variants = {"smoke": base.offline(curriculum_first_half(base.smoke)),
               "tiny": base.offline(curriculum_first_half(base.tiny)), "greedy": greedy,
               "wrap": wrap}

@@ -24,6 +24,7 @@ def get_config(arg=None):
   c.eval.update(batch_size=16 * 8)
   c.sample.update(sampler="ancestral", noise_removal="ancestral", num_samples=64,
                   batch_size=16, steps=1024, cache=False)
+  c.eval.evaluator = "gpt2-large"  # the papers' Gen PPL evaluator (offline variants: embedded)
   variants = {"smoke": base.offline(duo_lm1b.curriculum_first_half(base.smoke)),
               "tiny": base.offline(duo_lm1b.curriculum_first_half(base.tiny)),
               "greedy": duo_lm1b.greedy}

@@ -17,6 +17,7 @@ def get_config(arg=None):
                  sample_every=10_000)
   c.eval.update(batch_size=512)
   c.sample.update(num_samples=64, batch_size=64, steps=1000)
+  c.eval.evaluator = "gpt2-large"  # the papers' Gen PPL evaluator (offline variants: embedded)
   variants = {"smoke": base.offline(base.smoke), "tiny": base.offline(base.tiny),
               "wrap": _wrap}
   return base.apply_variant(c, arg, variants)

@@ -18,6 +18,7 @@ def get_config(arg=None):
                  sample_every=10_000)
   c.eval.update(batch_size=16 * 8)
   c.sample.update(num_samples=64, batch_size=16, steps=1000)
+  c.eval.evaluator = "gpt2-large"  # the papers' Gen PPL evaluator (offline variants: embedded)
   variants = {"smoke": base.offline(base.smoke), "tiny": base.offline(base.tiny)}
   return base.apply_variant(c, arg, variants)
 

@@ -21,5 +21,6 @@ def get_config(arg=None):
   c.eval.update(batch_size=512)
   c.sample.update(sampler="ancestral", noise_removal="ancestral", num_samples=64,
                   batch_size=64, steps=128, cache=False)
+  c.eval.evaluator = "gpt2-large"  # the papers' Gen PPL evaluator (offline variants: embedded)
   variants = {"smoke": base.offline(base.smoke), "tiny": base.offline(base.tiny)}
   return base.apply_variant(c, arg, variants)

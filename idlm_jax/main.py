@@ -28,7 +28,7 @@ from absl import app, flags, logging  # noqa: E402
 from idlm_jax import config as config_lib  # noqa: E402
 from idlm_jax import objectives  # noqa: E402
 from idlm_jax.data.sources import DataNotFoundError  # noqa: E402
-from idlm_jax.evals import modes  # noqa: E402
+from idlm_jax.evals import genppl, modes  # noqa: E402
 from idlm_jax.fields import ConfigError  # noqa: E402
 from idlm_jax.models.readers import ConversionError  # noqa: E402
 from idlm_jax.train import checkpoint  # noqa: E402
@@ -85,8 +85,6 @@ def main(argv):
   verbose = FLAGS.verbose or os.environ.get("IDLM_VERBOSE", "") not in ("", "0")
   try:
     config = config_lib.load_config(FLAGS.config, OVERRIDES)  # fails naming the bad field
-    log.info("JAX %s, %d devices (%s), process %d/%d", jax.__version__, jax.device_count(),
-             jax.devices()[0].platform, jax.process_index(), jax.process_count())
     run(config, FLAGS.workdir)
   except USER_ERRORS as e:
     if verbose:
@@ -121,6 +119,11 @@ def run(config, workdir, devices=None):
   distill.teacher = "scratch:<config spec>" first trains that teacher into <workdir>/teacher
   (resuming it if interrupted) and distils it."""
   config_lib.validate(config)
+  if config.mode == "eval_samplers" or (config.mode == "train" and
+                                        objectives.get(config.objective).teacher):
+    genppl.preflight(config)  # before training a teacher or loading data
+  log.info("JAX %s, %d devices (%s), process %d/%d", jax.__version__, jax.device_count(),
+           jax.devices()[0].platform, jax.process_index(), jax.process_count())
   if objectives.get(config.objective).teacher and \
       config.distill.teacher.startswith("scratch:"):
     config = teacher_from_scratch(config, workdir, devices)

@@ -37,6 +37,12 @@ def test_bad_overrides_fail_naming_the_field(override, message):
     config_lib.load_config("configs/demo.py", [override])
 
 
+def test_synthetic_chain_needs_its_state_count():
+  with pytest.raises(config_lib.ConfigError, match=r"num_states: an order-2 chain over 24 "
+                     r"symbols has 576 states, got 100"):
+    config_lib.load_config("configs/synthetic_mdlm.py", ["data.synthetic.num_states=100"])
+
+
 def test_unknown_field_added_by_a_config_file(tmp_path):
   (tmp_path / "configs").mkdir()
   (tmp_path / "configs" / "bad.py").write_text(
@@ -76,9 +82,12 @@ def test_cli_user_errors_are_one_line_and_help_lists_the_configs(tmp_path):
       (["--config=configs/demo.py:huge", work], "error: unknown config variant 'huge'"),
       (["--config=configs/nope.py", work], "error: config file not found"),
       (["--config=configs/demo.py"], "error: --config and --workdir are required"),
+      # a paper config scores with gpt2-large: offline, it stops before any work
+      (["--config=configs/mdlm_owt.py", work, "--config.mode=eval_samplers"],
+       "error: config.eval.evaluator='gpt2-large': "),
   ]
   for args, message in cases:
-    out = _cli(*args)
+    out = _cli(*args, env={"HF_HUB_OFFLINE": "1"})
     assert out.returncode == 2, (args, out.stderr[-2000:])
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(message), (args, out.stderr[-2000:])

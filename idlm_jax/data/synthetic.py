@@ -31,7 +31,12 @@ FIELDS = {
     "data.synthetic.seed": Field(0, 'data.source "synthetic_hmm": a seeded random unifilar HMM '
                                  "over `vocab_size` symbols with exact likelihoods and "
                                  "entropies; its seed."),
-    "data.synthetic.num_states": Field(256, "hidden states", check=F.at_least(1)),
+    "data.synthetic.num_states": Field(256, "hidden states (with `order` k > 0: must be "
+                                       "vocab_size ** k)", check=F.at_least(1)),
+    "data.synthetic.order": Field(0, "0: random next-state table (the state depends on a long, "
+                                  "variable stretch of the past); k > 0: a k-th order Markov "
+                                  "chain (the state is the last k symbols, sparse emissions), "
+                                  "learnable from a local window", check=F.at_least(0)),
     "data.synthetic.vocab_size": Field(32, "emitted symbols", check=F.at_least(2)),
     "data.synthetic.branching": Field(3, "symbols each state can emit (sparse emissions)",
                                       check=F.at_least(1)),
@@ -44,8 +49,14 @@ FIELDS = {
 
 
 def validate(config) -> None:
-  """The synthetic source needs its word-level symbol tokenizer."""
+  """The synthetic source needs its word-level symbol tokenizer (and, as a k-th order chain,
+  V^k states)."""
   if config.data.source == "synthetic_hmm":
+    y = config.data.synthetic
+    if y.order > 0 and y.num_states != y.vocab_size ** y.order:
+      raise ConfigError(f"config.data.synthetic.num_states: an order-{y.order} chain over "
+                        f"{y.vocab_size} symbols has {y.vocab_size ** y.order} states, got "
+                        f"{y.num_states}")
     want = tokenizer_name(config.data.synthetic.vocab_size)
     if config.data.tokenizer != want:
       raise ConfigError(f"config.data.tokenizer: the synthetic source over "
@@ -85,8 +96,14 @@ class UnifilarHMM:
 
 
 def random_hmm(num_states: int, vocab_size: int, branching: int, concentration: float = 0.5,
-               seed: int = 0) -> UnifilarHMM:
-  """Seeded random unifilar HMM: each state emits `branching` distinct symbols."""
+               seed: int = 0, order: int = 0) -> UnifilarHMM:
+  """Seeded random unifilar HMM: each state emits `branching` distinct symbols. order = 0: a
+  random next-state table over `num_states` states; order = k > 0: a k-th order Markov chain,
+  state = the last k symbols in base V (num_states = V^k; the start state 0 reads as a prefix
+  of k symbols "s0"), so T[s, x] = (s V + x) mod V^k."""
+  if order > 0 and num_states != vocab_size ** order:
+    raise ValueError(f"an order-{order} chain over {vocab_size} symbols has "
+                     f"{vocab_size ** order} states, not {num_states}")
   rng = np.random.default_rng(seed)
   branching = min(branching, vocab_size)
   emit = np.zeros((num_states, vocab_size))
@@ -95,13 +112,17 @@ def random_hmm(num_states: int, vocab_size: int, branching: int, concentration: 
     emit[s, xs] = rng.dirichlet(np.full(branching, concentration))
   emit = np.maximum(emit, 0.0)
   emit /= emit.sum(1, keepdims=True)
-  next_state = rng.integers(0, num_states, (num_states, vocab_size))
+  if order > 0:
+    s = np.arange(num_states)[:, None]
+    next_state = (s * vocab_size + np.arange(vocab_size)[None, :]) % num_states
+  else:
+    next_state = rng.integers(0, num_states, (num_states, vocab_size))
   return UnifilarHMM(emit=emit, next_state=next_state.astype(np.int64))
 
 
 def from_config(syn_cfg) -> UnifilarHMM:
   return random_hmm(int(syn_cfg.num_states), int(syn_cfg.vocab_size), int(syn_cfg.branching),
-                    float(syn_cfg.concentration), int(syn_cfg.seed))
+                    float(syn_cfg.concentration), int(syn_cfg.seed), int(syn_cfg.get("order", 0)))
 
 
 def sample(hmm: UnifilarHMM, num: int, length: int, seed: int) -> np.ndarray:
@@ -217,6 +238,8 @@ def doc_source(data_cfg, split: str):
   identity = {"source": "synthetic_hmm", "split": split, "length": length, "num": num,
               "hmm": {k: y[k] for k in ("seed", "num_states", "vocab_size", "branching",
                                         "concentration")}, "version": 1}
+  if int(y.get("order", 0)):  # (absent for order 0: existing caches keep their identity)
+    identity["hmm"]["order"] = int(y.order)
 
   def docs():
     seqs = sample(from_config(y), num, length, seed)

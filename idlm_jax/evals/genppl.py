@@ -71,6 +71,7 @@ from flax import nnx
 
 from idlm_jax.data import tokenizers
 from idlm_jax.models import gpt2
+from idlm_jax.fields import ConfigError
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
 EMBEDDED = ASSETS / "ar_embedded"
@@ -136,12 +137,33 @@ class Evaluator:
             f"tokenizer {self.tokenizer.name}, context {self.max_length}{extra})")
 
 
-def load_evaluator(name: str, max_length: int = 1024) -> Evaluator:
-  """"embedded", a HF GPT-2 name (online) or a local folder (see the module docstring)."""
+def resolve(name: str) -> pathlib.Path:
+  """The folder of evaluator `name` ("embedded", a local folder, or a HF GPT-2 name fetched
+  when online); FileNotFoundError saying what to do otherwise. Loads no weights."""
   folder = EMBEDDED if name == "embedded" else gpt2.resolve_local(name)
   if name == "embedded" and not (folder / "model.safetensors").is_file():
     raise FileNotFoundError(f"the shipped evaluator is missing from {folder}; train it with "
                             "configs/ar_embedded.py and export it (python -m idlm_jax.export evaluator)")
+  return folder
+
+
+def preflight(config) -> None:
+  """Fail before any work when the run will score Gen PPL (eval_samplers, or a distillation
+  run, whose monitor selects checkpoints by it) and `eval.evaluator` cannot be found: a paper
+  config's "gpt2-large" offline, say. ConfigError naming the field."""
+  if not config.eval.evaluator or config.data.source == "synthetic_hmm":
+    return
+  try:
+    resolve(config.eval.evaluator)
+  except FileNotFoundError as e:
+    raise ConfigError(f"config.eval.evaluator={config.eval.evaluator!r}: {e} (or "
+                      "--config.eval.evaluator=embedded for the shipped 0.9M evaluator, whose "
+                      "numbers are not comparable with the papers')") from None
+
+
+def load_evaluator(name: str, max_length: int = 1024) -> Evaluator:
+  """"embedded", a HF GPT-2 name (online) or a local folder (see the module docstring)."""
+  folder = resolve(name)
   model = gpt2.load_pretrained(str(folder))
   card = json.loads((folder / "config.json").read_text())
   if (folder / "card.json").is_file():

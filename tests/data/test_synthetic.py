@@ -48,6 +48,26 @@ def test_unifilar_likelihood_and_entropy_vs_enumeration():
   assert synthetic.sequence_entropy(hmm, n) == pytest.approx(h_brute, rel=1e-10)
 
 
+def test_order_k_chain_state_is_the_last_k_symbols_and_entropy_vs_enumeration():
+  """order=2: the next symbol depends only on the previous two (start: a virtual "s0 s0")."""
+  v, n = 3, 6
+  hmm = synthetic.random_hmm(num_states=v ** 2, vocab_size=v, branching=2, seed=4, order=2)
+  seqs = np.array(list(itertools.product(range(v), repeat=n)))
+  p = np.exp(synthetic.hmm_log_likelihood(hmm, seqs))
+  assert p.sum() == pytest.approx(1.0, abs=1e-12)
+  for seq, prob in zip(seqs[::37], p[::37]):  # brute force: a product of trigram emissions
+    hist, want = [0, 0], 1.0
+    for x in seq:
+      want *= hmm.emit[hist[0] * v + hist[1], x]
+      hist = [hist[1], x]
+    assert prob == pytest.approx(want, rel=1e-12, abs=1e-300)
+  nz = p > 0
+  assert synthetic.sequence_entropy(hmm, n) == pytest.approx(-(p[nz] * np.log(p[nz])).sum(),
+                                                             rel=1e-10)
+  with pytest.raises(ValueError, match="9 states"):
+    synthetic.random_hmm(num_states=8, vocab_size=3, branching=2, order=2)
+
+
 def test_entropy_rate_vs_brute_force_block_entropies():
   hmm = synthetic.random_hmm(num_states=4, vocab_size=3, branching=2, seed=1)
   # H(X_n | X_<n) = H_n - H_{n-1} by enumeration converges to the entropy rate

@@ -57,8 +57,10 @@ def test_eval_samplers_mode_with_gen_ppl(evaluator_dir, tmp_path):
              "eval.sampling_steps='2,4'")
   run = main.run(cfg, work, devices=jax.devices()[:1])
   res = json.loads((work / "eval_samplers" / "results.json").read_text())
-  assert [r["steps"] for r in res["rows"]] == [2, 4]
-  for r in res["rows"]:
+  assert [r["steps"] for r in res["rows"]] == [None, 2, 4]  # the held-out data row first
+  assert res["rows"][0]["sampler"].startswith("data") and res["rows"][0]["gen_ppl"] > 1
+  for r in res["rows"][1:]:
+    assert r["gen_ppl_se"] > 0 and r["entropy_se"] >= 0  # (equal entropies at smoke size)
     assert r["gen_ppl"] > 1 and r["entropy"] > 0 and r["nfe"] <= r["steps"] + 1
     assert r["tokens_per_s"] > 0 and 0 < r["distinct_1"] <= 1
   assert "Gen PPL" in (work / "eval_samplers" / "results.md").read_text()
@@ -70,13 +72,16 @@ def test_eval_samplers_mode_with_gen_ppl(evaluator_dir, tmp_path):
 def test_eval_samplers_on_synthetic_source(tmp_path):
   work = tmp_path / "syn"
   cfg = _cfg("configs/synthetic_mdlm.py:smoke", tmp_path, "data.synthetic.num_train_docs=200",
-             "data.synthetic.num_val_docs=16", "data.synthetic.num_states=16")
+             "data.synthetic.num_val_docs=16")
   main.run(cfg, work, devices=jax.devices()[:1])
   cfg = _cfg("configs/synthetic_mdlm.py:smoke", tmp_path, "data.synthetic.num_train_docs=200",
-             "data.synthetic.num_val_docs=16", "data.synthetic.num_states=16",
+             "data.synthetic.num_val_docs=16",
              "mode='eval_samplers'", "eval.num_samples=8", "eval.sampling_steps='2'")
   res = main.run(cfg, work, devices=jax.devices()[:1]).results["eval_samplers"]
-  row = res["rows"][0]
+  data, row = res["rows"]
+  assert data["steps"] is None and data["valid_fraction"] == 1.0  # source samples are valid
   assert 0 <= row["valid_fraction"] <= 1 and "gen_ppl" not in row
+  assert row["ngram_kl_4"] > 0 and 0 <= row["dup_rate"] <= 1 and row["exact_nll_se"] > 0
   assert res["header"]["source_entropy_per_token"] > 0
+  assert res["header"]["ngram_floor"]["ngram_kl_4"]["mean"] > 0
   assert (work / "eval_samplers" / "results.md").is_file()

@@ -79,7 +79,7 @@ def demo(c):
 def synthetic(c):
   """DCD of the synthetic-HMM Duo teacher: 4 rounds of 100 steps, delta 1/64 -> 8/64."""
   c = dcd(synthetic_duo.get_config(), round_steps=100, num_rounds=4, T=64)
-  return synthetic_mdlm.distillation(c, monitor_every=100, grad_clip=1.0)
+  return synthetic_mdlm.distillation(c, monitor_every=100, grad_clip=1.0, teacher="")
 
 
 def get_config(arg=None):

@@ -14,10 +14,10 @@ the final table puts the teacher at 1024/256/64/16 steps against the student at 
 from configs import base, synthetic_duo, synthetic_mdlm
 
 
-def idlm(c):
+def idlm(c, teacher="synthetic"):
   """The IDLM settings of the synthetic table (either teacher)."""
   c.objective = "idlm"
-  c = synthetic_mdlm.distillation(c, monitor_every=50, grad_clip=0.0)
+  c = synthetic_mdlm.distillation(c, monitor_every=50, grad_clip=0.0, teacher=teacher)
   c.distill.fake_steps = 1
   c.train.steps = 400
   c.ckpt.update(every=100, keep=2)
@@ -28,5 +28,5 @@ def idlm(c):
 def get_config(arg=None):
   c = idlm(synthetic_mdlm.get_config())
   return base.apply_variant(c, arg, {
-      "duo": lambda _: idlm(synthetic_duo.get_config()),
+      "duo": lambda _: idlm(synthetic_duo.get_config(), teacher=""),
       "smoke": base.with_teacher(base.smoke, "configs/synthetic_mdlm.py:smoke")})

@@ -15,12 +15,12 @@ from configs import base
 from idlm_jax.data import synthetic
 
 
-def distillation(c, *, monitor_every: int, grad_clip: float):
+def distillation(c, *, monitor_every: int, grad_clip: float, teacher: str = "synthetic"):
   """The settings every student of the synthetic table shares (IDLM, SDTT, DCD): the teacher
-  from --config.distill.teacher, exact-NLL monitoring and best checkpoint, AdamW 1e-4
+  (default: the shipped MDLM of this config, idlm_jax/assets/synthetic_teacher), exact-NLL monitoring and best checkpoint, AdamW 1e-4
   (constant after 20 warm-up steps), EMA 0.99, batch 32, the teacher at 1024/256/64/16 steps
   against the student at 16/8/4 (128 samples)."""
-  c.distill.update(teacher="", monitor_every=monitor_every, monitor_steps="4,16",
+  c.distill.update(teacher=teacher, monitor_every=monitor_every, monitor_steps="4,16",
                    monitor_samples=64, best_metric="exact_nll",
                    report_teacher_steps="1024,256,64,16")
   c.optim.update(lr=1e-4, warmup_steps=20, decay="constant", b1=0.9, b2=0.999,

@@ -142,7 +142,8 @@ def validate(config) -> None:
   if spec.teacher and config.mode == "train" and not config.distill.teacher:
     raise ConfigError(f"config.distill.teacher: objective={spec.name!r} distils a teacher: "
                       "give its workdir (a teacher run, a converted checkpoint or an exported "
-                      "folder), 'demo' (the shipped demo teacher; its model and data settings "
-                      "are configs/demo_teacher.py's) or 'scratch:<config>' (train one first)")
+                      "folder), a shipped teacher ('demo' with configs/demo_teacher.py's model "
+                      "and data settings, 'synthetic' with configs/synthetic_mdlm.py's) or "
+                      "'scratch:<config>' (train one first)")
   if spec.validate is not None:
     spec.validate(config)

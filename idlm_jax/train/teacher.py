@@ -2,7 +2,9 @@
 
 `distill.teacher` is a workdir (or its checkpoints/ folder) of a teacher run or of
 `python -m idlm_jax.convert`, an exported folder (params.npz + teacher.json, see `export`), or
-"demo": the small MDLM shipped in idlm_jax/assets/demo_teacher (configs/demo_teacher.py).
+a shipped name: "demo" (the small MDLM in idlm_jax/assets/demo_teacher, configs/demo_teacher.py)
+or "synthetic" (the MDLM of the synthetic language in idlm_jax/assets/synthetic_teacher,
+configs/synthetic_mdlm.py).
 Exported folders are written by `python -m idlm_jax.export teacher <workdir> <out folder>`.
 """
 
@@ -23,13 +25,15 @@ from idlm_jax.train import checkpoint, parallel
 
 log = logging.getLogger("idlm_jax")
 
-DEMO = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_teacher"
+ASSETS = pathlib.Path(__file__).resolve().parents[1] / "assets"
+SHIPPED = {"demo": ASSETS / "demo_teacher", "synthetic": ASSETS / "synthetic_teacher"}
+DEMO = SHIPPED["demo"]
 FIELDS = {
     "distill.teacher": Field(
         "", "the frozen teacher of a distillation objective: a workdir (or its checkpoints/ "
         "folder) of a teacher run or of `python -m idlm_jax.convert`, an exported folder "
-        '(params.npz + teacher.json), "demo" (the small MDLM shipped in idlm_jax/assets) or '
-        '"scratch:<config spec>" (train that teacher into <workdir>/teacher first). The student '
+        '(params.npz + teacher.json), a shipped teacher ("demo": configs/demo_teacher.py\'s '
+        'small MDLM; "synthetic": configs/synthetic_mdlm.py\'s) or "scratch:<config spec>" (train that teacher into <workdir>/teacher first). The student '
         "and the objective's other networks start as copies of it; config.model/diffusion/data "
         "must describe it (its algo, size and tokenizer)."),
     "distill.teacher_step": Field(-1, "checkpoint step to load (-1: the latest)."),
@@ -40,12 +44,12 @@ MODEL_FIELDS = ("name", "hidden_size", "n_blocks", "n_heads", "cond_dim", "mlp_r
 
 
 def resolve(spec: str) -> epath.Path:
-  """The folder named by distill.teacher ("demo" = the shipped asset); local or a URL."""
-  path = checkpoint.as_path(DEMO if spec == "demo" else spec)
+  """The folder named by distill.teacher (a SHIPPED name = the asset); local or a URL."""
+  path = checkpoint.as_path(SHIPPED.get(spec, spec))
   if not path.exists():
     raise FileNotFoundError(f"config.distill.teacher: {spec!r} does not exist"
-                            + (" (the demo teacher asset is missing from the package)"
-                               if spec == "demo" else ""))
+                            + (f" (the shipped {spec} teacher is missing from the package)"
+                               if spec in SHIPPED else ""))
   return path
 
 
@@ -58,6 +62,13 @@ def _check_meta(config, meta: dict, where) -> None:
       config.diffusion.algo:
     diffs.append(f"diffusion.algo: teacher {cfg['diffusion']['algo']!r} vs config "
                  f"{config.diffusion.algo!r}")
+  if config.data.source == "synthetic_hmm":  # the same language, or every score is wrong
+    theirs = (cfg.get("data") or {}).get("synthetic") or {}
+    for k, v in theirs.items():
+      if k in ("seed", "order", "num_states", "vocab_size", "branching", "concentration") \
+          and v != config.data.synthetic.get(k, v):
+        diffs.append(f"data.synthetic.{k}: teacher {v!r} vs config "
+                     f"{config.data.synthetic[k]!r}")
   tok = meta.get("tokenizer")
   if tok and tok != config.data.tokenizer:  # same vocabulary size is checked by the shapes
     log.warning("teacher %s was trained with tokenizer %r, this run uses %r: make sure they "

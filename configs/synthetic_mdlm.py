@@ -35,7 +35,7 @@ def distillation(c, *, monitor_every: int, grad_clip: float, teacher: str = "syn
 def get_config(arg=None):
   c = base.get_config()
   c.data.update(source="synthetic_hmm", seq_len=64, wrap=False, max_val_rows=512)
-  c.data.synthetic.update(seed=0, order=2, num_states=24 ** 2, vocab_size=24, branching=3,
+  c.data.synthetic.update(seed=0, order=1, num_states=24, vocab_size=24, branching=3,
                           concentration=0.5, num_train_docs=20_000, num_val_docs=1_000)
   c.model.update(hidden_size=128, n_blocks=2, n_heads=4, cond_dim=64, dropout=0.0,
                  time_conditioning=False)

@@ -38,8 +38,8 @@ def test_bad_overrides_fail_naming_the_field(override, message):
 
 
 def test_synthetic_chain_needs_its_state_count():
-  with pytest.raises(config_lib.ConfigError, match=r"num_states: an order-2 chain over 24 "
-                     r"symbols has 576 states, got 100"):
+  with pytest.raises(config_lib.ConfigError, match=r"num_states: an order-1 chain over 24 "
+                     r"symbols has 24 states, got 100"):
     config_lib.load_config("configs/synthetic_mdlm.py", ["data.synthetic.num_states=100"])
 
 

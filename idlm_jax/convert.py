@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -194,8 +195,15 @@ def initial_state(config, params, aux: dict):
 def convert_to_workdir(config, source: str, workdir, *, weights: str = "ema",
                        prefix: Optional[str] = None, cache_dir: Optional[str] = None,
                        n_heads: Optional[int] = None) -> dict:
-  """Convert `source` for `config`'s model and write it as the workdir's step-0 checkpoint."""
-  config_lib.validate(config)
+  """Convert `source` for `config`'s model and write it as the workdir's step-0 checkpoint.
+
+  The config is validated as for a run that loads no teacher (a distillation config in mode
+  'train' needs distill.teacher to train, not to be converted into)."""
+  checked = config
+  if config.mode == "train":
+    checked = ml_collections.ConfigDict(config.to_dict())
+    checked.mode = "sample"
+  config_lib.validate(checked)
   params, aux, info = convert_all(config, source, weights=weights, prefix=prefix,
                                   cache_dir=cache_dir, n_heads=n_heads)
   info["checkpoint"] = str(write_checkpoint(config, params, workdir, info, aux))

@@ -153,8 +153,9 @@ def make_idlm(repo: pathlib.Path, out: pathlib.Path) -> None:
   ids, sigma = inputs(seed=6)
   run = lambda m: m(torch.as_tensor(ids), torch.as_tensor(sigma)).float().numpy()
   student_raw = run(student)
-  state_dict = {**{f"backbone.{k}": v for k, v in student.state_dict().items()},
-                **{f"fake_model.{k}": v for k, v in fake.state_dict().items()}}
+  # (cloned: state_dict() shares storage with the parameters that copy_to overwrites below)
+  state_dict = {**{f"backbone.{k}": v.clone() for k, v in student.state_dict().items()},
+                **{f"fake_model.{k}": v.clone() for k, v in fake.state_dict().items()}}
   ckpt = {"epoch": 0, "global_step": 123, "pytorch-lightning_version": "2.5.3",
           "state_dict": state_dict, "ema": ema.state_dict(), "ema_fake": ema_fake.state_dict(),
           "hyper_parameters": {"config": {"adversarial_distill": {"is_distill": True}}}}

@@ -61,6 +61,12 @@ AUX_NETS = {
 # Lightning EMA entries per prefix (IDLM's MDLM.on_save_checkpoint adds `ema_fake`); DiDi's
 # `student_ema.` is itself the EMA (no list), its discriminator has none.
 EMA_ENTRIES = {"fake_model.": "ema_fake", "student_ema.": None, "discriminator.": None}
+# `backbone.*` beside another chosen network of the same file: why it is not converted.
+BACKBONE_BESIDE = {
+    "student_ema.": "DiDi-Instruct's live student (its EMA 'student_ema.' is converted; "
+                    "--prefix=backbone. takes the live one)",
+    "fake_model.": "IDLM's student (the model converted without --prefix)",
+}
 DIDI_DISCRIMINATOR_FILE = "discriminator.safetensors"  # beside model.safetensors (HF release)
 ANCHOR = "vocab_embed.embedding"
 BUFFERS = ("rotary_emb.inv_freq",)
@@ -618,9 +624,8 @@ def extract_backbone(state_dict: dict, prefix: Optional[str] = None
     if key.startswith(aux):
       continue
     reason = next((r for p, r in IGNORED_PREFIXES.items() if key.startswith(p)), None)
-    if prefix == "student_ema." and key.startswith("backbone."):
-      reason = ("DiDi-Instruct's live student (its EMA 'student_ema.' is converted; "
-                "--prefix=backbone. takes the live one)")
+    if prefix in BACKBONE_BESIDE and key.startswith("backbone."):
+      reason = BACKBONE_BESIDE[prefix]
     if reason is not None:
       ignored.setdefault(reason, []).append(key)
     else:

@@ -119,8 +119,11 @@ def convert_all(config, source: str, *, weights: str = "ema", prefix: Optional[s
     aux_info[name] = {"what": what, "prefix": aux_prefix,
                       "num_params": models.count_params(aux[name])}
   if wanted and wanted not in aux:
+    start = {"fake": "a copy of the converted model",
+             "disc": "the converted model's trunk with a fresh head"}[wanted]
     loaded.notes.append(f"objective '{config.objective}' trains a '{wanted}' network that the "
-                        f"source does not hold: it starts as that objective's trainer starts it")
+                        f"source does not hold: it starts as {start}, as the objective's "
+                        f"trainer initialises it from its initial params")
   info = {
       "source": source,
       "resolved_path": str(path.resolve()),

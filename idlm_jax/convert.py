@@ -1,4 +1,4 @@
-"""CLI: convert a published PyTorch teacher into an idlm_jax checkpoint.
+"""CLI: convert a published PyTorch teacher or distilled student into an idlm_jax checkpoint.
 
   python -m idlm_jax.convert --config=configs/mdlm_owt.py \\
       --source=/path/to/mdlm.ckpt | /path/to/hf_folder | kuleshov-group/mdlm-owt[@revision] \\
@@ -14,6 +14,14 @@ were taken (EMA for Lightning files). Then
 
 evaluates (or samples, or fine-tunes) it directly; the data iterator starts from scratch.
 Readers and key handling: idlm_jax/models/readers.py.
+
+The authors' distilled students come with a second trained network: IDLM's fake model
+(`fake_model.*`, EMA `ema_fake`) and DiDi-Instruct's discriminator (`discriminator.*`, or
+discriminator.safetensors beside the student_ema's model.safetensors). Converted with a config
+of the objective that trains it (objective 'idlm' / 'didi', AUX_BY_OBJECTIVE), it becomes
+TrainState.aux['fake'] / aux['disc'] of the step-0 checkpoint (written through
+train/state.create_state, so that the objective resumes from it and RGAS reads the
+discriminator); with another config it is listed among the ignored keys. docs/converting.md.
 
 A checkpoint that cannot be converted (unreadable or crafted file, wrong shapes, config
 mismatch, unverifiable head count) ends the CLI with one line `conversion failed: ...` on
@@ -257,8 +265,8 @@ def report_lines(info: dict, n_heads: int, workdir) -> list[str]:
                  f"{net['num_params']:,} parameters) -> TrainState.aux['{name}']")
   lines.append(f"  number of heads ({n_heads}) verified by: {info['n_heads_verified_by']}")
   lines += [f"  {note}" for note in info["notes"]]
-  lines.append(f"run: python -m idlm_jax.main --config=... --workdir={workdir} "
-               f"--config.mode=eval|sample")
+  lines.append(f"run: python -m idlm_jax.main --config=<the same config> --workdir={workdir} "
+               f"--config.mode=eval|sample|eval_samplers")
   return lines
 
 

@@ -196,3 +196,25 @@ def test_converted_workdir_restores_with_its_aux_network(tmp_path, family, confi
     got = _disc(cfg, aux.params)(jnp.asarray(f["ids"]), jnp.asarray(f["sigma"]))
     np.testing.assert_allclose(np.asarray(got), f["disc"], **TOL)
   run.ckpt.close()
+
+
+def test_a_discriminator_that_does_not_fit_is_one_clear_error(tmp_path):
+  """Missing spectral-norm vectors and a wrong head shape are listed in one ConversionError,
+  printed by the CLI as one line."""
+  folder = tmp_path / "didi"
+  folder.mkdir()
+  (folder / "model.safetensors").write_bytes((DATA / "didi_tiny" / "model.safetensors")
+                                             .read_bytes())
+  disc = conv.read_safetensors(DATA / "didi_tiny" / "discriminator.safetensors")
+  del disc["output_layer.main.0.weight_v"]
+  disc["output_layer.main.2.weight_orig"] = np.zeros((2, 16), np.float32)
+  disc["output_layer.extra"] = np.zeros(3, np.float32)
+  conv.write_safetensors(folder / "discriminator.safetensors", disc, {"format": "pt"})
+  with pytest.raises(conv.ConversionError) as e:
+    convert_cli.convert_all(_config("configs/didi_synthetic.py"), str(folder))
+  msg = str(e.value)
+  assert "missing key 'output_layer.main.0.weight_v'" in msg
+  assert "'output_layer.main.2.weight_orig': checkpoint shape (2, 16) != model shape (1, 16)" \
+      in msg
+  assert "unexpected key 'output_layer.extra'" in msg
+  assert "\n" not in convert_cli.one_line(e.value)

@@ -9,6 +9,11 @@ Containers understood (`load_source`):
     or `pytorch_model.bin`, plus an optional `config.json`. MDLM / Duo / Duo-DCD (`backbone.`),
     SDTT (`backbone.backbone.`), SEDD (no prefix).
   - A single `.safetensors`, `.bin`, `.pt` or `.pth` file holding a flat state dict.
+  - The authors' distilled students (docs/converting.md): an IDLM run's Lightning file
+    (`backbone.` student, `fake_model.` fake model, EMA lists `ema` and `ema_fake`) or HF folder;
+    DiDi-Instruct's HF folder (model.safetensors = the student_ema, discriminator.safetensors)
+    or Lightning file (`student_ema.`, `discriminator.`). The second network (AUX_NETS) is
+    kept apart by `extract_backbone` and read by `extract_aux`.
 
 Safetensors files are read with NumPy only (8-byte little-endian header length, JSON header,
 raw little-endian buffers; BF16 through ml_dtypes). `.ckpt`/`.bin`/`.pt` (torch.save's zip

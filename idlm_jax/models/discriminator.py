@@ -12,23 +12,33 @@ discriminator starts as a copy of the teacher's trunk (`init_from_teacher`) and 
 is new. Only the last `unfreeze_blocks` blocks and the head are trained (`trainable_labels`).
 
 Spectral normalisation (Miyato et al. 2018, torch `spectral_norm`): W_sn = W / sigma(W), sigma
-the top singular value estimated by power iteration. The iteration vector `sn_u` [out] is a
-leaf of the pure-dict params (so it is checkpointed, sharded and restored with them) that the
-optimizer never moves (label "frozen"); the train step advances it with `power_iteration`
-(one step per discriminator update, as torch does per training forward) before the loss,
-under stop-gradient. The forward uses the stored u: v = normalize(W u), sigma = v^T W u, with
-the gradient through W only (torch's), so evaluation (rewards, RGAS) never changes it.
+the top singular value estimated by power iteration. The iteration vectors `sn_u` [out] and
+`sn_v` [in] (torch's `weight_u`, `weight_v` buffers) are leaves of the pure-dict params (so
+they are checkpointed, sharded and restored with them) that the optimizer never moves (label
+"frozen"); the train step advances them with `power_iteration` (one step per discriminator
+update, as torch does per training forward: v = normalize(W^T u), then u = normalize(W v))
+before the loss, under stop-gradient. The forward reads the stored pair as torch does:
+sigma = u^T W v, with the gradient through W only, so evaluation (rewards, RGAS) never changes
+them and a DiDi-Instruct discriminator converted from PyTorch gives torch's eval-mode outputs
+(`from_torch_state_dict`; tests/models/test_authors_parity.py).
+
+PyTorch names (DiDi-Instruct's `discriminator.*`, `discriminator.safetensors`): the trunk's are
+the DIT's; the head is `output_layer.main.{0,2}.{weight_orig, bias, weight_u, weight_v}`
+(DiDiInstruct.DiscriminatorHead: spectral_norm(Linear) -> SiLU -> spectral_norm(Linear)).
 """
 
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from idlm_jax.models import dit, layers
+from idlm_jax.models.torch_pickle import ConversionError
 
-SN_U = "sn_u"  # name of the power-iteration vector leaf
+SN_U, SN_V = "sn_u", "sn_v"  # names of the power-iteration vector leaves
+SN_LEAVES = (SN_U, SN_V)
 SN_EPS = 1e-12  # torch spectral_norm's normalize eps
 TRUNK = ("vocab_embed", "sigma_map", "blocks")  # DIT parameter groups the discriminator shares
 
@@ -37,35 +47,38 @@ def _normalize(x: jax.Array) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x), SN_EPS)
 
 
-def power_iteration(kernel: jax.Array, u: jax.Array) -> jax.Array:
+def power_iteration(kernel: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
   """One power-iteration step for the top singular pair of `kernel` [in, out] (x @ kernel).
 
-  v = normalize(W u), u' = normalize(W^T v): u' -> the top right singular vector of W [out].
+  torch's order: v = normalize(W^T u) [in], then u' = normalize(W v) [out] (W = kernel^T, the
+  torch weight [out, in]); -> (u', v), which tend to the top singular vectors.
   """
   kernel, u = jax.lax.stop_gradient(kernel), jax.lax.stop_gradient(u)
   v = _normalize(kernel @ u)
-  return _normalize(kernel.T @ v)
+  return _normalize(kernel.T @ v), v
 
 
-def spectral_sigma(kernel: jax.Array, u: jax.Array) -> jax.Array:
-  """sigma(W) ~ v^T W u with v = normalize(W u) and (u, v) constants: d sigma/dW = v u^T."""
-  u = jax.lax.stop_gradient(u)
-  v = jax.lax.stop_gradient(_normalize(kernel @ u))
+def spectral_sigma(kernel: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
+  """sigma(W) ~ u^T W v = v^T kernel u with (u, v) constants (torch): d sigma/dW = u v^T."""
+  u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
   return v @ (kernel @ u)
 
 
 class SpectralLinear(nnx.Module):
-  """Linear(in, out) with weight W / sigma(W); torch-uniform init; `sn_u` a unit vector [out]."""
+  """Linear(in, out) with weight W / sigma(W); torch-uniform init; `sn_u` [out] a random unit
+  vector and `sn_v` [in] = normalize(W^T u) (so sigma = |W^T u| > 0 before any iteration)."""
 
   def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
     init = layers.torch_uniform(in_features)
     self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), jnp.float32))
     self.bias = nnx.Param(init(rngs.params(), (out_features,), jnp.float32))
-    self.sn_u = nnx.Param(_normalize(jax.random.normal(rngs.params(), (out_features,))))
+    u = _normalize(jax.random.normal(rngs.params(), (out_features,)))
+    self.sn_u = nnx.Param(u)
+    self.sn_v = nnx.Param(_normalize(self.kernel[...] @ u))
 
   def __call__(self, h: jax.Array) -> jax.Array:
     w = self.kernel[...]
-    w = w / spectral_sigma(w, self.sn_u[...])
+    w = w / spectral_sigma(w, self.sn_u[...], self.sn_v[...])
     return jnp.matmul(h.astype(jnp.float32), w) + self.bias[...]
 
 
@@ -145,14 +158,14 @@ def init_from_teacher(teacher_params: dict, key: jax.Array, hidden_size: int) ->
 
 def trainable_labels(params: dict, unfreeze_blocks: int) -> dict:
   """"train" for the last `unfreeze_blocks` blocks and the head's kernels/biases, "frozen" for
-  the rest (embedding, time MLP, earlier blocks, the power-iteration vectors)."""
+  the rest (embedding, time MLP, earlier blocks, the power-iteration vectors sn_u, sn_v)."""
   n = len(params["blocks"])
   first = max(n - unfreeze_blocks, 0)
 
   def label(path, _):
     keys = [getattr(p, "key", getattr(p, "idx", None)) for p in path]
     if keys[0] == "head":
-      return "frozen" if keys[-1] == SN_U else "train"
+      return "frozen" if keys[-1] in SN_LEAVES else "train"
     if keys[0] == "blocks" and int(keys[1]) >= first:
       return "train"
     return "frozen"
@@ -161,7 +174,77 @@ def trainable_labels(params: dict, unfreeze_blocks: int) -> dict:
 
 
 def power_iterate_params(params: dict) -> dict:
-  """`params` with every SpectralLinear's sn_u advanced by one power-iteration step."""
-  head = {name: {**layer, SN_U: power_iteration(layer["kernel"], layer[SN_U])}
-          for name, layer in params["head"].items()}
+  """`params` with every SpectralLinear's (sn_u, sn_v) advanced by one power-iteration step."""
+  head = {}
+  for name, layer in params["head"].items():
+    u, v = power_iteration(layer["kernel"], layer[SN_U])
+    head[name] = {**layer, SN_U: u, SN_V: v}
   return {**params, "head": head}
+
+
+# ---------------------------------------------------------------------------- torch mapping
+
+# DiDiInstruct.DiscriminatorHead's nn.Sequential indices -> our head's layers, and the leaves
+# torch's spectral_norm registers (weight_orig a parameter, weight_u / weight_v buffers).
+TORCH_HEAD = {"linear_0": "output_layer.main.0", "linear_2": "output_layer.main.2"}
+TORCH_LEAVES = {"kernel": ("weight_orig", True), "bias": ("bias", False),
+                SN_U: ("weight_u", False), SN_V: ("weight_v", False)}
+
+
+def torch_head_names() -> dict[str, tuple[tuple, bool]]:
+  """PyTorch key -> (params path, transpose) for the head's leaves."""
+  return {f"{TORCH_HEAD[layer]}.{name}": (("head", layer, leaf), transpose)
+          for layer in TORCH_HEAD for leaf, (name, transpose) in TORCH_LEAVES.items()}
+
+
+def _pad_embedding(state_dict: dict, rows: Optional[int]) -> dict:
+  """The trunk's `vocab_embed.embedding` zero-padded to `rows` (model.vocab_pad_multiple)."""
+  emb = state_dict.get(dit.VOCAB_KEYS[0])
+  if rows is None or np.ndim(emb) != 2 or np.shape(emb)[0] >= rows:
+    return state_dict
+  emb = np.asarray(emb)
+  return {**state_dict, dit.VOCAB_KEYS[0]: np.pad(emb, [(0, rows - emb.shape[0]), (0, 0)])}
+
+
+def from_torch_state_dict(state_dict: dict, abstract_state, *,
+                          head_dim: Optional[int] = None) -> dict:
+  """Discriminator params (pure dict of float32 NumPy arrays) from DiDi-Instruct's
+  discriminator state dict (PyTorch names, no `discriminator.` prefix; module docstring).
+
+  The trunk goes through `dit.from_torch_state_dict` (same names, shapes and RoPE-buffer
+  check); the head's keys are mapped by `torch_head_names`. Every missing or unexpected key
+  and every wrong shape is listed in one ConversionError.
+  """
+  flat = dict(nnx.to_flat_state(nnx.state(abstract_state) if isinstance(
+      abstract_state, nnx.Module) else abstract_state))
+  trunk_abstract = nnx.from_flat_state([(p, v) for p, v in flat.items() if p[0] in TRUNK])
+  names = torch_head_names()
+  head_keys = [k for k in state_dict if k.startswith("output_layer.")]
+  trunk_sd = {k: v for k, v in state_dict.items() if not k.startswith("output_layer.")}
+  trunk_sd = _pad_embedding(trunk_sd, dit._vocab_rows(trunk_abstract))
+  problems, trunk = [], {}
+  try:
+    trunk = nnx.to_pure_dict(dit.from_torch_state_dict(trunk_sd, trunk_abstract,
+                                                       head_dim=head_dim))
+  except ConversionError as e:
+    problems += [line.strip() for line in str(e).splitlines()[1:]]
+  problems += [f"unexpected key '{k}' with shape {tuple(np.shape(state_dict[k]))}"
+               for k in head_keys if k not in names]
+  head: dict = {}
+  for key, (path, transpose) in names.items():
+    model_shape = tuple(dit._leaf_value(flat[path]).shape)
+    torch_shape = model_shape[::-1] if transpose else model_shape
+    if key not in state_dict:
+      problems.append(f"missing key '{key}' (model shape {torch_shape} in torch layout)")
+      continue
+    value = np.asarray(state_dict[key])
+    if value.shape != torch_shape:
+      problems.append(f"key '{key}': checkpoint shape {value.shape} != model shape "
+                      f"{torch_shape} (torch layout; config.model.hidden_size sets it)")
+      continue
+    value = value.T if transpose else value
+    head.setdefault(path[1], {})[path[2]] = np.ascontiguousarray(value, np.float32)
+  if problems:
+    raise ConversionError("PyTorch state_dict does not match the discriminator:\n  " +
+                          "\n  ".join(problems))
+  return {**trunk, "head": head}

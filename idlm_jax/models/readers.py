@@ -9,6 +9,11 @@ Containers understood (`load_source`):
     or `pytorch_model.bin`, plus an optional `config.json`. MDLM / Duo / Duo-DCD (`backbone.`),
     SDTT (`backbone.backbone.`), SEDD (no prefix).
   - A single `.safetensors`, `.bin`, `.pt` or `.pth` file holding a flat state dict.
+  - The authors' distilled students (docs/converting.md): an IDLM run's Lightning file
+    (`backbone.` student, `fake_model.` fake model, EMA lists `ema` and `ema_fake`) or HF folder;
+    DiDi-Instruct's HF folder (model.safetensors = the student_ema, discriminator.safetensors)
+    or Lightning file (`student_ema.`, `discriminator.`). The second network (AUX_NETS) is
+    kept apart by `extract_backbone` and read by `extract_aux`.
 
 Safetensors files are read with NumPy only (8-byte little-endian header length, JSON header,
 raw little-endian buffers; BF16 through ml_dtypes). `.ckpt`/`.bin`/`.pt` (torch.save's zip
@@ -47,8 +52,27 @@ from idlm_jax.models.dit import rotary_inv_freq
 from idlm_jax.models.torch_pickle import (  # noqa: F401 (the conversion errors live there)
     CheckpointFormatError, ConversionError, UnsafeTensorError)
 
-# Prefixes of the DDiT inside the published containers, most specific first.
-KNOWN_PREFIXES = ("backbone.backbone.", "model.backbone.", "backbone.", "model.", "")
+# Prefixes of the DDiT inside the published containers, most specific first (DiDi-Instruct's
+# `student_ema.` before `backbone.`: its released sampler reads the EMA module).
+KNOWN_PREFIXES = ("student_ema.", "backbone.backbone.", "model.backbone.", "backbone.", "model.",
+                  "")
+# The other trained networks of a distillation checkpoint: prefix -> (aux net name of the
+# objective that trains it, what it is). Kept apart from the model (`extract_backbone`) and
+# written as that objective's aux NetState (convert.py).
+AUX_NETS = {
+    "fake_model.": ("fake", "IDLM's fake model"),
+    "discriminator.": ("disc", "DiDi-Instruct's discriminator"),
+}
+# Lightning EMA entries per prefix (IDLM's MDLM.on_save_checkpoint adds `ema_fake`); DiDi's
+# `student_ema.` is itself the EMA (no list), its discriminator has none.
+EMA_ENTRIES = {"fake_model.": "ema_fake", "student_ema.": None, "discriminator.": None}
+# `backbone.*` beside another chosen network of the same file: why it is not converted.
+BACKBONE_BESIDE = {
+    "student_ema.": "DiDi-Instruct's live student (its EMA 'student_ema.' is converted; "
+                    "--prefix=backbone. takes the live one)",
+    "fake_model.": "IDLM's student (the model converted without --prefix)",
+}
+DIDI_DISCRIMINATOR_FILE = "discriminator.safetensors"  # beside model.safetensors (HF release)
 ANCHOR = "vocab_embed.embedding"
 BUFFERS = ("rotary_emb.inv_freq",)
 # Keys outside the DDiT prefix that are dropped on purpose (and listed in the conversion meta).
@@ -74,7 +98,7 @@ MAX_SAFETENSORS_HEADER = 100 << 20  # bytes of JSON header (the format's own rea
 MAX_NDIM = torch_pickle.MAX_NDIM
 MAX_NESTING = 200  # containers inside containers in a torch file
 # Entries of a Lightning checkpoint dict that conversion reads; everything else is reported.
-LIGHTNING_USED = ("state_dict", "ema")
+LIGHTNING_USED = ("state_dict", "ema", "ema_fake")
 EMA_USED = ("shadow_params", "decay", "num_updates")
 
 log = logging.getLogger(__name__)
@@ -420,62 +444,109 @@ def ignored_entries(obj: dict, used) -> dict[str, str]:
   out = {}
   for key, value in obj.items():
     name = key if isinstance(key, str) else _short(key, 60)
-    if key == "ema" and "ema" in used and isinstance(value, dict):
-      out.update({f"ema.{k if isinstance(k, str) else _short(k, 60)}": describe(v)
+    if key in ("ema", "ema_fake") and key in used and isinstance(value, dict):
+      out.update({f"{key}.{k if isinstance(k, str) else _short(k, 60)}": describe(v)
                   for k, v in value.items() if k not in EMA_USED})
     elif key not in used:
       out[name] = describe(value)
   return out
 
 
-def _lightning(obj: dict, path, weights: str, prefix: Optional[str]) -> Loaded:
-  """EMA (default) or raw weights of a Lightning checkpoint dict."""
-  sd = _flat_tensors(obj["state_dict"], path)
-  files = [pathlib.Path(path)]
-  if weights == "state_dict":
-    return Loaded(dict(sd), "lightning", "state_dict", files,
-                  notes=["state_dict (raw, non-EMA) weights taken on request"],
-                  ignored_objects=ignored_entries(obj, ("state_dict",)))
-  ema = obj.get("ema")
+def _ema_weights(obj: dict, entry: str, sd: dict, prefix: str, path) -> tuple[dict, list, list]:
+  """({state_dict name: EMA value} of the parameters under `prefix`, those names in order,
+  notes): the Lightning EMA entry `entry` ('ema', or IDLM's 'ema_fake') matched to names."""
+  ema = obj.get(entry)
   shadow = ema.get("shadow_params") if isinstance(ema, dict) else None
   if shadow is None:
     raise ConversionError(
-        f"{path}: this Lightning checkpoint has no EMA weights ('ema.shadow_params'); "
-        f"evaluation and sampling use EMA weights, so the raw state_dict is converted only when "
-        f"asked for explicitly: --weights=state_dict")
+        f"{path}: this Lightning checkpoint has no EMA weights ('{entry}.shadow_params') for "
+        f"the network under '{prefix}'; evaluation and sampling use EMA weights, so the raw "
+        f"state_dict is converted only when asked for explicitly: --weights=state_dict")
   if (not isinstance(shadow, (list, tuple)) or
       not all(isinstance(v, np.ndarray) for v in shadow)):
-    raise ConversionError(f"{path}: ema.shadow_params is not a list of tensors "
+    raise ConversionError(f"{path}: {entry}.shadow_params is not a list of tensors "
                           f"({describe(shadow)})")
-  prefix = choose_prefix(sd, prefix)
   buffers = {prefix + b for b in BUFFERS}
   names = [k for k in sd if k.startswith(prefix) and k not in buffers]
   if prefix == "":
-    names = [k for k in names if not k.startswith(tuple(IGNORED_PREFIXES))]
-  noise = [k for k in sd if k.startswith("noise.")]
+    names = [k for k in names if not k.startswith(tuple(IGNORED_PREFIXES) + tuple(AUX_NETS))]
+  noise = [k for k in sd if k.startswith("noise.")] if entry == "ema" else []
   if len(shadow) not in (len(names), len(names) + len(noise)):
     raise ConversionError(
-        f"{path}: ema.shadow_params has {len(shadow)} tensors but the state_dict has "
-        f"{len(names)} backbone parameters under '{prefix}' (+{len(noise)} noise.* entries); "
+        f"{path}: {entry}.shadow_params has {len(shadow)} tensors but the state_dict has "
+        f"{len(names)} parameters under '{prefix}' (+{len(noise)} noise.* entries); "
         f"the EMA list cannot be matched to parameter names")
   out = {}
   for i, (name, value) in enumerate(zip(names, shadow)):
     value = np.asarray(value)
     if value.shape != sd[name].shape:
       raise ConversionError(
-          f"{path}: ema.shadow_params[{i}] has shape {value.shape} but the state_dict's "
+          f"{path}: {entry}.shadow_params[{i}] has shape {value.shape} but the state_dict's "
           f"parameter #{i} in module order, '{name}', has shape {sd[name].shape}: the EMA list "
-          f"is not in backbone.parameters() order")
+          f"is not in parameters() order")
     out[name] = value
-  out.update({k: sd[k] for k in buffers if k in sd})
-  # keys outside the backbone go through extract_backbone's ignore list as usual
-  out.update({k: v for k, v in sd.items() if not k.startswith(prefix)})
-  notes = [f"EMA weights (decay {_short(ema.get('decay'), 40)}, "
+  notes = [f"'{prefix}': EMA weights of '{entry}' (decay {_short(ema.get('decay'), 40)}, "
            f"{_short(ema.get('num_updates'), 40)} updates)"]
   if len(shadow) > len(names):
     notes.append(f"{len(shadow) - len(names)} EMA tensors of the noise schedule ignored")
-  return Loaded(out, "lightning", "ema", files, notes=notes, param_order=names,
-                ignored_objects=ignored_entries(obj, LIGHTNING_USED))
+  return out, names, notes
+
+
+def _lightning(obj: dict, path, weights: str, prefix: Optional[str]) -> Loaded:
+  """EMA (default) or raw weights of a Lightning checkpoint dict.
+
+  The model's EMA list is `ema` (IDLM's fake model under prefix 'fake_model.': `ema_fake`);
+  DiDi-Instruct's `student_ema.` module is an EMA itself and its state_dict weights are taken.
+  The aux networks (AUX_NETS) come along: IDLM's fake model as its `ema_fake` EMA when the file
+  has one (else its state_dict weights, noted), DiDi's discriminator as stored.
+  """
+  sd = _flat_tensors(obj["state_dict"], path)
+  files = [pathlib.Path(path)]
+  if weights == "state_dict":
+    return Loaded(dict(sd), "lightning", "state_dict", files,
+                  notes=["state_dict (raw, non-EMA) weights taken on request"],
+                  ignored_objects=ignored_entries(obj, ("state_dict",)))
+  prefix = choose_prefix(sd, prefix)
+  out, notes, used, names = dict(sd), [], ["state_dict"], []
+  entry = EMA_ENTRIES.get(prefix, "ema")
+  if entry is None:
+    notes.append(f"'{prefix}': its state_dict weights (DiDi-Instruct's student_ema module, "
+                 f"the student's EMA, what its sampler reads)")
+  else:
+    ema_out, names, ema_notes = _ema_weights(obj, entry, sd, prefix, path)
+    out.update(ema_out)
+    notes += ema_notes
+    used.append(entry)
+  for aux_prefix in AUX_NETS:
+    aux_entry = EMA_ENTRIES.get(aux_prefix)
+    if aux_prefix == prefix or not any(k.startswith(aux_prefix) for k in sd) or not aux_entry:
+      continue
+    if isinstance(obj.get(aux_entry), dict):
+      out.update(_ema_weights(obj, aux_entry, sd, aux_prefix, path)[0])
+      notes.append(f"'{aux_prefix}': EMA weights of '{aux_entry}'")
+      used.append(aux_entry)
+    else:
+      notes.append(f"'{aux_prefix}': no '{aux_entry}' in the file, its state_dict weights taken")
+  weights_taken = "ema" if entry else "student_ema"
+  return Loaded(out, "lightning", weights_taken, files, notes=notes, param_order=names,
+                ignored_objects=ignored_entries(obj, tuple(used)))
+
+
+def _add_didi_discriminator(folder: pathlib.Path, loaded: Loaded) -> Loaded:
+  """DiDi-Instruct's HF release: `discriminator.safetensors` beside `model.safetensors` (the
+  student_ema); its keys join the state dict under 'discriminator.' (as models/hf_to_ckpt.py
+  of the DiDi repository rebuilds its Lightning file)."""
+  disc = folder / DIDI_DISCRIMINATOR_FILE
+  if not disc.is_file():
+    return loaded
+  clash = [k for k in loaded.state_dict if k.startswith("discriminator.")]
+  if clash:
+    raise ConversionError(f"{folder}: both {DIDI_DISCRIMINATOR_FILE} and 'discriminator.*' "
+                          f"keys in the model weights ({clash[0]}, ...): which one is meant?")
+  loaded.state_dict.update({f"discriminator.{k}": v for k, v in read_safetensors(disc).items()})
+  loaded.files.append(disc)
+  loaded.notes.append(f"{DIDI_DISCRIMINATOR_FILE}: DiDi-Instruct's discriminator")
+  return loaded
 
 
 def load_source(path, weights: str = "ema", prefix: Optional[str] = None) -> Loaded:
@@ -488,7 +559,7 @@ def load_source(path, weights: str = "ema", prefix: Optional[str] = None) -> Loa
     raise ValueError(f"weights must be 'ema' or 'state_dict', got {weights!r}")
   path = pathlib.Path(path).expanduser()
   if path.is_dir():
-    loaded = _hf_folder(path)
+    loaded = _add_didi_discriminator(path, _hf_folder(path))
   elif not path.exists():
     raise ConversionError(f"source {str(path)!r} does not exist (expected a .ckpt/.bin/"
                           f".safetensors file, a Hugging Face model folder or a hub name "
@@ -544,21 +615,40 @@ def extract_backbone(state_dict: dict, prefix: Optional[str] = None
                      ) -> tuple[dict[str, np.ndarray], str, dict[str, list[str]]]:
   """(DDiT state dict without prefix, the prefix, {reason: ignored keys}).
 
-  Keys outside the prefix are dropped when they start with one of IGNORED_PREFIXES; any other
-  key is kept under its full name, so that `from_torch_state_dict` reports it as unexpected.
+  Keys outside the prefix are dropped when they start with one of IGNORED_PREFIXES or belong
+  to an aux network (AUX_NETS, read by `extract_aux`); any other key is kept under its full
+  name, so that `from_torch_state_dict` reports it as unexpected.
   """
   prefix = choose_prefix(state_dict, prefix)
   out, ignored = {}, {}
+  aux = tuple(p for p in AUX_NETS if p != prefix)
   for key, value in state_dict.items():
     if prefix and key.startswith(prefix):
       out[key[len(prefix):]] = value
       continue
+    if key.startswith(aux):
+      continue
     reason = next((r for p, r in IGNORED_PREFIXES.items() if key.startswith(p)), None)
+    if prefix in BACKBONE_BESIDE and key.startswith("backbone."):
+      reason = BACKBONE_BESIDE[prefix]
     if reason is not None:
       ignored.setdefault(reason, []).append(key)
     else:
       out[key] = value
   return out, prefix, ignored
+
+
+def extract_aux(state_dict: dict, prefix: str) -> dict[str, dict[str, np.ndarray]]:
+  """{aux net name ('fake', 'disc'): its state dict without prefix} for the AUX_NETS present
+  in `state_dict` other than the model's own `prefix`."""
+  out: dict = {}
+  for aux_prefix, (name, _) in AUX_NETS.items():
+    if aux_prefix == prefix:
+      continue
+    sd = {k[len(aux_prefix):]: v for k, v in state_dict.items() if k.startswith(aux_prefix)}
+    if sd:
+      out[name] = sd
+  return out
 
 
 def check_parameter_order(param_order: list[str], prefix: str, expected: list[str]) -> None:

@@ -117,16 +117,30 @@ def test_spectral_norm_power_iteration_converges_to_top_singular_value():
   for shape in ((16, 8), (12, 1), (6, 10)):
     w = jnp.asarray(rng.normal(size=shape), jnp.float32)
     u = disc_lib._normalize(jnp.asarray(rng.normal(size=shape[1]), jnp.float32))
-    u = jax.jit(lambda u: jax.lax.fori_loop(0, 100, lambda _, u: disc_lib.power_iteration(w, u),
-                                            u))(u)
+    u, v = jax.jit(lambda u: jax.lax.fori_loop(
+        0, 100, lambda _, uv: disc_lib.power_iteration(w, uv[0]), (u, w @ u)))(u)
     top = np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)[0]
-    np.testing.assert_allclose(disc_lib.spectral_sigma(w, u), top, rtol=1e-4)
+    np.testing.assert_allclose(disc_lib.spectral_sigma(w, u, v), top, rtol=1e-4)
     # d sigma / dW = v u^T, the top singular pair's outer product (torch's constant u, v)
-    g = jax.grad(lambda k: disc_lib.spectral_sigma(k, u))(w)
+    g = jax.grad(lambda k: disc_lib.spectral_sigma(k, u, v))(w)
     uu, _, vt = np.linalg.svd(np.asarray(w, np.float64))
     np.testing.assert_allclose(np.abs(g), np.abs(np.outer(uu[:, 0], vt[0])), atol=1e-3)
-  # the head normalises its kernels and power iteration moves only sn_u
+  # torch's step: v = normalize(W^T u), then u = normalize(W v) (W = kernel^T), in float64
+  w64, u64 = rng.normal(size=(6, 4)), rng.normal(size=4)
+  u64 /= np.linalg.norm(u64)
+  v_want = w64 @ u64 / np.linalg.norm(w64 @ u64)
+  u_want = w64.T @ v_want / np.linalg.norm(w64.T @ v_want)
+  u_got, v_got = disc_lib.power_iteration(jnp.asarray(w64, jnp.float32),
+                                          jnp.asarray(u64, jnp.float32))
+  np.testing.assert_allclose(u_got, u_want, atol=1e-6)
+  np.testing.assert_allclose(v_got, v_want, atol=1e-6)
+  # the head normalises its kernels; power iteration moves only sn_u and sn_v
   params = disc_lib.head_params(8, jax.random.key(0))
+  for name in params:  # fresh: sn_v = normalize(W^T u), so sigma = |W^T u| > 0
+    k = params[name]["kernel"]
+    np.testing.assert_allclose(disc_lib.spectral_sigma(k, params[name]["sn_u"],
+                                                       params[name]["sn_v"]),
+                               np.linalg.norm(k @ params[name]["sn_u"]), rtol=1e-5)
   moved = disc_lib.power_iterate_params({"head": params})["head"]
   for name in params:
     np.testing.assert_array_equal(moved[name]["kernel"], params[name]["kernel"])
@@ -231,7 +245,8 @@ def test_step_is_pure_sharded_equal_and_resumes_exactly(teacher_dir, tmp_path):
                                   jax.tree_util.tree_leaves_with_path(moved)):
     name = jax.tree_util.keystr(path)
     if lab == "frozen":
-      assert not mv or "sn_u" in name, name  # frozen trunk; sn_u moves by power iteration
+      # frozen trunk; sn_u and sn_v move by power iteration
+      assert not mv or "sn_u" in name or "sn_v" in name, name
   assert any(jax.tree.leaves(moved))
   loop.train(one)  # 2 steps from the untouched state and data position
   eight = _didi_run(teacher_dir, tmp_path / "eight", jax.devices())

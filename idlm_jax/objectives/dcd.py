@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from idlm_jax import fields as F
+from idlm_jax import rng
 from idlm_jax.diffusion import uniform
 from idlm_jax.diffusion.processes import valid_weights
 from idlm_jax.diffusion.schedules import sample_t
@@ -77,7 +78,7 @@ def dcd_loss(net, transform, student_params, teacher_params, batch: dict, key: j
              delta: jax.Array, *, eps: float, antithetic: bool, kind: str, precision: str):
   """The DCD loss of one batch (student in train mode, teacher frozen). -> (loss, tokens)."""
   x0 = batch["input_ids"]
-  k_t, k_w, k_drop = jax.random.split(key, 3)
+  k_t, k_w, k_drop = rng.split(key, 3)
   t, s = trajectory_times(sample_t(k_t, x0.shape[0], eps, antithetic), delta)
   z_t, z_s = trajectory(k_w, x0, transform.gamma(t), transform.gamma(s), transform.vocab_size)
   sigma = lambda u: -jnp.log(transform.alpha(u))
@@ -103,7 +104,7 @@ def make(ctx: Context) -> Objective:
   def train_step(state, frozen, batch):
     del frozen  # the round teacher lives in the state (progressive.py)
     state = progressive.copy_student_to_teacher(state, d.round_steps, d.num_rounds, source)
-    key = jax.random.fold_in(state.key(), state.step)
+    key = rng.fold_in(state.key(), state.step)
     r = progressive.round_index(state.step, d.round_steps, d.num_rounds)
     delta = step_size(r, d.T)
     teacher = state.aux[progressive.ROUND_TEACHER]

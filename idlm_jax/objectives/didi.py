@@ -38,6 +38,7 @@ import optax
 from flax import nnx
 
 from idlm_jax import fields as F
+from idlm_jax import rng
 from idlm_jax.decoding import ancestral
 from idlm_jax.diffusion import categorical, mdlm
 from idlm_jax.diffusion.processes import valid_weights
@@ -103,7 +104,7 @@ ADV_EPS = 1e-8
 
 def sample_tau(key: jax.Array, n: int, a: float, b: float, lo: float, hi: float):
   """(tau [n], pi(tau) [n]): tau ~ Beta(a, b) clamped to [lo, hi]; pi is the Beta pdf (§2.2)."""
-  tau = jnp.clip(jax.random.beta(key, a, b, (n,)), lo, hi)
+  tau = jnp.clip(rng.beta(key, a, b, (n,)), lo, hi)
   return tau, jnp.exp(jax.scipy.stats.beta.logpdf(tau, a, b))
 
 
@@ -209,7 +210,7 @@ def student_rollout(student, teacher, key, tau, *, schedule, mask_id: int, seq_l
   first step's network work is 1/N. `precision`: the draws' categorical.DRAWS entry."""
   student_2 = student_2 or student
   n = tau.shape[0]
-  k1, k2 = jax.random.split(key)
+  k1, k2 = rng.split(key)
   one, end = jnp.ones((n,)), jnp.full((n,), t0)
   x1 = jnp.full((n, seq_len), mask_id, jnp.int32)
   log1 = first_step_output(student, n, seq_len, mask_id, shared_first)
@@ -266,7 +267,7 @@ def discriminator_update(disc, disc_net, tx, labels, batch, key, smoothing: floa
   z_real, m_real, z_fake, m_fake, sigma = batch
   params = disc_lib.power_iterate_params(disc.params)
   frozen = jax.tree.map(lambda label: label == "frozen", labels)
-  k_r, k_f = jax.random.split(key)
+  k_r, k_f = rng.split(key)
 
   def loss_fn(p):
     p = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, frozen)
@@ -317,8 +318,8 @@ def make(ctx: Context) -> Objective:
             jnp.repeat(valid_weights(batch), G, axis=0))
 
   def train_step(state, frozen, batch):
-    key = jax.random.fold_in(state.key(), state.step)
-    k_tau, k_roll, k_drop, k_real, k_zr, k_zf, k_d = jax.random.split(key, 7)
+    key = rng.fold_in(state.key(), state.step)
+    k_tau, k_roll, k_drop, k_real, k_zr, k_zf, k_d = rng.split(key, 7)
     n = batch["input_ids"].shape[0] * G
     tau, pi = sample_tau(k_tau, n, d.tau_a, d.tau_b, d.tau_min, d.tau_max)
 
@@ -326,7 +327,7 @@ def make(ctx: Context) -> Objective:
       # every nnx model is built inside the traced function: with model.remat="block" the
       # nnx.remat'd blocks must not belong to an outer trace level
       teacher = log_probs(frozen["teacher"])
-      k_1, k_2 = jax.random.split(k_drop)  # residual dropout (train mode), one draw per step
+      k_1, k_2 = rng.split(k_drop)  # residual dropout (train mode), one draw per step
       r = student_rollout(log_probs(params, k_1), teacher, k_roll, tau, schedule=schedule,
                           mask_id=mask_id, seq_len=seq_len, t0=d.t0, kl_hi=d.kl_hi,
                           kl_lo=d.kl_lo, student_2=log_probs(params, k_2),

@@ -37,6 +37,7 @@ import optax
 from flax import nnx
 
 from idlm_jax import fields as F
+from idlm_jax import rng
 from idlm_jax.data import trajectories as traj_data
 from idlm_jax.decoding import r2 as r2_sampler, r2_rules
 from idlm_jax.diffusion import mdlm
@@ -81,7 +82,7 @@ def sharpen_rule_ids(text: str) -> tuple[int, ...]:
 def sample_call(key: jax.Array, commit_step: jax.Array) -> jax.Array:
   """k ~ U{0, ..., K_b - 1} per row [B] (K_b = 1 + max_i s_i)."""
   calls = traj_data.num_calls(commit_step)
-  u = jax.random.uniform(key, calls.shape)
+  u = rng.uniform(key, calls.shape)
   return jnp.minimum(jnp.floor(u * calls), calls - 1).astype(jnp.int32)
 
 
@@ -120,7 +121,7 @@ def random_masks(key: jax.Array, commit_step: jax.Array, k: jax.Array) -> jax.Ar
   """The ablation masks="random": |M_k| positions drawn uniformly among the free ones (the
   trajectory's masked count, a random order: plain MDLM masking at the same noise levels)."""
   free = commit_step >= 0
-  u = jnp.where(free, jax.random.uniform(key, commit_step.shape), 2.0)
+  u = jnp.where(free, rng.uniform(key, commit_step.shape), 2.0)
   rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
   return free & (rank < (commit_step >= k[:, None]).sum(-1, keepdims=True))
 
@@ -130,12 +131,12 @@ def trajectory_sums(model, batch: dict, key: jax.Array, *, schedule, mask_id: in
                     masks: str = "trajectory") -> dict:
   """Sample k per row, rebuild x_k, run the model once and return `loss_terms`' sums
   (masks="random": the ablation with random masks of the same size, `random_masks`)."""
-  k_call, k_drop = jax.random.split(key)
+  k_call, k_drop = rng.split(key)
   x, steps = batch["input_ids"], batch["commit_step"]
   k = sample_call(k_call, steps)
   masked = None
   if masks == "random":
-    masked = random_masks(jax.random.fold_in(k_call, 1), steps, k)
+    masked = random_masks(rng.fold_in(k_call, 1), steps, k)
     xk = jnp.where(masked, mask_id, x).astype(jnp.int32)
   else:
     xk = traj_data.state_at(x, steps, k, mask_id).astype(jnp.int32)
@@ -164,7 +165,7 @@ def make(ctx: Context) -> Objective:
 
   def train_step(state, frozen, batch):
     del frozen  # the teacher is only the initial model
-    key = jax.random.fold_in(state.key(), state.step)
+    key = rng.fold_in(state.key(), state.step)
     with jax.named_scope("trajectory_loss"):
       (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": s["tokens"],

@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 
 from idlm_jax import fields as F
+from idlm_jax import rng
 from idlm_jax.diffusion import categorical, mdlm
 from idlm_jax.diffusion.mdlm import masked_posterior_logits
 from idlm_jax.diffusion.processes import valid_weights
@@ -96,7 +97,7 @@ def teacher_targets(log_probs_fn, key: jax.Array, xt: jax.Array, t: jax.Array, d
     log_x0 = log_probs_fn(x, t_i)
     logits = masked_posterior_logits(log_x0, schedule.alpha(t_i)[:, None, None],
                                      schedule.alpha(s_i)[:, None, None], mask_id, jnp.float32)
-    draw = categorical.sample_categorical(jax.random.fold_in(key, i), logits, precision)
+    draw = categorical.sample_categorical(rng.fold_in(key, i), logits, precision)
     x_next = jnp.where(x == mask_id, draw, x)
     updated = x_next != x
     target = jnp.where(updated[..., None], log_x0, 0.0 if target is None else target)
@@ -110,7 +111,7 @@ def sdtt_loss(net, student_params, teacher_params, batch: dict, key: jax.Array, 
               kind: str, precision: str):
   """The SDTT loss of one batch (student in train mode, teacher frozen). -> (loss, tokens)."""
   x0 = batch["input_ids"]
-  k_t, k_x, k_teacher, k_drop = jax.random.split(key, 4)
+  k_t, k_x, k_teacher, k_drop = rng.split(key, 4)
   t = sample_t(k_t, x0.shape[0], t_min, antithetic)
   xt = mdlm.q_xt(k_x, x0, schedule.alpha(t), mask_id)
   teacher = net(teacher_params)
@@ -140,7 +141,7 @@ def make(ctx: Context) -> Objective:
     del frozen  # the round teacher lives in the state (progressive.py)
     state = progressive.copy_student_to_teacher(state, s.round_steps, s.num_rounds, source,
                                                 reset_student=s.use_ema_on_growth)
-    key = jax.random.fold_in(state.key(), state.step)
+    key = rng.fold_in(state.key(), state.step)
     r = progressive.round_index(state.step, s.round_steps, s.num_rounds)
     dt = teacher_dt(r, s.orig_steps, s.num_distill_steps, t_min)
     teacher = state.aux[progressive.ROUND_TEACHER]

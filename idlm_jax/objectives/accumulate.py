@@ -58,6 +58,21 @@ def rows(j, k: int, m: int) -> jax.Array:
   return j + k * jnp.arange(m, dtype=jnp.int32)
 
 
+def sum_over(fn: Callable, xs):
+  """sum_j fn(x_j) over the leading axis of the pytree xs, one j after the other (lax.scan;
+  a single j is a plain call). fn's outputs must be additive."""
+  n = batch_size(xs)
+  if n == 1:
+    return fn(jax.tree.map(lambda x: x[0], xs))
+
+  def body(carry, x):
+    return jax.tree.map(jnp.add, carry, fn(x)), None
+
+  shapes = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], xs))
+  init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  return jax.lax.scan(body, init, xs)[0]
+
+
 def scan_microbatches(fn: Callable, batch, key: jax.Array, k: int):
   """sum_j fn(microbatch_j, RowKey of its rows) over the k microbatches (a pytree of arrays).
 
@@ -68,18 +83,8 @@ def scan_microbatches(fn: Callable, batch, key: jax.Array, k: int):
   if k == 1:
     return fn(batch, rng.all_rows(key, n))
   m = n // k
-  micro = split(batch, k)
-
-  def body(carry, xs):
-    j, mb = xs
-    out = fn(mb, rng.row_key(key, rows(j, k, m), n))
-    return jax.tree.map(jnp.add, carry, out), None
-
-  first = jax.tree.map(lambda x: x[0], micro)
-  shapes = jax.eval_shape(lambda mb: fn(mb, rng.row_key(key, rows(0, k, m), n)), first)
-  init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  total, _ = jax.lax.scan(body, init, (jnp.arange(k, dtype=jnp.int32), micro))
-  return total
+  return sum_over(lambda x: fn(x[1], rng.row_key(key, rows(x[0], k, m), n)),
+                  (jnp.arange(k, dtype=jnp.int32), split(batch, k)))
 
 
 def sum_grad(loss_fn: Callable, params, batch, key: jax.Array, k: int, *args):

@@ -31,7 +31,7 @@ from idlm_jax.diffusion import uniform
 from idlm_jax.diffusion.processes import valid_weights
 from idlm_jax.diffusion.schedules import sample_t
 from idlm_jax.fields import ConfigError, Field
-from idlm_jax.objectives import progressive
+from idlm_jax.objectives import accumulate, progressive
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import apply_gradients
 
@@ -99,18 +99,24 @@ def make(ctx: Context) -> Objective:
   loss_fn = functools.partial(dcd_loss, net, ctx.process.transform, eps=f.eps,
                               antithetic=f.antithetic, kind=d.divergence,
                               precision=d.loss_precision)
+  k = config.train.microbatches
+
+  def mean_loss(params, batch, key, teacher_params, delta):
+    loss, tokens = loss_fn(params, teacher_params, batch, key, delta)
+    return loss, (tokens, {})
+
   source = "ema_params" if d.teacher_ema else "params"
 
   def train_step(state, frozen, batch):
     del frozen  # the round teacher lives in the state (progressive.py)
     state = progressive.copy_student_to_teacher(state, d.round_steps, d.num_rounds, source)
-    key = rng.fold_in(state.key(), state.step)
+    key = jax.random.fold_in(state.key(), state.step)
     r = progressive.round_index(state.step, d.round_steps, d.num_rounds)
     delta = step_size(r, d.T)
     teacher = state.aux[progressive.ROUND_TEACHER]
-    with jax.named_scope("dcd_loss"):
-      (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, teacher.params, batch, key, delta)
+    with jax.named_scope("dcd_loss"):  # k microbatches, one update (accumulate.py)
+      loss, tokens, grads, _ = accumulate.mean_grad(mean_loss, state.params, batch, key, k,
+                                                    teacher.params, delta)
     state = apply_gradients(state, grads, tx, ema)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
                "round": r.astype(jnp.float32), "dt": delta}

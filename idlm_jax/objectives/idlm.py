@@ -31,6 +31,7 @@ from idlm_jax import fields as F
 from idlm_jax import rng
 from idlm_jax.diffusion.processes import PROCESSES, InverseParts, valid_weights
 from idlm_jax.fields import ConfigError, Field
+from idlm_jax.objectives import accumulate
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import apply_gradients
 
@@ -96,27 +97,35 @@ def make(ctx: Context) -> Objective:
                           **({"lr": d.fake_lr} if d.fake_lr > 0 else {}))
   tx, ema = ctx.tx, c.optim.ema
   net = functools.partial(nnx.merge, ctx.graphdef)
-  fake_loss_fn = functools.partial(fake_loss, proc, net)
-  student_loss_fn = functools.partial(inverse_loss, proc, net)
+  k = c.train.microbatches
+
+  def fake_loss_fn(fake_params, batch, key, student_params):
+    loss, tokens = fake_loss(proc, net, fake_params, student_params, batch, key)
+    return loss, (tokens, {})
+
+  def student_loss_fn(student_params, batch, key, fake_params, teacher_params):
+    loss, tokens = inverse_loss(proc, net, student_params, fake_params, teacher_params, batch,
+                                key)
+    return loss, (tokens, {})
 
   def train_step(state, frozen, batches):
     batches = batches if isinstance(batches, tuple) else (batches,)
     if len(batches) != fake_steps + 1:
       raise ValueError(f"idlm: {len(batches)} batches for fake_steps={fake_steps}")
-    key = rng.fold_in(state.key(), state.step)
+    key = jax.random.fold_in(state.key(), state.step)
     fake = state.aux["fake"]
     fake_losses, fake_norms = [], []
     for i in range(fake_steps):  # fake first, each on its own batch (§3.3)
-      with jax.named_scope("fake_update"):
-        (loss, _), grads = jax.value_and_grad(fake_loss_fn, has_aux=True)(
-            fake.params, state.params, batches[i], rng.fold_in(key, i))
+      with jax.named_scope("fake_update"):  # k microbatches, one update (accumulate.py)
+        loss, _, grads, _ = accumulate.mean_grad(fake_loss_fn, fake.params, batches[i],
+                                                 jax.random.fold_in(key, i), k, state.params)
         fake = apply_gradients(fake, grads, fake_tx, ema)
       fake_losses.append(loss)
       fake_norms.append(optax.tree.norm(grads))
     with jax.named_scope("student_update"):
-      (loss, tokens), grads = jax.value_and_grad(student_loss_fn, has_aux=True)(
-          state.params, fake.params, frozen["teacher"], batches[-1],
-          rng.fold_in(key, fake_steps))
+      loss, tokens, grads, _ = accumulate.mean_grad(
+          student_loss_fn, state.params, batches[-1], jax.random.fold_in(key, fake_steps), k,
+          fake.params, frozen["teacher"])
       state = apply_gradients(state, grads, tx, ema)
     state = state.replace(aux={**state.aux, "fake": fake})
     metrics = {"loss": loss, "inverse_loss": loss, "grad_norm": optax.tree.norm(grads),

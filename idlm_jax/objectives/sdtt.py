@@ -36,7 +36,7 @@ from idlm_jax.diffusion.mdlm import masked_posterior_logits
 from idlm_jax.diffusion.processes import valid_weights
 from idlm_jax.diffusion.schedules import sample_t
 from idlm_jax.fields import ConfigError, Field
-from idlm_jax.objectives import progressive
+from idlm_jax.objectives import accumulate, progressive
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import apply_gradients
 
@@ -135,19 +135,25 @@ def make(ctx: Context) -> Objective:
   loss_fn = functools.partial(sdtt_loss, net, schedule=schedule, mask_id=mask_id, t_min=t_min,
                               num_steps=s.num_distill_steps, antithetic=f.antithetic,
                               kind=s.divergence, precision=s.loss_precision)
+  k = config.train.microbatches
+
+  def mean_loss(params, batch, key, teacher_params, dt):
+    loss, tokens = loss_fn(params, teacher_params, batch, key, dt)
+    return loss, (tokens, {})
+
   source = "ema_params" if s.use_ema_on_growth else "params"
 
   def train_step(state, frozen, batch):
     del frozen  # the round teacher lives in the state (progressive.py)
     state = progressive.copy_student_to_teacher(state, s.round_steps, s.num_rounds, source,
                                                 reset_student=s.use_ema_on_growth)
-    key = rng.fold_in(state.key(), state.step)
+    key = jax.random.fold_in(state.key(), state.step)
     r = progressive.round_index(state.step, s.round_steps, s.num_rounds)
     dt = teacher_dt(r, s.orig_steps, s.num_distill_steps, t_min)
     teacher = state.aux[progressive.ROUND_TEACHER]
-    with jax.named_scope("sdtt_loss"):
-      (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, teacher.params, batch, key, dt)
+    with jax.named_scope("sdtt_loss"):  # k microbatches, one update (accumulate.py)
+      loss, tokens, grads, _ = accumulate.mean_grad(mean_loss, state.params, batch, key, k,
+                                                    teacher.params, dt)
     state = apply_gradients(state, grads, tx, ema)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
                "round": r.astype(jnp.float32), "student_dt": s.num_distill_steps * dt}

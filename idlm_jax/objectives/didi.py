@@ -349,9 +349,11 @@ def make(ctx: Context) -> Objective:
   KEYS = ("tau", "roll", "drop", "real", "zr", "zf", "d")
 
   def step_keys(key, prompts, n):
-    """The step's keys (RowKeys) for the rollouts of the prompt rows `prompts`: prompt p's
-    G rollouts are the rows p G, ..., p G + G - 1 of the n = B G (jnp.repeat's order)."""
-    rows = (prompts[:, None] * G + jnp.arange(G, dtype=jnp.int32)).reshape(-1)
+    """The step's keys (RowKeys) for the rollouts of the prompt rows `prompts` [..., m]:
+    prompt p's G rollouts are the rows p G, ..., p G + G - 1 of the n = B G (jnp.repeat's
+    order)."""
+    rows = prompts[..., None] * G + jnp.arange(G, dtype=jnp.int32)
+    rows = rows.reshape(*prompts.shape[:-1], -1)
     return dict(zip(KEYS, rng.split(rng.row_key(key, rows, n), len(KEYS))))
 
   def rollout(params, frozen, ks, tau, norms=None):
@@ -420,15 +422,16 @@ def make(ctx: Context) -> Objective:
       j, mb = x
       ks, (tau, _) = keys_tau(j)
       roll = rollout(state.params, frozen, ks, tau)[1]
-      return None, (sides(frozen, mb, ks, tau, roll.x0), ks["d"].rows,
+      return None, (sides(frozen, mb, ks, tau, roll.x0),
                     (roll.x_tau == mask_id).sum().astype(jnp.float32))
 
     with jax.named_scope("student_rollout"):
-      _, (side, d_rows, masked_tau) = jax.lax.scan(forward, None, (js, micro))
-    with jax.named_scope("discriminator_update"):
+      _, (side, masked_tau) = jax.lax.scan(forward, None, (js, micro))
+    with jax.named_scope("discriminator_update"):  # its key's rows: [k, m G]
+      d_key = step_keys(key, accumulate.rows(js[:, None], k, m), n)["d"]
       disc, d_metrics = discriminator_update(
-          state.aux["disc"], disc_net, d_tx, labels, side,
-          rng.row_key(key, d_rows, n), d.label_smoothing, d.nan_to_num)
+          state.aux["disc"], disc_net, d_tx, labels, side, d_key, d.label_smoothing,
+          d.nan_to_num)
     norms = RolloutNorms(jnp.float32(1.0 / k), masked_tau.sum())
 
     def student(x):

@@ -11,7 +11,12 @@ gradients through the optimizer, the tests use Adam with eps = 1 and lr = 1: its
 is g / (|g| + 1), ~ g itself, so a parameter's update differs by about the gradient's rounding
 (with eps = 1e-8 the update is ~ sign(g) and hides gradient errors, while entries with
 |g| ~ eps amplify rounding). Updates (and the aux networks') must agree to RTOL of the
-largest update; metrics (loss, gradient norms, rewards) to RTOL.
+largest entry in that parameter; metrics (loss, gradient norms, rewards) to RTOL.
+DiDi's student gradient is a sum of score-function terms whose group-centred advantages cancel
+(and its discriminator's BCE gradient nearly cancels between the real and fake sides), which
+magnifies rounding: the same k = 1 step on 1 device against 8 (no accumulation, only another
+reduction order) differs by up to 7e-5 of a parameter's largest update, so DiDi's tolerance is
+RTOL_DIDI = 3e-4 (4x that measured rounding level).
 """
 
 import jax
@@ -27,6 +32,7 @@ from idlm_jax.objectives import accumulate
 from idlm_jax.train import loop, parallel
 
 RTOL = 2e-5
+RTOL_DIDI = 3e-4
 B = 32  # rows per step: a multiple of 8 devices x 4 microbatches
 
 SYN = "configs/synthetic_mdlm.py:smoke"
@@ -43,9 +49,11 @@ CASES = {
     "ar": ("configs/ar_embedded.py:smoke", ["model.dropout=0.1"]),
     "idlm": (SYN, ["objective='idlm'", "model.dropout=0.1", *TEACHER]),
     "didi": ("configs/didi_synthetic.py:smoke", ["model.dropout=0.1", "distill.didi.group_size=2",
-                                                 *TEACHER]),
+                                                 "distill.didi.disc_lr=1.0", *TEACHER]),
+    # no dropout: the first rollout step runs on one row for all (shared_first), G = 4
     "didi_shared": ("configs/didi_synthetic.py:smoke", ["model.dropout=0.0",
-                                                        "distill.didi.group_size=4", *TEACHER]),
+                                                        "distill.didi.group_size=4",
+                                                        "distill.didi.disc_lr=1.0", *TEACHER]),
     "sdtt": (SYN, ["objective='sdtt'", "model.dropout=0.1", *TEACHER]),
     "dcd": (DUO, ["objective='dcd'", "model.dropout=0.1", *TEACHER]),
     "r2_finetune": ("configs/r2_finetune_synthetic.py:smoke", ["model.dropout=0.1", *TEACHER]),
@@ -91,7 +99,9 @@ def _batch(run, seed):
 def _step(run, batches):
   """(initial params of every network, state, metrics) of one step from perturbed params (and
   a perturbed copy as the frozen teacher of a distillation objective)."""
-  state = run.state.replace(params=_perturb(run.state.params, 1))
+  state = run.state.replace(params=_perturb(run.state.params, 1), aux={
+      name: net.replace(params=_perturb(net.params, 3 + i))
+      for i, (name, net) in enumerate(sorted(run.state.aux.items()))})
   init = jax.device_get(_nets(state))
   frozen = {"teacher": _perturb(run.state.params, 2)} \
       if objectives.get(run.config.objective).teacher else None
@@ -110,17 +120,17 @@ def _updates(result):
   return jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), init, _nets(state))
 
 
-def _compare(ref, got, what):
+def _compare(ref, got, what, rtol):
   m1, m2 = ref[2], got[2]
   assert set(m1) == set(m2)
   for name in m1:
-    np.testing.assert_allclose(m2[name], m1[name], rtol=RTOL, atol=1e-6,
+    np.testing.assert_allclose(m2[name], m1[name], rtol=rtol, atol=1e-6,
                                err_msg=f"{what}: metric {name}")
   u1, u2 = _updates(ref), _updates(got)
-  for net in u1:
-    scale = max(float(np.max(np.abs(x))) for x in jax.tree.leaves(u1[net]))
+  for net in u1:  # each parameter's update to RTOL of its largest entry
     jax.tree.map(lambda x, y: np.testing.assert_allclose(
-        y, x, rtol=0, atol=RTOL * scale, err_msg=f"{what}: {net} update"), u1[net], u2[net])
+        y, x, rtol=0, atol=rtol * float(np.max(np.abs(x))) + 1e-9,
+        err_msg=f"{what}: {net} update"), u1[net], u2[net])
 
 
 def _check(name, tmp_path, strategy, ks):
@@ -130,7 +140,8 @@ def _check(name, tmp_path, strategy, ks):
   assert all(np.isfinite(v) for v in ref[2].values())
   assert max(float(np.max(np.abs(x))) for x in jax.tree.leaves(_updates(ref)["model"])) > 1e-4
   for k in ks:
-    _compare(ref, _step(runs[k], batches), f"{name} {strategy} k={k}")
+    _compare(ref, _step(runs[k], batches), f"{name} {strategy} k={k}",
+             RTOL_DIDI if name.startswith("didi") else RTOL)
 
 
 def test_teacher_step_accumulated_equals_whole_batch(tmp_path):

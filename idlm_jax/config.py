@@ -20,7 +20,7 @@ from idlm_jax.data import pipeline, synthetic
 from idlm_jax.diffusion import processes
 from idlm_jax.evals import distill_report, evaluate, modes, monitor
 from idlm_jax.fields import ConfigError, Field
-from idlm_jax.objectives import state as objective_state
+from idlm_jax.objectives import accumulate, state as objective_state
 from idlm_jax.train import loop, parallel, profiler, teacher
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,8 +43,8 @@ SECTIONS = ("seed", "mode", "objective", "data", "model", "diffusion", "distill"
             "train", "parallel", "ckpt", "eval", "sample", "log")
 
 # modules that declare fields (FIELDS) and cross-field checks (validate)
-_PARTS = (pipeline, synthetic, models, processes, objective_state, loop, parallel, profiler,
-          teacher, evaluate, modes, monitor, distill_report)
+_PARTS = (pipeline, synthetic, models, processes, objective_state, loop, accumulate, parallel,
+          profiler, teacher, evaluate, modes, monitor, distill_report)
 _VALIDATORS = (synthetic, models, parallel)
 
 

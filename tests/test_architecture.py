@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "idlm_jax"
 
 # layer of each top-level part: a module may import its own part and lower layers only
 LAYERS = {
-    "fields": 0,
+    "fields": 0, "rng": 0,
     "data": 1, "models": 1, "diffusion": 1,
     "decoding": 2,
     "objectives": 3,

@@ -10,6 +10,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from idlm_jax import rng
 from idlm_jax.diffusion import categorical
 from idlm_jax.diffusion.mdlm import masked_posterior_logits
 from idlm_jax.diffusion.schedules import LogLinear, sampling_grid
@@ -67,7 +68,7 @@ def mdlm_ancestral(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int,
     t, s = grid[i], grid[i + 1]
     log_x0, nfe = denoise(x, t, cached, valid, nfe)
     logits = masked_posterior_logits(log_x0, schedule.alpha(t), schedule.alpha(s), mask_id, dtype)
-    draw = categorical.sample_categorical(jax.random.fold_in(key, i), logits, precision)
+    draw = categorical.sample_categorical(rng.fold_in(key, i), logits, precision)
     x_next = jnp.where(x == mask_id, draw, x)
     valid = jnp.logical_and(jnp.all(x_next == x), not time_conditioned)
     return x_next, log_x0, valid, nfe
@@ -79,7 +80,7 @@ def mdlm_ancestral(log_probs_fn: LogProbsFn, key: jax.Array, *, batch_size: int,
   if noise_removal == "argmax":
     final = jnp.argmax(log_x0, axis=-1).astype(jnp.int32)
   elif noise_removal == "ancestral":
-    final = categorical.sample_categorical(jax.random.fold_in(key, num_steps), log_x0, precision)
+    final = categorical.sample_categorical(rng.fold_in(key, num_steps), log_x0, precision)
   else:
     raise ValueError(f"sample.noise_removal: unknown {noise_removal!r} ('argmax', 'ancestral')")
   return SampleOutput(jnp.where(x == mask_id, final, x), nfe)

@@ -27,6 +27,8 @@ import contextlib
 import jax
 import jax.numpy as jnp
 
+from idlm_jax import rng
+
 PRECISIONS = ("float64", "exact32", "float32")  # Gumbel-max draws (samplers: sample.precision)
 DRAWS = PRECISIONS + ("inverse_cdf",)  # everything sample_categorical accepts
 ICDF_BLOCK = 128  # classes per block of the two-level inverse CDF
@@ -44,7 +46,7 @@ def random_words(key: jax.Array, shape, precision: str) -> jax.Array:
   """The uint32 words [n, *shape] that `gumbel_from_bits` consumes."""
   if precision not in PRECISIONS:
     raise ValueError(f"sample.precision: unknown precision {precision!r} (known: {PRECISIONS})")
-  return jax.random.bits(key, (_WORDS[precision], *shape), jnp.uint32)
+  return rng.bits(key, (_WORDS[precision], *shape), jnp.uint32, row_axis=1)
 
 
 def gumbel_from_bits(words: jax.Array, precision: str) -> jax.Array:
@@ -94,7 +96,7 @@ def inverse_cdf(key: jax.Array, log_probs: jax.Array, block: int = ICDF_BLOCK) -
   p = jnp.pad(p, [(0, 0)] * len(rows) + [(0, nb * block - V)]).reshape(*rows, nb, block)
   mass = p.sum(-1)  # [..., nb]
   cum = jnp.cumsum(mass, axis=-1)
-  words = jax.random.bits(key, (2, *rows), jnp.uint32)
+  words = rng.bits(key, (2, *rows), jnp.uint32, row_axis=1)
   u1, u2 = ((words >> 8).astype(jnp.float32) * 2.0**-24)  # [0, 1) on a 2^-24 grid
   j = _search(cum, u1 * cum[..., -1], mass)
   inner = jnp.take_along_axis(p, j[..., None, None], axis=-2)[..., 0, :]  # [..., block]

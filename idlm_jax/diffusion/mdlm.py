@@ -9,12 +9,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from idlm_jax import rng
+
 NEG_INF = -1e6  # the large negative logit MDLM uses for "impossible" (SUBS)
 
 
 def q_xt(key: jax.Array, x0: jax.Array, alpha_t: jax.Array, mask_id: int) -> jax.Array:
   """Absorbing forward process: each token becomes [MASK] with probability 1 - alpha_t."""
-  move = jax.random.uniform(key, x0.shape) < (1.0 - alpha_t)[:, None]
+  move = rng.uniform(key, x0.shape) < (1.0 - alpha_t)[:, None]
   return jnp.where(move, mask_id, x0)
 
 

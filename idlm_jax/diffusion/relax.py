@@ -20,6 +20,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from idlm_jax import rng
 from idlm_jax.diffusion import categorical
 
 
@@ -194,7 +195,7 @@ def duo_soft_input(G: jax.Array, alpha_tilde: jax.Array, xi: jax.Array, tau,
 def gumbel_softmax(key: jax.Array, log_q: jax.Array, tau) -> jax.Array:
   """Soft Gumbel sample softmax((log_q + g) / tau), g ~ Gumbel(0, 1) from `key` [..., V].
 
-  forward: softmax((log_q + g) / tau) with g = jax.random.gumbel(key, log_q.shape) (float32;
+  forward: softmax((log_q + g) / tau) with g = rng.gumbel(key, log_q.shape) (float32;
   -inf entries of log_q get probability 0); gradient: pathwise (reparameterised) w.r.t. log_q,
   d/dlog_q = s * (gbar - <s, gbar>) / tau from the forward s (stable at low tau); key: None;
   tau: zero cotangent.
@@ -204,7 +205,7 @@ def gumbel_softmax(key: jax.Array, log_q: jax.Array, tau) -> jax.Array:
 
 def _gumbel_fwd(key, log_q, tau):
   dtype = _compute_dtype(log_q)
-  g = jax.random.gumbel(key, log_q.shape, jnp.float32).astype(dtype)
+  g = rng.gumbel(key, log_q.shape, jnp.float32).astype(dtype)
   x = log_q.astype(dtype) + g
   s = jax.nn.softmax(jnp.where(jnp.isneginf(log_q), -jnp.inf, x) / tau, axis=-1)
   return s, (s, tau, jnp.zeros((), log_q.dtype))

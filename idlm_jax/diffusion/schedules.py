@@ -5,6 +5,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from idlm_jax import rng
+
 
 @dataclasses.dataclass(frozen=True)
 class LogLinear:
@@ -31,13 +33,23 @@ def get_schedule(name: str, eps: float) -> LogLinear:
   raise ValueError(f"diffusion.schedule: unknown schedule {name!r} (known: 'loglinear')")
 
 
-def sample_t(key: jax.Array, n: int, eps: float, antithetic: bool = True) -> jax.Array:
-  """Training times in [eps, 1]; antithetic: t_i = ((u + i) / n mod 1)(1 - eps) + eps."""
+def sample_t(key: rng.Key, n: int, eps: float, antithetic: bool = True) -> jax.Array:
+  """Training times in [eps, 1]; antithetic: t_i = ((u + i) / n mod 1)(1 - eps) + eps.
+
+  With a RowKey (idlm_jax/rng.py) i is each row's global index and n the whole batch's
+  size, u one draw for the batch: a microbatch gets its rows' times of the full batch.
+  """
   if antithetic:
-    u = jax.random.uniform(key, ())
-    t = jnp.mod(u / n + jnp.arange(n) / n, 1.0)
+    u = jax.random.uniform(rng.shared(key), ())
+    if isinstance(key, rng.RowKey):
+      if key.size != n:
+        raise ValueError(f"sample_t: {n} times from a RowKey of {key.size} rows")
+      i, n = key.rows, key.total
+    else:
+      i = jnp.arange(n)
+    t = jnp.mod(u / n + i / n, 1.0)
   else:
-    t = jax.random.uniform(key, (n,))
+    t = rng.uniform(key, (n,))
   return t * (1.0 - eps) + eps
 
 

@@ -7,12 +7,14 @@ reference/teachers.md §2.4, §4.1-4.3, §8. K is the vocabulary size (every id 
 import jax
 import jax.numpy as jnp
 
+from idlm_jax import rng
+
 
 def q_xt(key: jax.Array, x0: jax.Array, alpha_t: jax.Array, vocab_size: int) -> jax.Array:
   """q(z_t | x) = Cat(alpha_t x + (1 - alpha_t)/K): resample uniformly w.p. 1 - alpha_t (§4.1)."""
-  k_move, k_tok = jax.random.split(key)
-  move = jax.random.uniform(k_move, x0.shape) < (1.0 - alpha_t)[:, None]
-  return jnp.where(move, jax.random.randint(k_tok, x0.shape, 0, vocab_size, x0.dtype), x0)
+  k_move, k_tok = rng.split(key)
+  move = rng.uniform(k_move, x0.shape) < (1.0 - alpha_t)[:, None]
+  return jnp.where(move, rng.randint(k_tok, x0.shape, 0, vocab_size, x0.dtype), x0)
 
 
 def nelbo_per_token(log_x_theta: jax.Array, zt: jax.Array, x0: jax.Array, alpha_t: jax.Array,
@@ -83,7 +85,7 @@ def gaussian_latent(key: jax.Array, x0: jax.Array, gamma: jax.Array, vocab_size:
   a = jnp.sqrt(jax.nn.sigmoid(-gamma))[:, None, None]
   s = jnp.sqrt(jax.nn.sigmoid(gamma))[:, None, None]
   onehot = (jnp.arange(vocab_size) == x0[..., None]).astype(jnp.float32)
-  return a * onehot + s * jax.random.normal(key, (*x0.shape, vocab_size), jnp.float32)
+  return a * onehot + s * rng.normal(key, (*x0.shape, vocab_size), jnp.float32)
 
 
 def relaxed_input(w: jax.Array, tau: float) -> jax.Array:

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from idlm_jax import rng
 from idlm_jax.models import dit, layers
 from idlm_jax.models.torch_pickle import ConversionError
 
@@ -121,7 +122,7 @@ class Discriminator(nnx.Module):
     rope = layers.rope_cos_sin(h.shape[1], self.hidden_size // self.n_heads, dit.ROPE_BASE)
     keys = [None] * len(self.blocks)
     if dropout_key is not None and self.dropout > 0.0:
-      keys = list(jax.random.split(dropout_key, len(self.blocks)))
+      keys = list(rng.split(dropout_key, len(self.blocks)))
     for block, key in zip(self.blocks, keys):
       h = layers.constrain(block(h, c, rope, dropout_key=key))
     return self.head(h)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from idlm_jax import rng
 from idlm_jax.models import layers
 from idlm_jax.models.torch_pickle import ConversionError
 
@@ -121,7 +122,7 @@ class DDiTBlock(nnx.Module):
     """x [B, L, d] float32 residual stream, c [B, cond] = SiLU(sigma_map(sigma))."""
     mods = self.adaLN_modulation(c)[:, None, :].astype(jnp.float32)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mods, 6, axis=-1)
-    key_attn, key_mlp = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    key_attn, key_mlp = (None, None) if dropout_key is None else rng.split(dropout_key)
 
     h = layers.modulate(self.norm1(x), shift_msa, scale_msa).astype(self.dtype)
     x = layers.gated_residual(x, gate_msa, self._attention(h, rope), self.dropout, key_attn)
@@ -243,7 +244,7 @@ class DIT(nnx.Module):
     rope = layers.rope_cos_sin(h.shape[1], self.head_dim, ROPE_BASE)
     keys = [None] * len(self.blocks)
     if dropout_key is not None and self.dropout > 0.0:
-      keys = list(jax.random.split(dropout_key, len(self.blocks)))
+      keys = list(rng.split(dropout_key, len(self.blocks)))
     run = nnx.remat(_run_block) if self.remat == "block" else _run_block
     for block, key in zip(self.blocks, keys):
       h = layers.constrain(run(block, h, c, rope, key))

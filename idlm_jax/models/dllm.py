@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from idlm_jax import rng
 from idlm_jax.models import layers
 
 ARCHS = ("llada", "dream")
@@ -297,7 +298,7 @@ class DecoderLayer(nnx.Module):
     out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask,
                                        scale=1.0 / math.sqrt(self.head_dim),
                                        implementation=impl)
-    key_attn, key_mlp = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    key_attn, key_mlp = (None, None) if dropout_key is None else rng.split(dropout_key)
     attn = self.o_proj(out.reshape(b, t, self.n_heads * self.head_dim))
     x = x + layers.dropout(attn, self.dropout, key_attn).astype(jnp.float32)
     h = self.mlp_norm(x).astype(self.dtype)
@@ -365,7 +366,7 @@ class DLLM(nnx.Module):
     rope = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
     keys = [None] * len(self.layers)
     if dropout_key is not None and self.dropout > 0.0:
-      keys = list(jax.random.split(dropout_key, len(self.layers)))
+      keys = list(rng.split(dropout_key, len(self.layers)))
     run = nnx.remat(_run_layer) if self.remat == "block" else _run_layer
     kv = []
     for i, (layer, key) in enumerate(zip(self.layers, keys)):

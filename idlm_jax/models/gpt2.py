@@ -32,6 +32,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from idlm_jax import rng
 from idlm_jax.models import layers
 from idlm_jax.models.readers import read_safetensors as _read_checked
 from idlm_jax.models.readers import write_safetensors  # noqa: F401 (the package's writer)
@@ -92,7 +93,7 @@ class Block(nnx.Module):
     self.mlp = MLP(d, n_layers, dtype, rngs)
 
   def __call__(self, x, dropout_key=None):
-    k1, k2 = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    k1, k2 = (None, None) if dropout_key is None else rng.split(dropout_key)
     x = x + layers.dropout(self.attn(self.ln_1(x)), self.dropout, k1)
     return x + layers.dropout(self.mlp(self.ln_2(x)), self.dropout, k2)
 
@@ -123,7 +124,7 @@ class GPT2(nnx.Module):
     x = self.wte.embedding[...][ids] + self.wpe.embedding[...][:length][None]
     keys = [None] * len(self.h)
     if dropout_key is not None and self.dropout > 0:
-      keys = list(jax.random.split(dropout_key, len(self.h)))
+      keys = list(rng.split(dropout_key, len(self.h)))
     for block, key in zip(self.h, keys):
       x = block(x, key)
     x = self.ln_f(x)

@@ -15,6 +15,8 @@ from flax import nnx
 from flax.core import spmd as core_spmd
 from jax.sharding import PartitionSpec
 
+from idlm_jax import rng
+
 FREQ_EMBED_SIZE = 256  # TimestepEmbedder frequency_embedding_size (MDLM default).
 ATTENTION_KINDS = ("auto", "xla", "cudnn")
 REMAT_KINDS = ("none", "block")
@@ -134,7 +136,7 @@ def dropout(x: jax.Array, rate: float, key: Optional[jax.Array]) -> jax.Array:
   """Inverted dropout with an explicit key; identity when key is None or rate == 0 (eval)."""
   if key is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  keep = rng.bernoulli(key, 1.0 - rate, x.shape)
   return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
 
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from idlm_jax.objectives import accumulate
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import TrainState, apply_gradients
 
@@ -27,17 +28,18 @@ def next_token_nll_sums(model, batch: dict, *, dropout_key=None) -> dict:
 def make(ctx: Context) -> Objective:
   """Pure train/eval steps for causal LM pretraining."""
   graphdef, tx, ema_decay = ctx.graphdef, ctx.tx, ctx.config.optim.ema
+  k = ctx.config.train.microbatches
 
   def loss_fn(params, batch, key):
     sums = next_token_nll_sums(nnx.merge(graphdef, params), batch, dropout_key=key)
-    return sums["nelbo_sum"] / jnp.maximum(sums["tokens"], 1.0), sums
+    return sums["nelbo_sum"] / jnp.maximum(sums["tokens"], 1.0), (sums["tokens"], {})
 
   def train_step(state: TrainState, frozen, batch: dict):
     del frozen
     key = jax.random.fold_in(state.key(), state.step)
-    with jax.named_scope("ar_loss"):
-      (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": sums["tokens"]}
+    with jax.named_scope("ar_loss"):  # dropout drawn row by row (rng.RowKey)
+      loss, tokens, grads, _ = accumulate.mean_grad(loss_fn, state.params, batch, key, k)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens}
     with jax.named_scope("optimizer"):
       return apply_gradients(state, grads, tx, ema_decay), metrics
 

@@ -26,11 +26,12 @@ import optax
 from flax import nnx
 
 from idlm_jax import fields as F
+from idlm_jax import rng
 from idlm_jax.diffusion import uniform
 from idlm_jax.diffusion.processes import valid_weights
 from idlm_jax.diffusion.schedules import sample_t
 from idlm_jax.fields import ConfigError, Field
-from idlm_jax.objectives import progressive
+from idlm_jax.objectives import accumulate, progressive
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import apply_gradients
 
@@ -77,7 +78,7 @@ def dcd_loss(net, transform, student_params, teacher_params, batch: dict, key: j
              delta: jax.Array, *, eps: float, antithetic: bool, kind: str, precision: str):
   """The DCD loss of one batch (student in train mode, teacher frozen). -> (loss, tokens)."""
   x0 = batch["input_ids"]
-  k_t, k_w, k_drop = jax.random.split(key, 3)
+  k_t, k_w, k_drop = rng.split(key, 3)
   t, s = trajectory_times(sample_t(k_t, x0.shape[0], eps, antithetic), delta)
   z_t, z_s = trajectory(k_w, x0, transform.gamma(t), transform.gamma(s), transform.vocab_size)
   sigma = lambda u: -jnp.log(transform.alpha(u))
@@ -98,6 +99,12 @@ def make(ctx: Context) -> Objective:
   loss_fn = functools.partial(dcd_loss, net, ctx.process.transform, eps=f.eps,
                               antithetic=f.antithetic, kind=d.divergence,
                               precision=d.loss_precision)
+  k = config.train.microbatches
+
+  def mean_loss(params, batch, key, teacher_params, delta):
+    loss, tokens = loss_fn(params, teacher_params, batch, key, delta)
+    return loss, (tokens, {})
+
   source = "ema_params" if d.teacher_ema else "params"
 
   def train_step(state, frozen, batch):
@@ -107,9 +114,9 @@ def make(ctx: Context) -> Objective:
     r = progressive.round_index(state.step, d.round_steps, d.num_rounds)
     delta = step_size(r, d.T)
     teacher = state.aux[progressive.ROUND_TEACHER]
-    with jax.named_scope("dcd_loss"):
-      (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, teacher.params, batch, key, delta)
+    with jax.named_scope("dcd_loss"):  # k microbatches, one update (accumulate.py)
+      loss, tokens, grads, _ = accumulate.mean_grad(mean_loss, state.params, batch, key, k,
+                                                    teacher.params, delta)
     state = apply_gradients(state, grads, tx, ema)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
                "round": r.astype(jnp.float32), "dt": delta}

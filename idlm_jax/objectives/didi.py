@@ -38,11 +38,13 @@ import optax
 from flax import nnx
 
 from idlm_jax import fields as F
+from idlm_jax import rng
 from idlm_jax.decoding import ancestral
 from idlm_jax.diffusion import categorical, mdlm
 from idlm_jax.diffusion.processes import valid_weights
 from idlm_jax.fields import Check, ConfigError, Field
 from idlm_jax.models import discriminator as disc_lib
+from idlm_jax.objectives import accumulate
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import AuxNet, apply_gradients, make_optimizer
 
@@ -103,7 +105,7 @@ ADV_EPS = 1e-8
 
 def sample_tau(key: jax.Array, n: int, a: float, b: float, lo: float, hi: float):
   """(tau [n], pi(tau) [n]): tau ~ Beta(a, b) clamped to [lo, hi]; pi is the Beta pdf (§2.2)."""
-  tau = jnp.clip(jax.random.beta(key, a, b, (n,)), lo, hi)
+  tau = jnp.clip(rng.beta(key, a, b, (n,)), lo, hi)
   return tau, jnp.exp(jax.scipy.stats.beta.logpdf(tau, a, b))
 
 
@@ -135,17 +137,24 @@ def group_advantages(rewards: jax.Array, group_size: int, clip: float) -> jax.Ar
   return jnp.clip(centred / (std + ADV_EPS), -clip, clip).reshape(-1)
 
 
-def smoothed_bce(logits: jax.Array, target: float, weights: jax.Array) -> jax.Array:
+def masked_mean(values: jax.Array, weights: jax.Array, count=None) -> jax.Array:
+  """sum(values * weights) / max(count, 1), count = sum(weights) unless given (a microbatch
+  divides by the whole batch's count: objectives/accumulate.py)."""
+  count = weights.sum() if count is None else count
+  return (values * weights).sum() / jnp.maximum(count, 1.0)
+
+
+def smoothed_bce(logits: jax.Array, target: float, weights: jax.Array, count=None) -> jax.Array:
   """Masked mean of BCE-with-logits softplus(d) - y d at smoothed label y."""
-  per = jax.nn.softplus(logits) - target * logits
-  return (per * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+  return masked_mean(jax.nn.softplus(logits) - target * logits, weights, count)
 
 
 def discriminator_loss(logits_real, masked_real, logits_fake, masked_fake,
-                       smoothing: float) -> jax.Array:
-  """L_D = 1/2 (BCE(real, 1 - s) + BCE(fake, s)), each over its masked positions (§1.2)."""
-  return 0.5 * (smoothed_bce(logits_real, 1.0 - smoothing, masked_real) +
-                smoothed_bce(logits_fake, smoothing, masked_fake))
+                       smoothing: float, counts=(None, None)) -> jax.Array:
+  """L_D = 1/2 (BCE(real, 1 - s) + BCE(fake, s)), each over its masked positions (§1.2);
+  counts: the whole batch's (real, fake) masked counts when this is a microbatch."""
+  return 0.5 * (smoothed_bce(logits_real, 1.0 - smoothing, masked_real, counts[0]) +
+                smoothed_bce(logits_fake, smoothing, masked_fake, counts[1]))
 
 
 def policy_gradient_loss(logp: jax.Array, weight: jax.Array, advantage: jax.Array) -> jax.Array:
@@ -153,18 +162,18 @@ def policy_gradient_loss(logp: jax.Array, weight: jax.Array, advantage: jax.Arra
   return -jnp.mean(jax.lax.stop_gradient(weight * advantage) * logp)
 
 
-def forward_kl(log_teacher: jax.Array, log_student: jax.Array, masked: jax.Array) -> jax.Array:
+def forward_kl(log_teacher: jax.Array, log_student: jax.Array, masked: jax.Array,
+               count=None) -> jax.Array:
   """Mean over masked positions of KL(teacher || student) = sum_v p_T (log p_T - log p_S);
-  the teacher is a constant (§2.3)."""
+  the teacher is a constant (§2.3). count: see masked_mean."""
   log_teacher = jax.lax.stop_gradient(log_teacher)
   kl = jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=-1)
-  return (kl * masked).sum() / jnp.maximum(masked.sum(), 1.0)
+  return masked_mean(kl, masked, count)
 
 
-def mean_entropy(log_p: jax.Array, masked: jax.Array) -> jax.Array:
+def mean_entropy(log_p: jax.Array, masked: jax.Array, count=None) -> jax.Array:
   """Mean categorical entropy -sum_v p log p over masked positions."""
-  ent = -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
-  return (ent * masked).sum() / jnp.maximum(masked.sum(), 1.0)
+  return masked_mean(-jnp.sum(jnp.exp(log_p) * log_p, axis=-1), masked, count)
 
 
 def ancestral_step(key, log_x0, x, alpha_t, alpha_s, mask_id: int,
@@ -197,19 +206,30 @@ def first_step_output(net, n: int, seq_len: int, mask_id: int, shared: bool) -> 
   return net(jnp.full((rows, seq_len), mask_id, jnp.int32), jnp.ones((rows,)))
 
 
+class RolloutNorms(NamedTuple):
+  """The whole batch's normalisers when a rollout is one microbatch of it: `fraction` of the
+  batch's rows it holds (every position is masked at t = 1) and the batch's number of masked
+  positions of x_tau (`masked_tau`, known after a forward pass over every microbatch)."""
+  fraction: jax.Array
+  masked_tau: jax.Array
+
+
 def student_rollout(student, teacher, key, tau, *, schedule, mask_id: int, seq_len: int,
                     t0: float, kl_hi: float = 0.0, kl_lo: float = 0.0,
                     student_2=None, shared_first: bool = False,
-                    precision: str = ROLLOUT_PRECISION) -> Rollout:
+                    precision: str = ROLLOUT_PRECISION, norms: RolloutNorms = None) -> Rollout:
   """The two-step rollout 1 -> tau -> t0 (§1.3). student/teacher(x, t) -> SUBS log x_theta
   [N, L, V]; teacher=None skips the KL terms; student_2 (default: student) runs the second
   step (the same network with another dropout draw). The teacher is deterministic, so its
   first-step output is computed on one row; `shared_first=True` does the same for the
   student (valid when it has no dropout): the values and gradients are those of N rows, the
-  first step's network work is 1/N. `precision`: the draws' categorical.DRAWS entry."""
+  first step's network work is 1/N. `precision`: the draws' categorical.DRAWS entry.
+  `norms`: the rollout is a microbatch and kl/entropy are its shares of the batch's means
+  (they add up over the microbatches)."""
   student_2 = student_2 or student
   n = tau.shape[0]
-  k1, k2 = jax.random.split(key)
+  k1, k2 = rng.split(key)
+  frac, count2 = (1.0, None) if norms is None else norms
   one, end = jnp.ones((n,)), jnp.full((n,), t0)
   x1 = jnp.full((n, seq_len), mask_id, jnp.int32)
   log1 = first_step_output(student, n, seq_len, mask_id, shared_first)
@@ -222,10 +242,11 @@ def student_rollout(student, teacher, key, tau, *, schedule, mask_id: int, seq_l
   m2 = (x_tau == mask_id).astype(jnp.float32)
   kl = jnp.zeros(())
   if teacher is not None and kl_hi:
-    kl += kl_hi * forward_kl(first_step_output(teacher, 1, seq_len, mask_id, True), log1, m1)
+    kl += kl_hi * frac * forward_kl(first_step_output(teacher, 1, seq_len, mask_id, True),
+                                    log1, m1)
   if teacher is not None and kl_lo:
-    kl += kl_lo * forward_kl(teacher(x_tau, tau), log2, m2)
-  entropy = 0.5 * (mean_entropy(log1, m1) + mean_entropy(log2, m2))
+    kl += kl_lo * forward_kl(teacher(x_tau, tau), log2, m2, count2)
+  entropy = 0.5 * (frac * mean_entropy(log1, m1) + mean_entropy(log2, m2, count2))
   return Rollout(x_tau, x0, logp1 + logp2, kl, entropy)
 
 
@@ -257,28 +278,36 @@ def _nonfinite(tree) -> jax.Array:
   return sum(jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(tree)).astype(jnp.float32)
 
 
-def discriminator_update(disc, disc_net, tx, labels, batch, key, smoothing: float,
+def discriminator_update(disc, disc_net, tx, labels, sides, key: rng.RowKey, smoothing: float,
                          nan_to_num: bool):
-  """One discriminator step on batch = (z_real, m_real, z_fake, m_fake, sigma): power iteration
-  of the spectral norms, then the BCE gradient of the leaves labelled "train" (the
-  frozen ones are stop-gradient inside the loss, so no backward runs through the frozen
-  blocks; the optimizer zeroes their updates). -> (NetState, metrics)."""
-  z_real, m_real, z_fake, m_fake, sigma = batch
+  """One discriminator step on sides = (z_real, m_real, z_fake, m_fake, sigma), k stacked
+  microbatches [k, rows, ...] (k = 1: the whole batch), `key` a RowKey whose rows are [k, rows]:
+  power iteration of the spectral norms, then the BCE gradient of the leaves labelled "train"
+  (the frozen ones are stop-gradient inside the loss, so no backward runs through the frozen
+  blocks; the optimizer zeroes their updates). Each microbatch's BCE sums are divided by the
+  whole batch's masked counts, so the summed gradient is the whole batch's. -> (NetState,
+  metrics)."""
   params = disc_lib.power_iterate_params(disc.params)
   frozen = jax.tree.map(lambda label: label == "frozen", labels)
-  k_r, k_f = jax.random.split(key)
+  counts = (sides[1].sum(), sides[3].sum())
 
-  def loss_fn(p):
-    p = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, frozen)
-    model = disc_net(p)
-    logits_real = model(z_real, sigma, dropout_key=k_r)
-    logits_fake = model(z_fake, sigma, dropout_key=k_f)
-    loss = discriminator_loss(logits_real, m_real, logits_fake, m_fake, smoothing)
-    acc = 0.5 * (((logits_real > 0) * m_real).sum() / jnp.maximum(m_real.sum(), 1.0) +
-                 ((logits_fake < 0) * m_fake).sum() / jnp.maximum(m_fake.sum(), 1.0))
-    return loss, acc
+  def one(x):
+    (z_real, m_real, z_fake, m_fake, sigma), rows = x
+    k_r, k_f = rng.split(key.replace(rows=rows))
 
-  (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    def loss_fn(p):
+      p = jax.tree.map(lambda x, f: jax.lax.stop_gradient(x) if f else x, p, frozen)
+      model = disc_net(p)
+      logits_real = model(z_real, sigma, dropout_key=k_r)
+      logits_fake = model(z_fake, sigma, dropout_key=k_f)
+      loss = discriminator_loss(logits_real, m_real, logits_fake, m_fake, smoothing, counts)
+      acc = 0.5 * (masked_mean((logits_real > 0).astype(jnp.float32), m_real, counts[0]) +
+                   masked_mean((logits_fake < 0).astype(jnp.float32), m_fake, counts[1]))
+      return loss, acc
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+  (loss, acc), grads = accumulate.sum_over(one, (sides, key.rows))
   metrics = {"disc_loss": loss, "disc_acc": acc, "disc_nonfinite": _nonfinite(grads)}
   grads = _nan_to_num(grads) if nan_to_num else grads
   disc = apply_gradients(disc.replace(params=params), grads, tx, 0.0)  # no EMA: RGAS reads params
@@ -316,55 +345,129 @@ def make(ctx: Context) -> Objective:
     return (jnp.repeat(batch["input_ids"], G, axis=0),
             jnp.repeat(valid_weights(batch), G, axis=0))
 
-  def train_step(state, frozen, batch):
-    key = jax.random.fold_in(state.key(), state.step)
-    k_tau, k_roll, k_drop, k_real, k_zr, k_zf, k_d = jax.random.split(key, 7)
-    n = batch["input_ids"].shape[0] * G
-    tau, pi = sample_tau(k_tau, n, d.tau_a, d.tau_b, d.tau_min, d.tau_max)
+  k = config.train.microbatches
+  KEYS = ("tau", "roll", "drop", "real", "zr", "zf", "d")
 
-    def rollout(params):
-      # every nnx model is built inside the traced function: with model.remat="block" the
-      # nnx.remat'd blocks must not belong to an outer trace level
-      teacher = log_probs(frozen["teacher"])
-      k_1, k_2 = jax.random.split(k_drop)  # residual dropout (train mode), one draw per step
-      r = student_rollout(log_probs(params, k_1), teacher, k_roll, tau, schedule=schedule,
-                          mask_id=mask_id, seq_len=seq_len, t0=d.t0, kl_hi=d.kl_hi,
-                          kl_lo=d.kl_lo, student_2=log_probs(params, k_2),
-                          shared_first=config.model.dropout == 0.0,
-                          precision=config.distill.train_draw)
-      reg = d.kl_beta * r.kl - d.entropy_beta * r.entropy
-      return (r.logp, reg), r
+  def step_keys(key, prompts, n):
+    """The step's keys (RowKeys) for the rollouts of the prompt rows `prompts` [..., m]:
+    prompt p's G rollouts are the rows p G, ..., p G + G - 1 of the n = B G (jnp.repeat's
+    order)."""
+    rows = prompts[..., None] * G + jnp.arange(G, dtype=jnp.int32)
+    rows = rows.reshape(*prompts.shape[:-1], -1)
+    return dict(zip(KEYS, rng.split(rng.row_key(key, rows, n), len(KEYS))))
 
-    with jax.named_scope("student_rollout"):
-      (logp, reg), vjp_fn, roll = jax.vjp(rollout, state.params, has_aux=True)
-    x_real, valid = real_rows(frozen, batch, k_real, n)
+  def rollout(params, frozen, ks, tau, norms=None):
+    # every nnx model is built inside the traced function: with model.remat="block" the
+    # nnx.remat'd blocks must not belong to an outer trace level
+    teacher = log_probs(frozen["teacher"])
+    k_1, k_2 = rng.split(ks["drop"])  # residual dropout (train mode), one draw per step
+    r = student_rollout(log_probs(params, k_1), teacher, ks["roll"], tau, schedule=schedule,
+                        mask_id=mask_id, seq_len=seq_len, t0=d.t0, kl_hi=d.kl_hi,
+                        kl_lo=d.kl_lo, student_2=log_probs(params, k_2),
+                        shared_first=config.model.dropout == 0.0,
+                        precision=config.distill.train_draw, norms=norms)
+    reg = d.kl_beta * r.kl - d.entropy_beta * r.entropy
+    return (r.logp, reg), r
+
+  def sides(frozen, batch, ks, tau, x0):
+    """(z_real, m_real, z_fake, m_fake, sigma): both sides noised to tau, their masks."""
+    x_real, valid = real_rows(frozen, batch, ks["real"], tau.shape[0])
     alpha = schedule.alpha(tau)
-    z_real = mdlm.q_xt(k_zr, x_real, alpha, mask_id)
-    z_fake = mdlm.q_xt(k_zf, roll.x0, alpha, mask_id)
+    z_real = mdlm.q_xt(ks["zr"], x_real, alpha, mask_id)
+    z_fake = mdlm.q_xt(ks["zf"], x0, alpha, mask_id)
     m_real = (z_real == mask_id) * valid
     m_fake = (z_fake == mask_id).astype(jnp.float32)
-    sigma = schedule.sigma(tau)
-    with jax.named_scope("discriminator_update"):
-      disc, d_metrics = discriminator_update(
-          state.aux["disc"], disc_net, d_tx, labels, (z_real, m_real, z_fake, m_fake, sigma),
-          k_d, d.label_smoothing, d.nan_to_num)
-    rewards = sequence_rewards(disc_net(disc.params)(z_fake, sigma), m_fake, d.reward_clip)
-    adv = group_advantages(rewards, G, d.advantage_clip)
+    return z_real, m_real, z_fake, m_fake, schedule.sigma(tau)
+
+  def rewards_and_weights(disc_params, z_fake, m_fake, sigma, tau, pi):
+    """(rewards r [N], omega [N], sg(omega A) [N]) under the updated discriminator."""
+    rewards = sequence_rewards(disc_net(disc_params)(z_fake, sigma), m_fake, d.reward_clip)
+    adv = group_advantages(rewards, G, d.advantage_clip)  # whole groups: one prompt's G rows
     omega = time_weight(schedule, tau, d.omega_min, d.omega_max,
                         pi if d.importance_weight else None)
-    coef = jax.lax.stop_gradient(omega * adv)
-    pg = policy_gradient_loss(logp, omega, adv)
+    return rewards, omega, jax.lax.stop_gradient(omega * adv)
+
+  def whole_batch(state, frozen, batch, key, n):
+    """k = 1: one rollout with its VJP kept for the student update."""
+    ks = step_keys(key, jnp.arange(batch["input_ids"].shape[0], dtype=jnp.int32), n)
+    tau, pi = sample_tau(ks["tau"], n, d.tau_a, d.tau_b, d.tau_min, d.tau_max)
+    with jax.named_scope("student_rollout"):
+      (logp, reg), vjp_fn, roll = jax.vjp(lambda p: rollout(p, frozen, ks, tau), state.params,
+                                          has_aux=True)
+    side = sides(frozen, batch, ks, tau, roll.x0)
+    with jax.named_scope("discriminator_update"):
+      disc, d_metrics = discriminator_update(
+          state.aux["disc"], disc_net, d_tx, labels, jax.tree.map(lambda x: x[None], side),
+          ks["d"].replace(rows=ks["d"].rows[None]), d.label_smoothing, d.nan_to_num)
+    rewards, omega, coef = rewards_and_weights(disc.params, side[2], side[3], side[4], tau, pi)
     with jax.named_scope("student_update"):
       (grads,) = vjp_fn((-coef / n, jnp.ones_like(reg)))
+    sums = {"pg": -jnp.sum(coef * logp) / n, "reg": reg, "kl": roll.kl,
+            "entropy": roll.entropy}
+    return disc, d_metrics, grads, sums, (rewards, omega, logp, tau)
+
+  def microbatched(state, frozen, batch, key, n):
+    """k > 1: (A) the rollouts forward, microbatch by microbatch, keeping both sides' noised
+    tokens; (B) one discriminator update on them; (C) each rollout again with its VJP (the
+    same keys: the same draws), rewards under the updated discriminator, gradients summed."""
+    m = batch["input_ids"].shape[0] // k
+    micro = accumulate.split(batch, k)
+    js = jnp.arange(k, dtype=jnp.int32)
+
+    def keys_tau(j):
+      ks = step_keys(key, accumulate.rows(j, k, m), n)
+      return ks, sample_tau(ks["tau"], m * G, d.tau_a, d.tau_b, d.tau_min, d.tau_max)
+
+    def forward(_, x):
+      j, mb = x
+      ks, (tau, _) = keys_tau(j)
+      roll = rollout(state.params, frozen, ks, tau)[1]
+      return None, (sides(frozen, mb, ks, tau, roll.x0),
+                    (roll.x_tau == mask_id).sum().astype(jnp.float32))
+
+    with jax.named_scope("student_rollout"):
+      _, (side, masked_tau) = jax.lax.scan(forward, None, (js, micro))
+    with jax.named_scope("discriminator_update"):  # its key's rows: [k, m G]
+      d_key = step_keys(key, accumulate.rows(js[:, None], k, m), n)["d"]
+      disc, d_metrics = discriminator_update(
+          state.aux["disc"], disc_net, d_tx, labels, side, d_key, d.label_smoothing,
+          d.nan_to_num)
+    norms = RolloutNorms(jnp.float32(1.0 / k), masked_tau.sum())
+
+    def student(x):
+      j, mb = x
+      ks, (tau, pi) = keys_tau(j)
+      (logp, reg), vjp_fn, roll = jax.vjp(lambda p: rollout(p, frozen, ks, tau, norms),
+                                          state.params, has_aux=True)
+      z_fake = mdlm.q_xt(ks["zf"], roll.x0, schedule.alpha(tau), mask_id)
+      m_fake = (z_fake == mask_id).astype(jnp.float32)
+      rewards, omega, coef = rewards_and_weights(disc.params, z_fake, m_fake,
+                                                 schedule.sigma(tau), tau, pi)
+      (grads,) = vjp_fn((-coef / n, jnp.ones_like(reg)))
+      sums = {"pg": -jnp.sum(coef * logp) / n, "reg": reg, "kl": roll.kl,
+              "entropy": roll.entropy}
+      per_row = jax.tree.map(lambda v: jnp.zeros((k, m * G), v.dtype).at[j].set(v),
+                             (rewards, omega, logp, tau))
+      return grads, sums, per_row
+
+    with jax.named_scope("student_update"):
+      grads, sums, per_row = accumulate.sum_over(student, (js, micro))
+    return disc, d_metrics, grads, sums, jax.tree.map(lambda v: v.reshape(-1), per_row)
+
+  def train_step(state, frozen, batch):
+    key = jax.random.fold_in(state.key(), state.step)
+    n = batch["input_ids"].shape[0] * G
+    disc, d_metrics, grads, sums, (rewards, omega, logp, tau) = (
+        whole_batch if k == 1 else microbatched)(state, frozen, batch, key, n)
     nonfinite = _nonfinite(grads)
     grads = _nan_to_num(grads) if d.nan_to_num else grads
     grad_norm = optax.tree.norm(grads)
     state = apply_gradients(state, grads, tx, ema)
     state = state.replace(aux={**state.aux, "disc": disc})
-    metrics = {"loss": pg + reg, "pg_loss": pg, "kl": roll.kl, "entropy": roll.entropy,
-               "reward": rewards.mean(), "reward_std": rewards.std(), "omega": omega.mean(),
-               "logp": logp.mean(), "grad_norm": grad_norm, "nonfinite": nonfinite,
-               "tau": tau.mean(),
+    metrics = {"loss": sums["pg"] + sums["reg"], "pg_loss": sums["pg"], "kl": sums["kl"],
+               "entropy": sums["entropy"], "reward": rewards.mean(),
+               "reward_std": rewards.std(), "omega": omega.mean(), "logp": logp.mean(),
+               "grad_norm": grad_norm, "nonfinite": nonfinite, "tau": tau.mean(),
                "tokens": jnp.float32(n * seq_len), **d_metrics}
     return state, metrics
 

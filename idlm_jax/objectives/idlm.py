@@ -28,8 +28,10 @@ import optax
 from flax import nnx
 
 from idlm_jax import fields as F
+from idlm_jax import rng
 from idlm_jax.diffusion.processes import PROCESSES, InverseParts, valid_weights
 from idlm_jax.fields import ConfigError, Field
+from idlm_jax.objectives import accumulate
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import apply_gradients
 
@@ -59,7 +61,7 @@ def _per_token(per_position: jax.Array, batch: dict):
 def fake_loss(proc: InverseParts, net, fake_params, student_params, batch: dict, key: jax.Array):
   """L(f, sg G): the teacher's loss of the fake model on re-noised student outputs, with the
   student frozen (no dropout) and the fake in train mode. -> (loss, tokens)."""
-  k_s, k_r, k_d = jax.random.split(key, 3)
+  k_s, k_r, k_d = rng.split(key, 3)
   G = jax.lax.stop_gradient(proc.student(net(student_params), batch, k_s, None))
   r = jax.tree.map(jax.lax.stop_gradient, proc.renoise(G, k_r))
   out = proc.output(_with_dropout(net(fake_params), k_d), r)
@@ -70,7 +72,7 @@ def inverse_loss(proc: InverseParts, net, student_params, fake_params, teacher_p
                  key: jax.Array):
   """L(f*, G) - L(f, G) on one batch (student in train mode; teacher and fake frozen: only
   student_params is differentiated). -> (loss, tokens)."""
-  k_s, k_r, k_d = jax.random.split(key, 3)
+  k_s, k_r, k_d = rng.split(key, 3)
   G = proc.student(net(student_params), batch, k_s, k_d)
   r = proc.renoise(G, k_r)
   out_teacher = proc.output(net(teacher_params), r)
@@ -95,8 +97,16 @@ def make(ctx: Context) -> Objective:
                           **({"lr": d.fake_lr} if d.fake_lr > 0 else {}))
   tx, ema = ctx.tx, c.optim.ema
   net = functools.partial(nnx.merge, ctx.graphdef)
-  fake_loss_fn = functools.partial(fake_loss, proc, net)
-  student_loss_fn = functools.partial(inverse_loss, proc, net)
+  k = c.train.microbatches
+
+  def fake_loss_fn(fake_params, batch, key, student_params):
+    loss, tokens = fake_loss(proc, net, fake_params, student_params, batch, key)
+    return loss, (tokens, {})
+
+  def student_loss_fn(student_params, batch, key, fake_params, teacher_params):
+    loss, tokens = inverse_loss(proc, net, student_params, fake_params, teacher_params, batch,
+                                key)
+    return loss, (tokens, {})
 
   def train_step(state, frozen, batches):
     batches = batches if isinstance(batches, tuple) else (batches,)
@@ -106,16 +116,16 @@ def make(ctx: Context) -> Objective:
     fake = state.aux["fake"]
     fake_losses, fake_norms = [], []
     for i in range(fake_steps):  # fake first, each on its own batch (§3.3)
-      with jax.named_scope("fake_update"):
-        (loss, _), grads = jax.value_and_grad(fake_loss_fn, has_aux=True)(
-            fake.params, state.params, batches[i], jax.random.fold_in(key, i))
+      with jax.named_scope("fake_update"):  # k microbatches, one update (accumulate.py)
+        loss, _, grads, _ = accumulate.mean_grad(fake_loss_fn, fake.params, batches[i],
+                                                 jax.random.fold_in(key, i), k, state.params)
         fake = apply_gradients(fake, grads, fake_tx, ema)
       fake_losses.append(loss)
       fake_norms.append(optax.tree.norm(grads))
     with jax.named_scope("student_update"):
-      (loss, tokens), grads = jax.value_and_grad(student_loss_fn, has_aux=True)(
-          state.params, fake.params, frozen["teacher"], batches[-1],
-          jax.random.fold_in(key, fake_steps))
+      loss, tokens, grads, _ = accumulate.mean_grad(
+          student_loss_fn, state.params, batches[-1], jax.random.fold_in(key, fake_steps), k,
+          fake.params, frozen["teacher"])
       state = apply_gradients(state, grads, tx, ema)
     state = state.replace(aux={**state.aux, "fake": fake})
     metrics = {"loss": loss, "inverse_loss": loss, "grad_norm": optax.tree.norm(grads),

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from idlm_jax.objectives import accumulate
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, chunk_error, register
 from idlm_jax.objectives.state import TrainState, apply_gradients
 
@@ -13,18 +14,19 @@ from idlm_jax.objectives.state import TrainState, apply_gradients
 def make(ctx: Context) -> Objective:
   """Pure train/eval steps of the process's teacher loss (per-token mean over valid tokens)."""
   proc, graphdef, tx, ema_decay = ctx.process, ctx.graphdef, ctx.tx, ctx.config.optim.ema
+  k = ctx.config.train.microbatches
 
   def loss_fn(params, batch, key, step):
     sums = proc.loss_sums(nnx.merge(graphdef, params), batch, key, train=True, step=step)
-    return sums["nelbo_sum"] / jnp.maximum(sums["tokens"], 1.0), sums
+    return sums["nelbo_sum"] / jnp.maximum(sums["tokens"], 1.0), (sums["tokens"], {})
 
   def train_step(state: TrainState, frozen, batch: dict):
     del frozen  # teacher pretraining reads no other network
     key = jax.random.fold_in(state.key(), state.step)
     with jax.named_scope("teacher_loss"):
-      (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key,
-                                                                      state.step)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": sums["tokens"]}
+      loss, tokens, grads, _ = accumulate.mean_grad(loss_fn, state.params, batch, key, k,
+                                                    state.step)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens}
     with jax.named_scope("optimizer"):
       return apply_gradients(state, grads, tx, ema_decay), metrics
 

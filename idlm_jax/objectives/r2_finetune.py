@@ -37,10 +37,12 @@ import optax
 from flax import nnx
 
 from idlm_jax import fields as F
+from idlm_jax import rng
 from idlm_jax.data import trajectories as traj_data
 from idlm_jax.decoding import r2 as r2_sampler, r2_rules
 from idlm_jax.diffusion import mdlm
 from idlm_jax.fields import Check, ConfigError, Field
+from idlm_jax.objectives import accumulate
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import apply_gradients
 
@@ -81,7 +83,7 @@ def sharpen_rule_ids(text: str) -> tuple[int, ...]:
 def sample_call(key: jax.Array, commit_step: jax.Array) -> jax.Array:
   """k ~ U{0, ..., K_b - 1} per row [B] (K_b = 1 + max_i s_i)."""
   calls = traj_data.num_calls(commit_step)
-  u = jax.random.uniform(key, calls.shape)
+  u = rng.uniform(key, calls.shape)
   return jnp.minimum(jnp.floor(u * calls), calls - 1).astype(jnp.int32)
 
 
@@ -120,25 +122,33 @@ def random_masks(key: jax.Array, commit_step: jax.Array, k: jax.Array) -> jax.Ar
   """The ablation masks="random": |M_k| positions drawn uniformly among the free ones (the
   trajectory's masked count, a random order: plain MDLM masking at the same noise levels)."""
   free = commit_step >= 0
-  u = jnp.where(free, jax.random.uniform(key, commit_step.shape), 2.0)
+  u = jnp.where(free, rng.uniform(key, commit_step.shape), 2.0)
   rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
   return free & (rank < (commit_step >= k[:, None]).sum(-1, keepdims=True))
 
 
-def trajectory_sums(model, batch: dict, key: jax.Array, *, schedule, mask_id: int,
-                    horizon: int, rule_ids: tuple, target: float, train: bool,
-                    masks: str = "trajectory") -> dict:
-  """Sample k per row, rebuild x_k, run the model once and return `loss_terms`' sums
-  (masks="random": the ablation with random masks of the same size, `random_masks`)."""
-  k_call, k_drop = jax.random.split(key)
+def trajectory_state(batch: dict, key: rng.Key, *, mask_id: int, masks: str = "trajectory"):
+  """(x_k, k, masked or None, dropout key) of each row: the call k ~ U{0..K_b - 1} and the
+  state the model sees (masks="random": the ablation's random masks of the same size)."""
+  k_call, k_drop = rng.split(key)
   x, steps = batch["input_ids"], batch["commit_step"]
   k = sample_call(k_call, steps)
   masked = None
   if masks == "random":
-    masked = random_masks(jax.random.fold_in(k_call, 1), steps, k)
+    masked = random_masks(rng.fold_in(k_call, 1), steps, k)
     xk = jnp.where(masked, mask_id, x).astype(jnp.int32)
   else:
     xk = traj_data.state_at(x, steps, k, mask_id).astype(jnp.int32)
+  return xk, k, masked, k_drop
+
+
+def trajectory_sums(model, batch: dict, key: rng.Key, *, schedule, mask_id: int,
+                    horizon: int, rule_ids: tuple, target: float, train: bool,
+                    masks: str = "trajectory") -> dict:
+  """Sample k per row, rebuild x_k, run the model once and return `loss_terms`' sums
+  (masks="random": the ablation with random masks of the same size, `random_masks`)."""
+  x, steps = batch["input_ids"], batch["commit_step"]
+  xk, k, masked, k_drop = trajectory_state(batch, key, mask_id=mask_id, masks=masks)
   t = jnp.clip(((steps >= k[:, None]).sum(-1) / jnp.maximum((steps >= 0).sum(-1), 1)),
                schedule.eps, 1.0).astype(jnp.float32)  # the state's noise level ~ m_k
   logits = model(xk, schedule.sigma(t), dropout_key=k_drop if train else None)
@@ -147,26 +157,43 @@ def trajectory_sums(model, batch: dict, key: jax.Array, *, schedule, mask_id: in
                     target=target, masked=masked)
 
 
+def trajectory_counts(batch: dict, key: rng.Key, *, mask_id: int, horizon: int,
+                      rule_ids: tuple, masks: str = "trajectory") -> dict:
+  """The normalisers of `combine` ("tokens", "early", "masked") without running the model:
+  they depend on the drawn calls only (the whole batch's, before its microbatches run)."""
+  steps = batch["commit_step"]
+  _, k, masked, _ = trajectory_state(batch, key, mask_id=mask_id, masks=masks)
+  sums = loss_terms(jnp.zeros(steps.shape, jnp.float32), steps, batch["commit_rule"], k,
+                    horizon=horizon, rule_ids=rule_ids, target=1.0, masked=masked)
+  return {name: sums[name] for name in ("tokens", "early", "masked")}
+
+
 def make(ctx: Context) -> Objective:
-  """Train on recorded trajectories; validate with the MDLM NELBO on the real split."""
+  """Train on recorded trajectories; validate with the MDLM NELBO on the real split.
+
+  With train.microbatches = k the normalisers of `combine` (|free| and |E| of the whole batch)
+  come first from `trajectory_counts`; each microbatch's sums are divided by them and the
+  gradients add up (objectives/accumulate.py)."""
   config = ctx.config
   r = config.distill.r2ft
+  shared = dict(mask_id=ctx.mask_id, horizon=int(r.horizon),
+                rule_ids=sharpen_rule_ids(r.sharpen_rules), masks=r.masks)
   sums_fn = functools.partial(trajectory_sums, schedule=ctx.process.schedule,
-                              mask_id=ctx.mask_id, horizon=int(r.horizon),
-                              rule_ids=sharpen_rule_ids(r.sharpen_rules),
-                              target=float(r.sharpen_target), train=True, masks=r.masks)
+                              target=float(r.sharpen_target), train=True, **shared)
   lam = float(r.sharpen_weight)
   graphdef, tx, ema = ctx.graphdef, ctx.tx, config.optim.ema
+  n_micro = config.train.microbatches
 
-  def loss_fn(params, batch, key):
+  def loss_fn(params, batch, key, norms):
     sums = sums_fn(nnx.merge(graphdef, params), batch, key)
-    return combine(sums, lam), sums
+    return combine({**sums, "tokens": norms["tokens"], "early": norms["early"]}, lam), sums
 
   def train_step(state, frozen, batch):
     del frozen  # the teacher is only the initial model
     key = jax.random.fold_in(state.key(), state.step)
+    norms = trajectory_counts(batch, rng.all_rows(key, accumulate.batch_size(batch)), **shared)
     with jax.named_scope("trajectory_loss"):
-      (loss, s), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+      (loss, s), grads = accumulate.sum_grad(loss_fn, state.params, batch, key, n_micro, norms)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": s["tokens"],
                "traj_nelbo": s["nelbo_sum"] / jnp.maximum(s["tokens"], 1.0),
                "sharpen": s["sharpen_sum"] / jnp.maximum(s["early"], 1.0),

@@ -30,12 +30,13 @@ import optax
 from flax import nnx
 
 from idlm_jax import fields as F
+from idlm_jax import rng
 from idlm_jax.diffusion import categorical, mdlm
 from idlm_jax.diffusion.mdlm import masked_posterior_logits
 from idlm_jax.diffusion.processes import valid_weights
 from idlm_jax.diffusion.schedules import sample_t
 from idlm_jax.fields import ConfigError, Field
-from idlm_jax.objectives import progressive
+from idlm_jax.objectives import accumulate, progressive
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import apply_gradients
 
@@ -96,7 +97,7 @@ def teacher_targets(log_probs_fn, key: jax.Array, xt: jax.Array, t: jax.Array, d
     log_x0 = log_probs_fn(x, t_i)
     logits = masked_posterior_logits(log_x0, schedule.alpha(t_i)[:, None, None],
                                      schedule.alpha(s_i)[:, None, None], mask_id, jnp.float32)
-    draw = categorical.sample_categorical(jax.random.fold_in(key, i), logits, precision)
+    draw = categorical.sample_categorical(rng.fold_in(key, i), logits, precision)
     x_next = jnp.where(x == mask_id, draw, x)
     updated = x_next != x
     target = jnp.where(updated[..., None], log_x0, 0.0 if target is None else target)
@@ -110,7 +111,7 @@ def sdtt_loss(net, student_params, teacher_params, batch: dict, key: jax.Array, 
               kind: str, precision: str):
   """The SDTT loss of one batch (student in train mode, teacher frozen). -> (loss, tokens)."""
   x0 = batch["input_ids"]
-  k_t, k_x, k_teacher, k_drop = jax.random.split(key, 4)
+  k_t, k_x, k_teacher, k_drop = rng.split(key, 4)
   t = sample_t(k_t, x0.shape[0], t_min, antithetic)
   xt = mdlm.q_xt(k_x, x0, schedule.alpha(t), mask_id)
   teacher = net(teacher_params)
@@ -134,6 +135,12 @@ def make(ctx: Context) -> Objective:
   loss_fn = functools.partial(sdtt_loss, net, schedule=schedule, mask_id=mask_id, t_min=t_min,
                               num_steps=s.num_distill_steps, antithetic=f.antithetic,
                               kind=s.divergence, precision=s.loss_precision)
+  k = config.train.microbatches
+
+  def mean_loss(params, batch, key, teacher_params, dt):
+    loss, tokens = loss_fn(params, teacher_params, batch, key, dt)
+    return loss, (tokens, {})
+
   source = "ema_params" if s.use_ema_on_growth else "params"
 
   def train_step(state, frozen, batch):
@@ -144,9 +151,9 @@ def make(ctx: Context) -> Objective:
     r = progressive.round_index(state.step, s.round_steps, s.num_rounds)
     dt = teacher_dt(r, s.orig_steps, s.num_distill_steps, t_min)
     teacher = state.aux[progressive.ROUND_TEACHER]
-    with jax.named_scope("sdtt_loss"):
-      (loss, tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, teacher.params, batch, key, dt)
+    with jax.named_scope("sdtt_loss"):  # k microbatches, one update (accumulate.py)
+      loss, tokens, grads, _ = accumulate.mean_grad(mean_loss, state.params, batch, key, k,
+                                                    teacher.params, dt)
     state = apply_gradients(state, grads, tx, ema)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
                "round": r.astype(jnp.float32), "student_dt": s.num_distill_steps * dt}

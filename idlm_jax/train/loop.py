@@ -94,12 +94,18 @@ class Hook(Protocol):
 
 
 def check_batch_sizes(config, mesh) -> None:
+  """Every batch splits evenly over the devices along the batch axes, and each device's rows
+  of a train batch into train.microbatches (objectives/accumulate.py)."""
   divisor = parallel.batch_divisor(mesh)
   for field in ("train.global_batch_size", "eval.batch_size", "sample.batch_size"):
     section, name = field.split(".")
     if config[section][name] % divisor:
       raise ConfigError(f"config.{field}: {config[section][name]} is not a multiple of the "
                         f"{divisor} devices along the batch axes")
+  k, batch = config.train.microbatches, config.train.global_batch_size
+  if batch % (divisor * k):
+    raise ConfigError(f"config.train.microbatches: global_batch_size {batch} is not a multiple "
+                      f"of devices x microbatches = {divisor} x {k} = {divisor * k}")
 
 
 def make_objective(config, graphdef, tx, tokenizer):

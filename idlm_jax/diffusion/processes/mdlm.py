@@ -4,6 +4,7 @@
 import jax
 import jax.numpy as jnp
 
+from idlm_jax import rng
 from idlm_jax.diffusion import mdlm, relax, sedd
 from idlm_jax.diffusion.processes.base import InverseParts, Process, Renoised, valid_weights
 from idlm_jax.diffusion.schedules import get_schedule, sample_t
@@ -49,7 +50,7 @@ class MDLM(Process):
     s, mask_id = self.schedule, self.mask_id
     x0 = batch["input_ids"]
     valid = valid_weights(batch)
-    k_t, k_mask, k_drop = jax.random.split(key, 3)
+    k_t, k_mask, k_drop = rng.split(key, 3)
     t = sample_t(k_t, x0.shape[0], s.eps, self.antithetic)
     alpha, dalpha = s.alpha(t), s.dalpha(t)
     xt = mdlm.q_xt(k_mask, x0, alpha, mask_id)
@@ -82,7 +83,7 @@ class MDLM(Process):
   def student_x0(self, model, batch, key, dropout_key):
     """G: the SUBS x_theta of noised real data (one-hot where unmasked) [B, L, V]."""
     x0 = batch["input_ids"]
-    k_t, k_x = jax.random.split(key)
+    k_t, k_x = rng.split(key)
     t = sample_t(k_t, x0.shape[0], self.schedule.eps, True)
     xt = self.q_xt(k_x, x0, t)
     logits = model(xt, self.schedule.sigma(t), dropout_key=dropout_key)
@@ -98,7 +99,7 @@ class MDLM(Process):
     schedule, mask_id = self.schedule, self.mask_id
 
     def renoise(G, key):
-      k_t, k_x = jax.random.split(key)
+      k_t, k_x = rng.split(key)
       t = sample_t(k_t, G.shape[0], schedule.eps, True)
       alpha = schedule.alpha(t)
       weight = mdlm.nelbo_weight(alpha, schedule.dalpha(t))

@@ -4,6 +4,7 @@ teachers.md §3), and IDLM's pieces for absorbing SEDD (reference/idlm.md §2.5,
 import jax
 import jax.numpy as jnp
 
+from idlm_jax import rng
 from idlm_jax.diffusion import mdlm, relax, sedd, uniform
 from idlm_jax.diffusion.processes.base import InverseParts, Process, valid_weights
 from idlm_jax.diffusion.processes.mdlm import MDLM, _tokens_masked
@@ -55,7 +56,7 @@ class SEDD(Process):
     s = self.schedule
     x0 = batch["input_ids"]
     valid = valid_weights(batch)
-    k_t, k_x, k_drop = jax.random.split(key, 3)
+    k_t, k_x, k_drop = rng.split(key, 3)
     t = sample_t(k_t, x0.shape[0], s.eps, self.antithetic)
     sigma = s.sigma(t)
     dsigma = -s.dalpha(t) / s.alpha(t)  # d sigma/dt = (1-eps)/(1-(1-eps)t)
@@ -85,7 +86,7 @@ class SEDD(Process):
 
     def student(model, batch, key, dropout_key):
       x0 = batch["input_ids"]
-      k_t, k_x = jax.random.split(key)
+      k_t, k_x = rng.split(key)
       t = sample_t(k_t, x0.shape[0], schedule.eps, True)
       sigma = schedule.sigma(t)
       xt = mdlm.q_xt(k_x, x0, schedule.alpha(t), mask_id)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from idlm_jax import fields as F
+from idlm_jax import rng
 from idlm_jax.diffusion import duo_integral, relax, uniform
 from idlm_jax.diffusion.processes.base import InverseParts, Process, Renoised, valid_weights
 from idlm_jax.diffusion.schedules import get_schedule, sample_t
@@ -77,7 +78,7 @@ class UDLM(Process):
     s = self.schedule
     x0 = batch["input_ids"]
     valid = valid_weights(batch)
-    k_t, k_x, k_drop = jax.random.split(key, 3)
+    k_t, k_x, k_drop = rng.split(key, 3)
     t = sample_t(k_t, x0.shape[0], s.eps, self.antithetic)
     alpha, dalpha = s.alpha(t), s.dalpha(t)
     zt = uniform.q_xt(k_x, x0, alpha, model.vocab_size)
@@ -99,7 +100,7 @@ class UDLM(Process):
 
     def student(model, batch, key, dropout_key):
       x0 = batch["input_ids"]
-      k_t, k_w = jax.random.split(key)
+      k_t, k_w = rng.split(key)
       t = sample_t(k_t, x0.shape[0], eps, True)
       w = uniform.gaussian_latent(k_w, x0, transform.gamma(t), k)
       logits = model(uniform.relaxed_input(w, tau), -jnp.log(transform.alpha(t)),
@@ -107,10 +108,10 @@ class UDLM(Process):
       return relax.simplex(logits)  # "mean" parameterization: x_theta over all K states
 
     def renoise(G, key):
-      k_t, k_xi = jax.random.split(key)
+      k_t, k_xi = rng.split(key)
       t = sample_t(k_t, G.shape[0], eps, True)
       alpha_tilde = jnp.sqrt(jax.nn.sigmoid(-transform.gamma(t)))
-      xi = jax.random.normal(k_xi, G.shape, jnp.float32)
+      xi = rng.normal(k_xi, G.shape, jnp.float32)
       soft, z = relax.duo_soft_input(G, alpha_tilde, xi, tau, stop_path)
       alpha = transform.alpha(t)
       return Renoised(soft, z, -jnp.log(alpha), alpha, (alpha, transform.dalpha(t)))
@@ -166,7 +167,7 @@ class Duo(UDLM):
     transform = self.transform
     x0 = batch["input_ids"]
     valid = valid_weights(batch)
-    k_t, k_w, k_drop = jax.random.split(key, 3)
+    k_t, k_w, k_drop = rng.split(key, 3)
     t = sample_t(k_t, x0.shape[0], self.schedule.eps, self.antithetic)
     w = uniform.gaussian_latent(k_w, x0, transform.gamma(t), transform.vocab_size)
     zt = jnp.argmax(w, axis=-1).astype(x0.dtype)

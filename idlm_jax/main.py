@@ -31,11 +31,12 @@ from idlm_jax.data.sources import DataNotFoundError  # noqa: E402
 from idlm_jax.evals import modes  # noqa: E402
 from idlm_jax.fields import ConfigError  # noqa: E402
 from idlm_jax.models.readers import ConversionError  # noqa: E402
-from idlm_jax.train import checkpoint  # noqa: E402
+from idlm_jax.train import checkpoint, workdir_lock  # noqa: E402
 
 log = py_logging.getLogger("idlm_jax")
 # errors that are the user's input, not a bug: one line, no traceback (unless --verbose)
-USER_ERRORS = (ConfigError, ConversionError, DataNotFoundError, FileNotFoundError)
+USER_ERRORS = (ConfigError, ConversionError, DataNotFoundError, FileNotFoundError,
+               workdir_lock.WorkdirBusyError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file, e.g. configs/demo.py[:variant]; fields are "
@@ -119,12 +120,14 @@ def run(config, workdir, devices=None):
   """Validate `config`, then run its mode on `workdir` (a `loop.Run` with its results).
 
   distill.teacher = "scratch:<config spec>" first trains that teacher into <workdir>/teacher
-  (resuming it if interrupted) and distils it."""
+  (resuming it if interrupted) and distils it. The workdir is locked for the whole run
+  (train/workdir_lock.py): a second job on it stops at once, naming the first."""
   config_lib.validate(config)
-  if objectives.get(config.objective).teacher and \
-      config.distill.teacher.startswith("scratch:"):
-    config = teacher_from_scratch(config, workdir, devices)
-  return modes.MODES[config.mode](config, workdir, devices)
+  with workdir_lock.hold(workdir):
+    if objectives.get(config.objective).teacher and \
+        config.distill.teacher.startswith("scratch:"):
+      config = teacher_from_scratch(config, workdir, devices)
+    return modes.MODES[config.mode](config, workdir, devices)
 
 
 def teacher_from_scratch(config, workdir, devices=None):

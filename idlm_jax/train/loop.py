@@ -152,7 +152,7 @@ def build(config, workdir, devices=None, *, datasets: Optional[bool] = None,
   ckpt = checkpoint.Checkpointer(workdir / ("best" if best else "checkpoints"),
                                  every=config.ckpt.every, keep=config.ckpt.keep,
                                  async_save=config.ckpt.async_save)
-  writer = metrics.MetricWriter(workdir, tensorboard=config.log.tensorboard)
+  writer = metrics.MetricWriter(workdir, tensorboard=config.log.tensorboard, mode=config.mode)
   run = Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, graphdef=graphdef,
             state=state, shardings=shardings, objective=objective, process=process, ckpt=ckpt,
             writer=writer, train_iter=train_iter, val_split=val_split, frozen=frozen)

@@ -17,6 +17,7 @@ traceback. `--help` lists the shipped configs with their variants.
 
 import logging as py_logging
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -36,7 +37,7 @@ from idlm_jax.train import checkpoint, workdir_lock  # noqa: E402
 log = py_logging.getLogger("idlm_jax")
 # errors that are the user's input, not a bug: one line, no traceback (unless --verbose)
 USER_ERRORS = (ConfigError, ConversionError, DataNotFoundError, FileNotFoundError,
-               workdir_lock.WorkdirBusyError)
+               workdir_lock.WorkdirBusyError, checkpoint.CheckpointError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file, e.g. configs/demo.py[:variant]; fields are "
@@ -88,12 +89,27 @@ def main(argv):
     config = config_lib.load_config(FLAGS.config, OVERRIDES)  # fails naming the bad field
     log.info("JAX %s, %d devices (%s), process %d/%d", jax.__version__, jax.device_count(),
              jax.devices()[0].platform, jax.process_index(), jax.process_count())
-    run(config, FLAGS.workdir)
+    result = run(config, FLAGS.workdir)
+  except checkpoint.CheckpointSaveError as e:
+    # orbax's background save threads would wait out their 300 s barrier before the process
+    # could exit: a failed save ends the process now, with the path and the cause
+    print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
   except USER_ERRORS as e:
     if verbose:
       raise
     print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
+  stopped = stopped_by(result)
+  if stopped:  # SIGTERM / SIGINT: checkpoint saved; exit as a signalled process would
+    sys.exit(128 + int(getattr(signal.Signals, stopped)))
+
+
+def stopped_by(run_result) -> str:
+  """The signal name ("SIGTERM") if the run stopped on a signal (checkpoint saved), else ""."""
+  train = getattr(run_result, "results", {}).get("train", {})
+  return train.get("stopped_by", "") if isinstance(train, dict) else ""
 
 
 def one_line(error: BaseException) -> str:
@@ -126,22 +142,27 @@ def run(config, workdir, devices=None):
   with workdir_lock.hold(workdir):
     if objectives.get(config.objective).teacher and \
         config.distill.teacher.startswith("scratch:"):
-      config = teacher_from_scratch(config, workdir, devices)
+      config, stopped = teacher_from_scratch(config, workdir, devices)
+      if stopped is not None:
+        return stopped
     return modes.MODES[config.mode](config, workdir, devices)
 
 
 def teacher_from_scratch(config, workdir, devices=None):
   """Train the teacher config named by distill.teacher="scratch:<spec>" into
-  <workdir>/teacher (unless finished), return the config pointing at it."""
+  <workdir>/teacher (unless finished); returns (the config pointing at it, None), or
+  (None, the teacher's run) when a signal stopped its training."""
   spec = config.distill.teacher[len("scratch:"):]
   teacher_dir = checkpoint.as_path(workdir) / "teacher"
   if not (teacher_dir / "results.json").is_file():  # written when the teacher run finished
     log.info("distill.teacher: training the teacher %s into %s first", spec, teacher_dir)
-    run(config_lib.load_config(spec, [f"data.cache_dir={config.data.cache_dir}"]), teacher_dir,
-        devices)
+    teacher = run(config_lib.load_config(spec, [f"data.cache_dir={config.data.cache_dir}"]),
+                  teacher_dir, devices)
+    if stopped_by(teacher):
+      return None, teacher  # stopped by a signal: the teacher resumes on the next run
   config = ml_collections.ConfigDict(config.to_dict())
   config.distill.teacher = str(teacher_dir)
-  return config
+  return config, None
 
 
 def distributed_args(coordinator_address, num_processes, process_id, environ) -> dict:

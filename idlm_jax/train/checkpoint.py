@@ -133,9 +133,8 @@ class Checkpointer:
     return started
 
   def _save_error(self, step: Optional[int], error: BaseException) -> CheckpointSaveError:
-    where = self.directory if step is None else self.step_path(step)
-    return CheckpointSaveError(f"saving the checkpoint of step {step} to {where} failed: "
-                               f"{one_line(error)}")
+    return CheckpointSaveError(f"saving a checkpoint to {self.directory} failed (step "
+                               f"{step}): {one_line(error)}")
 
   def check(self) -> None:
     """Raise CheckpointSaveError now if a background (asynchronous) save has failed, rather

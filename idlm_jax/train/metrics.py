@@ -64,6 +64,7 @@ class MetricWriter:
       values = {k: v for k, v in values.items() if k not in logged}
       if not values:
         return
+      logged.update(values)
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
     if not isinstance(self._jsonl, _RemoteLog):  # (that one syncs every REMOTE_SYNC_S)
       self._jsonl.flush()

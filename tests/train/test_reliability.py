@@ -265,6 +265,32 @@ def test_cli_second_job_refused_sigterm_saves_and_resume_continues(tmp_path, cac
   assert sorted({s for s, k in pairs if k == "train/loss"}) == list(range(1, stopped + 3))
 
 
+@pytest.mark.slow
+def test_kill_9_during_saves_leaves_only_finished_checkpoints(tmp_path, cache):
+  """Atomic checkpoints: a process killed (SIGKILL, no handler runs) while it saves every step
+  asynchronously leaves at most an unfinished temporary folder, which resume ignores: the
+  newest finished step restores without any fallback, and training continues from it."""
+  work = tmp_path / "run"
+  proc = _cli(work, "train.steps=100000", "ckpt.every=1", "ckpt.keep=3",
+              "ckpt.async_save=True", cache=cache)
+  try:
+    for _ in range(900):
+      time.sleep(0.2)
+      if (work / "checkpoints").is_dir() and len(os.listdir(work / "checkpoints")) >= 3:
+        break
+    time.sleep(0.7)  # mid-training: with a save every step, most instants are inside one
+  finally:
+    proc.kill()
+    proc.communicate()
+  finished = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+  assert finished, os.listdir(work / "checkpoints")
+  resume = _cli(work, f"train.steps={finished[-1] + 1}", cache=cache)
+  _, err = resume.communicate(timeout=300)
+  assert resume.returncode == 0, err[-2000:]
+  assert f"at step {finished[-1]} (saved" in err and "does not restore" not in err
+  assert "ended without releasing its lock" in err  # the killed run's lock: taken over
+
+
 # ------------------------------------------------------------------ 3. a failed save
 
 

@@ -21,6 +21,7 @@ from idlm_jax import config as config_lib
 from idlm_jax import main
 from idlm_jax.fields import ConfigError
 from idlm_jax.train import checkpoint, loop, metrics, workdir_lock
+from tests.train.test_workdir_urls import gs_on_disk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = "configs/demo_teacher.py:smoke"
@@ -119,6 +120,34 @@ def test_stale_lock_records_on_object_stores(tmp_path):
   if me["start_ticks"] is not None:  # a reused pid: same number, a later start time
     assert workdir_lock.is_alive({**me, "start_ticks": me["start_ticks"] - 1}) is False
   assert workdir_lock.is_alive({**me, "host": "another-host"}) is None
+
+
+def test_lock_and_metrics_truncation_on_an_object_store(tmp_path):
+  """gs:// workdirs (served from a local folder): the pid/host lock file, and metrics.jsonl
+  truncated at a resume through the whole-file writer object stores need."""
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  with gs_on_disk(tmp_path):
+    lock = workdir_lock.WorkdirLock("gs://bucket/run")
+    lock.acquire()
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=f"pid {os.getpid()} on "):
+      workdir_lock.WorkdirLock("gs://bucket/run").acquire()
+    lock.release()
+    assert not lock.path.exists()
+    record = {**workdir_lock.owner_record(), "pid": dead.pid}
+    lock.path.write_text(json.dumps(record))
+    lock.acquire()  # a dead process's record on this host: stale, taken over
+    lock.release()
+    lock.path.write_text(json.dumps({**record, "host": "another-host"}))
+    with pytest.raises(workdir_lock.WorkdirBusyError, match=r"if it is gone, remove gs://"):
+      lock.acquire()
+    writer = metrics.MetricWriter("gs://bucket/run", tensorboard=False)
+    for step in (1, 2, 3):
+      writer.scalars(step, {"train/loss": float(step)})
+    assert writer.truncate_after(1) == 2
+    writer.scalars(2, {"train/loss": 5.0})
+    writer.close()
+  assert _steps(tmp_path / "bucket" / "run") == [1, 2]
 
 
 # ------------------------------------------------------------------ 2. fallback past damage

@@ -238,7 +238,7 @@ class _Signal:
     os.kill(os.getpid(), self.signum)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_finishes_the_step_saves_and_resume_continues(tmp_path, cache, signum, caplog):
   before = signal.getsignal(signum)
   cfg = _config(cache, "ckpt.every=100", "train.steps=8")

@@ -221,26 +221,28 @@ def _reference_step(run, state, batch):
   rows = len(batch["input_ids"]) // n
   host = jax.device_get(state)
 
-  def with_reduction(reduce):
-    def step(state, batch):
-      seen = []
-      def hook(grads):
-        seen.append(grads)
-        return reduce(grads)
-      with state_lib.gradient_reduction(hook), nnx.logical_axis_rules(()):
-        new_state, _ = run.objective.train_step(state, None, batch)
-      return new_state, seen[0]
-    return jax.jit(step)
+  @jax.jit
+  def step(state, batch, mean):
+    """One step on `batch`; the optimizer gets `mean` (None: this batch's own gradient)."""
+    seen = []
+
+    def hook(grads):
+      seen.append(grads)
+      return grads if mean is None else mean
+
+    with state_lib.gradient_reduction(hook), nnx.logical_axis_rules(()):
+      new_state, _ = run.objective.train_step(state, None, batch)
+    return new_state, seen[0]
 
   def device(i):
     key = jax.random.fold_in(jax.random.wrap_key_data(host.rng), i)
     part = {k: v[i * rows:(i + 1) * rows] for k, v in batch.items()}
     return host.replace(rng=jax.random.key_data(key)), part
 
-  grads = [jax.device_get(with_reduction(lambda g: g)(*device(i))[1]) for i in range(n)]
+  grads = [jax.device_get(step(*device(i), None)[1]) for i in range(n)]
   mean = jax.tree.map(lambda *g: np.mean(np.stack(g), axis=0, dtype=np.float64)
                       .astype(np.float32), *grads)
-  new_state, _ = with_reduction(lambda g: mean)(*device(0))
+  new_state, _ = step(*device(0), mean)
   return jax.device_get(new_state.replace(rng=host.rng)), grads
 
 
@@ -267,6 +269,13 @@ def _distinct_rows_step(tmp_path, cache):
   return run, batch, reference, grads
 
 
+@pytest.fixture(scope="module")
+def distinct_rows(tmp_path_factory, cache):
+  """(pmap run, its first batch: 2 distinct rows per device, the reference state after one
+  step, the 8 per-device gradients), shared by the two tests below."""
+  return _distinct_rows_step(tmp_path_factory.mktemp("distinct"), cache)
+
+
 def _pmap_step(run, batch):
   step = jax.jit(parallel.pmap_train_step(run.objective.train_step, run.mesh),
                  in_shardings=(run.shardings, None, parallel.batch_sharding(run.mesh)),
@@ -276,8 +285,8 @@ def _pmap_step(run, batch):
   return state
 
 
-def test_pmap_distinct_rows_and_noise_per_device_equals_the_mean_gradient(tmp_path, cache):
-  run, batch, reference, grads = _distinct_rows_step(tmp_path, cache)
+def test_pmap_distinct_rows_and_noise_per_device_equals_the_mean_gradient(distinct_rows):
+  run, batch, reference, grads = distinct_rows
   init = jax.device_get(run.state)
   state = _pmap_step(run, batch)
   assert _moment_violation(run, state, reference, grads) <= 1.0
@@ -287,10 +296,10 @@ def test_pmap_distinct_rows_and_noise_per_device_equals_the_mean_gradient(tmp_pa
   assert spread > 0.1
 
 
-def test_pmap_without_the_gradient_pmean_fails(tmp_path, cache, monkeypatch):
+def test_pmap_without_the_gradient_pmean_fails(distinct_rows, monkeypatch):
   """The same comparison with the all-reduce deliberately dropped: each device applies its
   own gradient, and the comparison must fail (by far)."""
-  run, batch, reference, grads = _distinct_rows_step(tmp_path, cache)
+  run, batch, reference, grads = distinct_rows
   init = jax.device_get(run.state)
   monkeypatch.setattr(state_lib, "gradient_reduction",
                       lambda reduce: contextlib.nullcontext())

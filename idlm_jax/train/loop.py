@@ -236,7 +236,9 @@ def restore_latest(run: Run) -> Optional[int]:
   naming its step and the cause, and the next older one is tried; in mode "train" the
   skipped ones are moved to <workdir>/skipped_checkpoints (the run saves those steps again).
   A checkpoint of another model raises CheckpointMismatchError (no fallback: every step
-  would mismatch alike); none restoring raises CheckpointError listing each cause."""
+  would mismatch alike), and so does running out of memory; none restoring raises
+  CheckpointError listing each cause. A skipped checkpoint is moved, never deleted, so a
+  failure that was not damage after all (a storage outage) costs time, not the checkpoint."""
   steps = run.ckpt.all_steps()[::-1]
   if not steps or not run.config.ckpt.resume:
     return None
@@ -250,6 +252,8 @@ def restore_latest(run: Run) -> Optional[int]:
       raise
     except Exception as e:  # noqa: BLE001 (orbax / tensorstore / json raise many types)
       why = checkpoint.one_line(e)
+      if isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in why:
+        raise  # out of memory says nothing about the checkpoint: no fallback
       log.warning("checkpoint step %d at %s does not restore (%s): skipping it", step,
                   run.ckpt.step_path(step), why)
       skipped.append((step, why))

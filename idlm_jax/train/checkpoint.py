@@ -15,6 +15,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from idlm_jax.fields import ConfigError
@@ -114,8 +115,14 @@ class Checkpointer:
         f"{self.directory.name}-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
     target.parent.mkdir(parents=True, exist_ok=True)
     self.step_path(step).rename(target)
-    self._manager.reload()
     return target
+
+  def reload(self) -> None:
+    """Re-read the steps on storage (after `set_aside`, which process 0 runs): a barrier
+    first on multi-host jobs, so no host reads the folder before it changed."""
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("idlm_jax checkpoint set_aside")
+    self._manager.reload()
 
   def save(self, step: int, state: Any, data_iter: dict, meta: dict, force: bool = False) -> bool:
     """Save if the policies say so (or `force`); returns whether a save started. Raises

@@ -274,9 +274,12 @@ def restore_latest(run: Run) -> Optional[int]:
   if skipped:
     log.warning("resuming from step %d instead of the unreadable newer checkpoint(s) %s",
                 step, ", ".join(str(s) for s, _ in skipped))
-    if run.config.mode == "train" and jax.process_index() == 0:
-      for s, _ in skipped:
-        log.warning("moved the unreadable checkpoint of step %d to %s", s, run.ckpt.set_aside(s))
+    if run.config.mode == "train":
+      if jax.process_index() == 0:
+        for s, _ in skipped:
+          log.warning("moved the unreadable checkpoint of step %d to %s", s,
+                      run.ckpt.set_aside(s))
+      run.ckpt.reload()  # every host sees the moved folders before it saves
   log.info("resumed from %s at step %d (saved %s)", run.ckpt.directory, step,
            meta.get("saved_at", "?"))
   return step

@@ -17,6 +17,7 @@ traceback. `--help` lists the shipped configs with their variants.
 
 import logging as py_logging
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -31,11 +32,12 @@ from idlm_jax.data.sources import DataNotFoundError  # noqa: E402
 from idlm_jax.evals import genppl, modes  # noqa: E402
 from idlm_jax.fields import ConfigError  # noqa: E402
 from idlm_jax.models.readers import ConversionError  # noqa: E402
-from idlm_jax.train import checkpoint  # noqa: E402
+from idlm_jax.train import checkpoint, workdir_lock  # noqa: E402
 
 log = py_logging.getLogger("idlm_jax")
 # errors that are the user's input, not a bug: one line, no traceback (unless --verbose)
-USER_ERRORS = (ConfigError, ConversionError, DataNotFoundError, FileNotFoundError)
+USER_ERRORS = (ConfigError, ConversionError, DataNotFoundError, FileNotFoundError,
+               workdir_lock.WorkdirBusyError, checkpoint.CheckpointError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file, e.g. configs/demo.py[:variant]; fields are "
@@ -85,12 +87,27 @@ def main(argv):
   verbose = FLAGS.verbose or os.environ.get("IDLM_VERBOSE", "") not in ("", "0")
   try:
     config = config_lib.load_config(FLAGS.config, OVERRIDES)  # fails naming the bad field
-    run(config, FLAGS.workdir)
+    result = run(config, FLAGS.workdir)
+  except checkpoint.CheckpointSaveError as e:
+    # orbax's background save threads would wait out their 300 s barrier before the process
+    # could exit: a failed save ends the process now, with the path and the cause
+    print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
   except USER_ERRORS as e:
     if verbose:
       raise
     print(f"error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
+  stopped = stopped_by(result)
+  if stopped:  # SIGTERM / SIGINT: checkpoint saved; exit as a signalled process would
+    sys.exit(128 + int(getattr(signal.Signals, stopped)))
+
+
+def stopped_by(run_result) -> str:
+  """The signal name ("SIGTERM") if the run stopped on a signal (checkpoint saved), else ""."""
+  train = getattr(run_result, "results", {}).get("train", {})
+  return train.get("stopped_by", "") if isinstance(train, dict) else ""
 
 
 def one_line(error: BaseException) -> str:
@@ -117,31 +134,38 @@ def run(config, workdir, devices=None):
   """Validate `config`, then run its mode on `workdir` (a `loop.Run` with its results).
 
   distill.teacher = "scratch:<config spec>" first trains that teacher into <workdir>/teacher
-  (resuming it if interrupted) and distils it."""
+  (resuming it if interrupted) and distils it. The workdir is locked for the whole run
+  (train/workdir_lock.py): a second job on it stops at once, naming the first."""
   config_lib.validate(config)
   if config.mode == "eval_samplers" or (config.mode == "train" and
                                         objectives.get(config.objective).teacher):
     genppl.preflight(config)  # before training a teacher or loading data
   log.info("JAX %s, %d devices (%s), process %d/%d", jax.__version__, jax.device_count(),
            jax.devices()[0].platform, jax.process_index(), jax.process_count())
-  if objectives.get(config.objective).teacher and \
-      config.distill.teacher.startswith("scratch:"):
-    config = teacher_from_scratch(config, workdir, devices)
-  return modes.MODES[config.mode](config, workdir, devices)
+  with workdir_lock.hold(workdir):
+    if objectives.get(config.objective).teacher and \
+        config.distill.teacher.startswith("scratch:"):
+      config, stopped = teacher_from_scratch(config, workdir, devices)
+      if stopped is not None:
+        return stopped
+    return modes.MODES[config.mode](config, workdir, devices)
 
 
 def teacher_from_scratch(config, workdir, devices=None):
   """Train the teacher config named by distill.teacher="scratch:<spec>" into
-  <workdir>/teacher (unless finished), return the config pointing at it."""
+  <workdir>/teacher (unless finished); returns (the config pointing at it, None), or
+  (None, the teacher's run) when a signal stopped its training."""
   spec = config.distill.teacher[len("scratch:"):]
   teacher_dir = checkpoint.as_path(workdir) / "teacher"
   if not (teacher_dir / "results.json").is_file():  # written when the teacher run finished
     log.info("distill.teacher: training the teacher %s into %s first", spec, teacher_dir)
-    run(config_lib.load_config(spec, [f"data.cache_dir={config.data.cache_dir}"]), teacher_dir,
-        devices)
+    teacher = run(config_lib.load_config(spec, [f"data.cache_dir={config.data.cache_dir}"]),
+                  teacher_dir, devices)
+    if stopped_by(teacher):
+      return None, teacher  # stopped by a signal: the teacher resumes on the next run
   config = ml_collections.ConfigDict(config.to_dict())
   config.distill.teacher = str(teacher_dir)
-  return config
+  return config, None
 
 
 def distributed_args(coordinator_address, num_processes, process_id, environ) -> dict:

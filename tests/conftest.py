@@ -5,10 +5,13 @@ import pathlib
 import sys
 
 # 8 fake CPU devices; XLA:CPU's backend optimisation level 0: the tests' tiny steps are
-# compile-bound, and level 0 compiles ~20% faster (same semantics, fewer LLVM passes)
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0").strip()
+# compile-bound, and level 0 compiles ~20% faster (same semantics, fewer LLVM passes). An
+# explicit level in $XLA_FLAGS wins (e.g. XLA_FLAGS=--xla_backend_optimization_level=3, XLA's
+# default, to check that numerical tolerances do not depend on it).
+_XLA = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+if "--xla_backend_optimization_level" not in _XLA:
+  _XLA += " --xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = _XLA.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

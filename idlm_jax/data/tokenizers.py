@@ -28,6 +28,8 @@ from typing import Iterable, Sequence
 
 import tokenizers as hf_tokenizers
 
+from idlm_jax.fields import ConfigError
+
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent / "assets"
 SHIPPED_TOKENIZERS = ("bert-base-uncased", "gpt2", "demo-bpe-2048", "reasoning")
 REASONING_FILE = "reasoning-tokenizer.json"  # built by `python -m idlm_jax.data.reasoning`
@@ -214,7 +216,11 @@ def _find_token(backend: hf_tokenizers.Tokenizer, names: Sequence[str]) -> int |
 def from_tokenizer_json(path: str | os.PathLike, name: str | None = None) -> Tokenizer:
   """Loads a tokenizer.json, finding BOS/EOS/PAD/[MASK] among common spellings."""
   path = pathlib.Path(path)
-  backend = hf_tokenizers.Tokenizer.from_file(_require_file(path, "tokenizer.json"))
+  file = _require_file(path, "tokenizer.json")
+  try:
+    backend = hf_tokenizers.Tokenizer.from_file(file)
+  except Exception as e:  # the tokenizers library raises a bare Exception with serde's text
+    raise TokenizerFileError(f"{file} is not a readable tokenizer.json ({e})") from None
   return _from_backend(backend, name or str(path))
 
 
@@ -272,8 +278,22 @@ def _load(name: str, assets_dir: str) -> Tokenizer:
   return from_tokenizer_json(name)
 
 
-def get_tokenizer(name: str, *, assets_dir: str | os.PathLike | None = None) -> Tokenizer:
-  """The cached tokenizer for a shipped name or a path to a tokenizer.json (or its folder)."""
+class TokenizerFileError(ValueError):
+  """A tokenizer file exists but cannot be parsed (truncated, not JSON, wrong schema)."""
+
+
+def get_tokenizer(name: str, *, assets_dir: str | os.PathLike | None = None,
+                  field: str = "data.tokenizer") -> Tokenizer:
+  """The cached tokenizer for a shipped name or a path to a tokenizer.json (or its folder).
+
+  A file that cannot be parsed raises ConfigError naming `field`, its value and the file."""
+  try:
+    return _get_tokenizer(name, assets_dir)
+  except TokenizerFileError as e:
+    raise ConfigError(f"config.{field}={name!r}: {e}") from None
+
+
+def _get_tokenizer(name: str, assets_dir) -> Tokenizer:
   if name not in SHIPPED_TOKENIZERS and not SYMBOLS_NAME.match(name):
     path = pathlib.Path(os.path.expanduser(name))
     if path.is_dir():

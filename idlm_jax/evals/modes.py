@@ -5,10 +5,13 @@ train          build, train with the evaluation hooks (validation every train.ev
                sample, report and write <workdir>/results.json
 eval           validation NELBO / PPL bound (or exact NLL for "ar") of the latest (or best)
                checkpoint, on the validation split or on eval.zero_shot_path's text files
-sample         write sample.num_samples samples from the checkpoint
+               (<workdir>/results_eval.json)
+sample         write sample.num_samples samples from the checkpoint (results_sample.json)
 eval_samplers  the sample-quality table (evals/evaluate.py), or a distillation run's teacher
-               vs student report (evals/distill_report.py)
-Each returns the built `loop.Run` with its results.
+               vs student report (evals/distill_report.py), in their own folders
+Each returns the built `loop.Run` with its results. Only mode "train" writes config.json,
+results.json and metrics.jsonl; the others write config_<mode>.json, results_<mode>.json and
+metrics_<mode>.jsonl, so they never overwrite a run's training record.
 """
 
 import json
@@ -98,10 +101,18 @@ def training_hooks(run: loop.Run) -> list:
 # ------------------------------------------------------------------ the modes
 
 
+def output_name(mode: str, stem: str, suffix: str) -> str:
+  """A mode's own output file: the training run's `config.json` / `results.json`; the other
+  modes write `config_<mode>.json` / `results_<mode>.json`, so evaluating a finished run (e.g.
+  on a new zero-shot file) never overwrites its training config or summary."""
+  return f"{stem}{suffix}" if mode == "train" else f"{stem}_{mode}{suffix}"
+
+
 def _start(run: loop.Run) -> None:
   if jax.process_index() == 0:
     run.workdir.mkdir(parents=True, exist_ok=True)
-    (run.workdir / "config.json").write_text(run.config.to_json_best_effort(indent=2))
+    name = output_name(run.config.mode, "config", ".json")
+    (run.workdir / name).write_text(run.config.to_json_best_effort(indent=2))
 
 
 def _restore(run: loop.Run) -> int:
@@ -192,7 +203,8 @@ MODES = {"train": train, "eval": evaluate_mode, "sample": sample,
 
 
 def write_summary(run: loop.Run, step: int) -> None:
-  """<workdir>/results.json: final validation, unigram baseline and sampling cost."""
+  """<workdir>/results.json (mode "train"; results_<mode>.json for the others): final
+  validation, unigram baseline and sampling cost."""
   if jax.process_index() != 0:
     return
   out = {"step": step}
@@ -205,4 +217,5 @@ def write_summary(run: loop.Run, step: int) -> None:
     s = run.results["samples"]
     out.update(sample_steps=s["steps"], sample_nfe=s["nfe"], sample_seconds=s["seconds"],
                num_samples=len(s["texts"]))
-  (epath.Path(run.workdir) / "results.json").write_text(json.dumps(out, indent=2) + "\n")
+  name = output_name(run.config.mode, "results", ".json")
+  (epath.Path(run.workdir) / name).write_text(json.dumps(out, indent=2) + "\n")

@@ -63,6 +63,9 @@ def validate(config) -> None:
   if m.hidden_size % m.n_heads or (m.hidden_size // m.n_heads) % 2:
     raise ConfigError(f"config.model.hidden_size: {m.hidden_size} must split into "
                       f"{m.n_heads} heads of even size (rotary embedding)")
+  if m.name == "gpt2" and config.data.seq_len > m.n_positions:  # learned positions: a hard cap
+    raise ConfigError(f"config.data.seq_len: {config.data.seq_len} exceeds the gpt2 model's "
+                      f"model.n_positions={m.n_positions} (learned position embeddings)")
 
 
 __all__ = [

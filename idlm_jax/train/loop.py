@@ -9,6 +9,8 @@ evaluation, sampling and reports are `Hook`s and modes of idlm_jax/evals, which 
 import dataclasses
 import json
 import logging
+import signal
+import threading
 import time
 from typing import Any, Optional, Protocol
 
@@ -158,7 +160,7 @@ def build(config, workdir, devices=None, *, datasets: Optional[bool] = None,
   ckpt = checkpoint.Checkpointer(workdir / ("best" if best else "checkpoints"),
                                  every=config.ckpt.every, keep=config.ckpt.keep,
                                  async_save=config.ckpt.async_save)
-  writer = metrics.MetricWriter(workdir, tensorboard=config.log.tensorboard)
+  writer = metrics.MetricWriter(workdir, tensorboard=config.log.tensorboard, mode=config.mode)
   run = Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, graphdef=graphdef,
             state=state, shardings=shardings, objective=objective, process=process, ckpt=ckpt,
             writer=writer, train_iter=train_iter, val_split=val_split, frozen=frozen)
@@ -180,19 +182,110 @@ def build(config, workdir, devices=None, *, datasets: Optional[bool] = None,
   return run
 
 
+# config sections whose fields decide the train state's shapes and structure
+STATE_FIELDS = ("model.", "data.tokenizer", "objective", "optim.", "diffusion.", "distill.")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_diff(stored: dict, current: dict) -> list[str]:
+  """`field: stored -> current` for every config field whose value differs (JSON values)."""
+  a, b = _flat(stored), _flat(current)
+  return [f"{k}: {a.get(k, '<absent>')!r} in the checkpoint, {b.get(k, '<absent>')!r} now"
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_compatible(run: Run, step: int, target) -> None:
+  """Raise CheckpointMismatchError when the state stored at `step` has other arrays or
+  shapes than `target` (the state this config builds), naming the config fields that differ
+  from the config stored with the checkpoint. Unreadable metadata raises its own error (the
+  caller treats it as a damaged checkpoint)."""
+  stored = run.ckpt.stored_shapes(step)
+  wanted = {checkpoint.path_name(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(target)}
+  bad = [k for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+  if not bad:
+    return
+  try:
+    saved_config = run.ckpt.restore_meta(step).get("config", {})
+  except Exception as e:  # noqa: BLE001 (the shapes already say enough)
+    saved_config, why = None, checkpoint.one_line(e, 100)
+  name = bad[0]
+  shape = lambda tree: "absent" if name not in tree else tree[name]
+  head = (f"checkpoint step {step} at {run.ckpt.step_path(step)} holds a different model "
+          f"than this config builds ({len(bad)} arrays differ, e.g. {name}: {shape(stored)} "
+          f"stored, {shape(wanted)} now)")
+  if saved_config is None:
+    detail = f"its stored config is unreadable ({why})"
+  else:
+    diffs = config_diff(saved_config, json.loads(run.config.to_json_best_effort()))
+    relevant = [d for d in diffs if d.startswith(STATE_FIELDS)] or diffs
+    detail = ("config fields that differ from the checkpoint's: " + "; ".join(relevant[:8]) +
+              (f" (+{len(relevant) - 8} more)" if len(relevant) > 8 else "")) if relevant \
+        else "no config field differs (the code's model changed)"
+  raise checkpoint.CheckpointMismatchError(
+      f"{head}; {detail}. Resume with the checkpoint's values or use another --workdir")
+
+
 def restore_latest(run: Run) -> Optional[int]:
-  """Resume state and data position from the latest checkpoint, if any."""
-  step = run.ckpt.latest_step()
-  if step is None or not run.config.ckpt.resume:
+  """Resume state and data position from the newest checkpoint that restores, if any.
+
+  A damaged checkpoint (truncated or zeroed files, a deleted item) is skipped with a warning
+  naming its step and the cause, and the next older one is tried; in mode "train" the
+  skipped ones are moved to <workdir>/skipped_checkpoints (the run saves those steps again).
+  A checkpoint of another model raises CheckpointMismatchError (no fallback: every step
+  would mismatch alike), and so does running out of memory; none restoring raises
+  CheckpointError listing each cause. A skipped checkpoint is moved, never deleted, so a
+  failure that was not damage after all (a storage outage) costs time, not the checkpoint."""
+  steps = run.ckpt.all_steps()[::-1]
+  if not steps or not run.config.ckpt.resume:
     return None
   target = state_lib.abstract_state(run.state, run.shardings)
-  run.state, data_state, meta = run.ckpt.restore(step, target)
+  skipped = []
+  for step in steps:
+    try:
+      check_compatible(run, step, target)
+      state, data_state, meta = run.ckpt.restore(step, target)
+    except checkpoint.CheckpointMismatchError:
+      raise
+    except Exception as e:  # noqa: BLE001 (orbax / tensorstore / json raise many types)
+      why = checkpoint.one_line(e)
+      if isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in why:
+        raise  # out of memory says nothing about the checkpoint: no fallback
+      log.warning("checkpoint step %d at %s does not restore (%s): skipping it", step,
+                  run.ckpt.step_path(step), why)
+      skipped.append((step, why))
+      continue
+    break
+  else:
+    causes = "; ".join(f"step {s}: {why}" for s, why in skipped)
+    raise checkpoint.CheckpointError(
+        f"no checkpoint in {run.ckpt.directory} restores ({causes}); move that folder away to "
+        "start from scratch")
+  run.state = state
   if run.train_iter is None:
     pass  # eval / sample modes read no training data
   elif data_state:
     run.train_iter.set_state(data_state)
   else:  # e.g. a converted teacher (idlm_jax.convert): no data position was saved
     log.info("the checkpoint holds no data position: the data iterator starts from scratch")
+  if skipped:
+    log.warning("resuming from step %d instead of the unreadable newer checkpoint(s) %s",
+                step, ", ".join(str(s) for s, _ in skipped))
+    if run.config.mode == "train":
+      if jax.process_index() == 0:
+        for s, _ in skipped:
+          log.warning("moved the unreadable checkpoint of step %d to %s", s,
+                      run.ckpt.set_aside(s))
+      run.ckpt.reload()  # every host sees the moved folders before it saves
   log.info("resumed from %s at step %d (saved %s)", run.ckpt.directory, step,
            meta.get("saved_at", "?"))
   return step
@@ -223,11 +316,60 @@ def eval_params(run: Run):
   return run.state.ema_params if run.config.eval.use_ema else run.state.params
 
 
+class StopSignals:
+  """SIGTERM / SIGINT while training: the handler only records the signal; the loop finishes
+  the current step, writes a checkpoint and returns (`train`'s "stopped_by"). A second signal
+  acts as usual (the previous handlers are back), so a stuck run can still be killed.
+
+  Installed on single-process runs from the main thread only: a multi-host job stops at the
+  preemption sync point instead (jax.distributed's notifier and orbax's
+  PreemptionCheckpointingPolicy), where every host agrees on the step."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: Optional[int] = None
+    self._previous: dict = {}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.received = signum
+    self._restore()
+
+  def _restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    self._previous = {}
+
+  def __enter__(self) -> "StopSignals":
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._restore()
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.received).name if self.received else ""
+
+
 def train(run: Run, until: Optional[int] = None, hooks=()) -> dict:
   """The loop, from the latest checkpoint to train.steps (or to `until`, saving there), with
-  `hooks` (and the configured profiler) run between steps."""
+  `hooks` (and the configured profiler) run between steps. On SIGTERM / SIGINT it saves the
+  step it finishes and returns {"stopped_by": "SIGTERM", "preempted_at": step, ...}."""
+  with StopSignals() as signals:
+    return _train(run, until, hooks, signals)
+
+
+def _train(run: Run, until: Optional[int], hooks, signals: StopSignals) -> dict:
   c = run.config
   start = restore_latest(run) or 0
+  dropped = run.writer.truncate_after(start)
+  if dropped:
+    log.info("metrics.jsonl: dropped %d lines logged after step %d by the run that stopped "
+             "there (its steps are trained again)", dropped, start)
   total = c.train.steps
   if start >= total:
     log.info("checkpoint at step %d already reaches train.steps=%d: nothing to train",
@@ -271,6 +413,15 @@ def train(run: Run, until: Optional[int] = None, hooks=()) -> dict:
         progress.maybe_log(step, f"loss {mean['loss']:.4f}")
       out_of_time = 0 < c.train.max_minutes <= progress.elapsed_minutes()
       last = step == total or out_of_time or step == until
+      run.ckpt.check()  # a failed asynchronous save stops the run now
+      if signals.received:  # SIGTERM / SIGINT: save this step and stop, hooks skipped
+        drain()
+        save(run, step, force=True)
+        run.ckpt.wait()
+        run.writer.flush()
+        log.warning("%s: stopped after step %d, saved its checkpoint to %s; run the same "
+                    "command again to resume", signals.name, step, run.ckpt.step_path(step))
+        return {"stopped_by": signals.name, "preempted_at": step, "history": history}
       for hook in hooks:
         if hook.due(step, last):
           drain()  # never evaluate past a non-finite step

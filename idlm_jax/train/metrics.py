@@ -35,16 +35,22 @@ class MetricWriter:
   Only process 0 writes.
   """
 
-  def __init__(self, workdir, tensorboard: bool = True):
+  def __init__(self, workdir, tensorboard: bool = True, mode: str = "train"):
     self.workdir = epath.Path(workdir)
     self.active = jax.process_index() == 0
     self._tb = None
+    self._logged_at_resume: tuple[int, set] = (-1, set())
+    # the training run's record is metrics.jsonl; other modes (eval, sample) keep their own
+    name = "metrics.jsonl" if mode == "train" else f"metrics_{mode}.jsonl"
+    self.path = self.workdir / name
     if self.active:
       self.workdir.mkdir(parents=True, exist_ok=True)
-      jsonl = self.workdir / "metrics.jsonl"
+      jsonl = self.path
       self._jsonl = _RemoteLog(jsonl) if checkpoint.is_url(jsonl) else jsonl.open("a")
       if tensorboard:
         logdir = self.workdir / "tensorboard"
+        if mode != "train":
+          logdir = logdir / mode
         if checkpoint.is_url(logdir):
           _epath_event_files(str(logdir).split("://")[0])
         self._tb = SummaryWriter(str(logdir))
@@ -53,6 +59,12 @@ class MetricWriter:
     if not self.active:
       return
     values = {k: float(v) for k, v in values.items()}
+    resumed_at, logged = self._logged_at_resume
+    if step == resumed_at:  # logged before the checkpoint we resumed from: keep the first line
+      values = {k: v for k, v in values.items() if k not in logged}
+      if not values:
+        return
+      logged.update(values)
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
     if not isinstance(self._jsonl, _RemoteLog):  # (that one syncs every REMOTE_SYNC_S)
       self._jsonl.flush()
@@ -74,6 +86,35 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.add_text(name, "\n\n---\n\n".join(texts[:8]), int(step))
     return out
+
+  def truncate_after(self, step: int) -> int:
+    """Drop the lines logged after `step` (a resumed run's checkpoint step: a killed run
+    wrote them past its last checkpoint, and the resumed run writes those steps again), so
+    every (step, metric) appears once; the metrics already logged at `step` itself are kept
+    and not written again. Returns the number of lines dropped."""
+    if not self.active:
+      return 0
+    self._jsonl.flush()
+    lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+    keep, logged = [], set()
+    for line in lines:
+      try:
+        record = json.loads(line)
+        at = int(record["step"])
+      except (ValueError, KeyError, TypeError):  # a line cut by a crash mid-write
+        continue
+      if at <= step:
+        keep.append(line if line.endswith("\n") else line + "\n")
+        if at == step:
+          logged |= set(record) - {"step", "time"}
+    self._logged_at_resume = (int(step), logged)
+    dropped = len(lines) - len(keep)
+    if dropped:
+      self._jsonl.close()
+      self.path.write_text("".join(keep))
+      self._jsonl = _RemoteLog(self.path) if checkpoint.is_url(self.path) else \
+          self.path.open("a")
+    return dropped
 
   def flush(self) -> None:
     if self.active:

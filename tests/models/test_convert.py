@@ -443,7 +443,7 @@ def test_convert_then_eval(tmp_path, weights):
   meta = run.ckpt.restore(0, loop.state_lib.abstract_state(run.state, run.shardings))[2]
   assert meta["converted_from"]["format"] == "hf_safetensors"
   assert meta["converted_from"]["weights"] == "published"
-  results = json.loads((work / "results.json").read_text())
+  results = json.loads((work / "results_eval.json").read_text())  # mode eval's own file
   assert results["step"] == 0 and np.isfinite(results["val_nelbo"])
 
 

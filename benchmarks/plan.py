@@ -19,9 +19,12 @@ parallel with replicated state) and the rows per device in one forward/backward 
 `train.microbatches` field (gradient accumulation) those rows are global_batch / (devices x
 microbatches); without it the planner plans over the per-step batch (the largest global batch
 per optimizer step that fits). Memory is affine in the rows per device for a fixed program
-(activations scale with rows; parameters, moments and the frozen teacher do not), so each
-(remat, mesh) setting is compiled at two row counts, the line through them predicts every
-other count, and the chosen setting is compiled once more to check the prediction.
+(activations scale with rows; parameters, moments and the frozen teacher do not) and affine
+in the depth for a stack of identical blocks, so each (remat, mesh) setting is compiled at 1
+and 2 blocks x 1 and 2 rows per device and the bilinear fit predicts the full model at every
+row count (full-depth compiles of the distillation steps take many minutes on a loaded
+2-core machine); the calibration compile checks that extrapolation at full depth, and
+`--check` compiles the chosen setting at full depth as well.
 
 CPU-compiled memory approximates GPU/TPU memory: XLA:CPU fuses differently and may keep
 float32 copies of bfloat16 matmul operands; `--calibrate` compiles the one step measured on an
@@ -187,15 +190,35 @@ def calibrated(row: dict, temp_scale: float) -> float:
   return row["args_gib"] + row["out_gib"] - row["alias_gib"] + temp_scale * row["temp_gib"]
 
 
+def n_params(spec: str, overrides: list) -> int:
+  """Parameters of the config's network at full depth (abstract)."""
+  cfg = config_lib.load_config(spec, list(overrides))
+  vocab = tokenizers.get_tokenizer(cfg.data.tokenizer).model_vocab_size
+  return models.count_params(nnx.eval_shape(
+      lambda: models.build_model(cfg.model, vocab, nnx.Rngs(0))))
+
+
+_CALIBRATION = {}
+
+
 def calibration(devices) -> dict:
   """The temporaries' scale that makes the CPU plan of the measured H100 step (MDLM teacher,
   DiT small, L=1024, B=32, no dropout as the benchmark) equal its measured 25.55 GiB peak."""
-  row = objective_step_memory("configs/mdlm_owt.py", ["model.dropout=0.0"], "fsdp",
-                              devices[:1], 32)
+  if "cal" in _CALIBRATION:
+    return _CALIBRATION["cal"]
+  spec, ov = "configs/mdlm_owt.py", ["model.dropout=0.0"]
+  row = objective_step_memory(spec, ov, "fsdp", devices[:1], 32)
   persistent = row["args_gib"] + row["out_gib"] - row["alias_gib"]
   scale = (H100_TEACHER_PEAK_GIB - persistent) / row["temp_gib"]
-  return dict(measured_gib=H100_TEACHER_PEAK_GIB, cpu=row, temp_scale=scale,
-              source="benchmarks/results/h100.md (train row, L=1024, B=32, peak_mem_gib)")
+  # the depth x rows extrapolation of plan_objective, checked on this full-depth compile
+  grid = {(d, r): objective_step_memory(spec, ov + [f"model.n_blocks={d}"], "fsdp",
+                                        devices[:1], r) for d in (1, 2) for r in (1, 2)}
+  predicted = bilinear(grid, 12, 32, lambda v: v["total_gib"])
+  _CALIBRATION["cal"] = dict(
+      measured_gib=H100_TEACHER_PEAK_GIB, cpu=row, temp_scale=scale,
+      extrapolated_cpu_gib=predicted, full_depth_cpu_gib=row["total_gib"],
+      source="benchmarks/results/h100.md (train row, L=1024, B=32, peak_mem_gib)")
+  return _CALIBRATION["cal"]
 
 
 # ------------------------------------------------------------------ search
@@ -219,57 +242,80 @@ def candidate_rows(global_batch: int, devices: int, accumulation: bool) -> list:
   return rows
 
 
+def bilinear(grid: dict, depth: int, rows: int, key) -> float:
+  """Memory at (depth, rows) from the four probes grid[(d, r)], d, r in {1, 2}: memory is
+  affine in the depth for a fixed row count (identical blocks) and affine in the rows for a
+  fixed depth (activations scale with rows), so m = a + b depth + rows (c + d depth)."""
+  m = {k: key(v) for k, v in grid.items()}
+  one = m[1, 1] + (depth - 1) * (m[2, 1] - m[1, 1])
+  two = m[1, 2] + (depth - 1) * (m[2, 2] - m[1, 2])
+  return one + (rows - 1) * (two - one)
+
+
 def plan_objective(spec: str, overrides: list, devices, memory_gib: float, temp_scale: float,
                    headroom: float, remats=("none", "block"), meshes=("fsdp", "dp"),
-                   probe=(1, 2), log=print) -> dict:
-  """Every (remat, mesh) setting at two probe row counts, the affine prediction of the largest
-  rows per device that fits `memory_gib x (1 - headroom)` (calibrated), and one compile of
-  the chosen setting to check the prediction. Returns the plan (JSON-able)."""
+                   check: bool = False, log=print) -> dict:
+  """(remat, mesh) settings in order of preference (no remat before remat, FSDP before pure
+  data parallelism). Each is compiled at 1 and 2 blocks x 1 and 2 rows per device and the
+  bilinear fit (`bilinear`) predicts the full depth at every row count (a full-depth compile
+  of a 12-block step takes minutes on the 2 shared cores this was built on; `calibration`
+  checks the depth extrapolation against one). The largest rows per device that fits
+  `memory_gib x (1 - headroom)` (calibrated) is chosen; the search stops at the first
+  setting that holds the global batch's whole share of a device (no accumulation needed).
+  `check`: compile the chosen setting at full depth too. Returns the plan (JSON-able)."""
   cfg = config_lib.load_config(spec, list(overrides))
   accumulation = microbatch_field(cfg)
   n = len(devices)
+  depth = cfg.model.n_blocks
   budget = memory_gib * (1 - headroom)
   candidates = candidate_rows(cfg.train.global_batch_size, n, accumulation)
+  cal = lambda row: calibrated(row, temp_scale)
+  cpu = lambda row: row["total_gib"]
   settings = []
   for remat in remats:
     for mesh in meshes:
-      if mesh == "dp" and n == 1:
+      if (mesh == "dp" and n == 1) or (settings and settings[-1]["max_rows"] == candidates[0]):
         continue
-      ov = list(overrides) + [f"model.remat={remat}"]
-      probes = [objective_step_memory(spec, ov, mesh, devices, r) for r in probe]
-      for r, row in zip(probe, probes):
-        log(f"  {remat:5s} {mesh:4s} rows/device {r}: cpu {row['total_gib']:.2f} GiB, "
-            f"calibrated {calibrated(row, temp_scale):.2f} GiB ({row['compile_s']:.0f} s)")
-      a, b = affine_fit(probe[0], calibrated(probes[0], temp_scale), probe[1],
-                        calibrated(probes[1], temp_scale))
-      a_cpu, b_cpu = affine_fit(probe[0], probes[0]["total_gib"], probe[1],
-                                probes[1]["total_gib"])
-      fits = [r for r in candidates if a + b * r <= budget]
-      settings.append(dict(remat=remat, mesh=mesh, probes=probes, gib_fixed=a, gib_per_row=b,
-                           cpu_gib_fixed=a_cpu, cpu_gib_per_row=b_cpu,
-                           max_rows=fits[0] if fits else 0,
-                           rows_unbounded=max(int((budget - a) // b), 0) if b > 0 else None))
+      grid = {}
+      for d in (1, 2):
+        for r in (1, 2):
+          ov = list(overrides) + [f"model.remat={remat}", f"model.n_blocks={d}"]
+          grid[d, r] = row = objective_step_memory(spec, ov, mesh, devices, r)
+          log(f"  {remat:5s} {mesh:4s} {d} block(s), {r} row(s)/device: cpu "
+              f"{row['total_gib']:.2f} GiB, calibrated {cal(row):.2f} GiB "
+              f"({row['compile_s']:.0f} s)")
+      fixed = bilinear(grid, depth, 0, cal)
+      per_row = bilinear(grid, depth, 1, cal) - fixed
+      fits = [r for r in candidates if bilinear(grid, depth, r, cal) <= budget]
+      settings.append(dict(
+          remat=remat, mesh=mesh, probes={f"{d}x{r}": v for (d, r), v in grid.items()},
+          gib_fixed=fixed, gib_per_row=per_row, cpu_gib_fixed=bilinear(grid, depth, 0, cpu),
+          cpu_gib_per_row=bilinear(grid, depth, 1, cpu) - bilinear(grid, depth, 0, cpu),
+          persistent_gib=bilinear(grid, depth, 1, lambda v: v["args_gib"] + v["out_gib"]
+                                  - v["alias_gib"]),
+          max_rows=fits[0] if fits else 0,
+          rows_unbounded=max(int((budget - fixed) // per_row), 0) if per_row > 0 else None))
   order = {"none": 0, "block": 1}
   best = max(settings, key=lambda s: (s["max_rows"], -order[s["remat"]], s["mesh"] == "fsdp"))
-  check = None
-  if best["max_rows"]:
+  chk = None
+  if check and best["max_rows"]:
     ov = list(overrides) + [f"model.remat={best['remat']}"]
-    check = objective_step_memory(spec, ov, best["mesh"], devices, best["max_rows"])
-    check["calibrated_gib"] = calibrated(check, temp_scale)
-    check["predicted_gib"] = best["gib_fixed"] + best["gib_per_row"] * best["max_rows"]
+    chk = objective_step_memory(spec, ov, best["mesh"], devices, best["max_rows"])
+    chk["calibrated_gib"] = calibrated(chk, temp_scale)
+    chk["predicted_gib"] = best["gib_fixed"] + best["gib_per_row"] * best["max_rows"]
     log(f"  chosen {best['remat']} {best['mesh']} rows/device {best['max_rows']}: calibrated "
-        f"{check['calibrated_gib']:.2f} GiB (predicted {check['predicted_gib']:.2f})")
+        f"{chk['calibrated_gib']:.2f} GiB (predicted {chk['predicted_gib']:.2f})")
   gb = cfg.train.global_batch_size
   rows = best["max_rows"]
   return dict(config=spec, overrides=list(overrides), objective=cfg.objective,
               devices=n, device_kind=devices[0].device_kind, memory_gib=memory_gib,
               headroom=headroom, temp_scale=temp_scale, global_batch=gb,
               seq_len=cfg.data.seq_len, accumulation_field=accumulation,
-              batches_per_step=settings[0]["probes"][0]["batches_per_step"],
-              n_params=settings[0]["probes"][0]["n_params"], settings=settings,
+              batches_per_step=settings[0]["probes"]["1x1"]["batches_per_step"],
+              n_params=n_params(spec, overrides), n_blocks=depth, settings=settings,
               chosen=dict(remat=best["remat"], mesh=best["mesh"], rows_per_device=rows,
                           microbatches=(gb // (rows * n)) if rows else None,
-                          per_step_batch=rows * n, check=check))
+                          per_step_batch=rows * n, check=chk))
 
 
 # ------------------------------------------------------------------ LLaDA-8B
@@ -351,14 +397,9 @@ def plan_llada(mode: str, devices, memory_gib: float, temp_scale: float, headroo
                                           mesh_name=mesh, param_dtype=pdt, log=log)
                 for d in (1, 2) for r in (1, 2)}
 
-        def at(depth, rows, key):
-          m = {k: (calibrated(v, temp_scale) if key == "cal" else v["total_gib"])
-               for k, v in grid.items()}
-          per_layer_1 = m[2, 1] - m[1, 1]
-          per_layer_2 = m[2, 2] - m[1, 2]
-          one = m[1, 1] + (depth - 1) * per_layer_1
-          two = m[1, 2] + (depth - 1) * per_layer_2
-          return one + (rows - 1) * (two - one)
+        cal = lambda v: calibrated(v, temp_scale)
+        at = lambda depth, rows, key: bilinear(grid, depth, rows,
+                                               cal if key == "cal" else lambda v: v["total_gib"])
 
         rows, r = [], 1
         while r <= max_rows:
@@ -516,6 +557,8 @@ def parse_args(argv=None):
                        "1.0 = raw CPU numbers)")
   ap.add_argument("--remats", default="none,block")
   ap.add_argument("--meshes", default="fsdp,dp")
+  ap.add_argument("--check", action="store_true",
+                  help="also compile the chosen setting at full depth")
   ap.add_argument("--name", default=None, help="file stem of the plan")
   ap.add_argument("--out", default=None, help="folder for <name>.json and <name>.md")
   ap.add_argument("--paper", default=None, const="", nargs="?",
@@ -538,7 +581,8 @@ def main(argv=None) -> dict:
     cal = calibration(target_devices(args.target, 1))
     scale = cal["temp_scale"]
     print(f"calibration: CPU plan of the H100 teacher step {cal['cpu']['total_gib']:.2f} GiB "
-          f"vs {cal['measured_gib']} GiB measured -> temporaries x {scale:.3f}", flush=True)
+          f"(depth-extrapolated {cal['extrapolated_cpu_gib']:.2f}) vs {cal['measured_gib']} "
+          f"GiB measured -> temporaries x {scale:.3f}", flush=True)
   log = lambda msg: print(msg, flush=True)
   if args.llada:
     plan = plan_llada(args.llada, devices, args.memory_gb, scale, args.headroom,
@@ -548,7 +592,7 @@ def main(argv=None) -> dict:
     plan = plan_objective(args.config, base_overrides(args.config) + args.set, devices,
                           args.memory_gb, scale, args.headroom,
                           remats=tuple(args.remats.split(",")),
-                          meshes=tuple(args.meshes.split(",")), log=log)
+                          meshes=tuple(args.meshes.split(",")), check=args.check, log=log)
   stem = args.name or (pathlib.Path(args.config or "llada").stem + f"_{args.devices}x"
                        f"{args.memory_gb:g}gb")
   plan.update(name=stem, target=args.target, calibration=cal, wall_s=time.perf_counter() - t0,

@@ -114,8 +114,8 @@ def markdown(rows: list, info: dict) -> str:
              "speed-up vs teacher |\n|---|---|---|---|---|---|---|\n")
     for r in gen:
       text += (f"| {r.get('role')} | {r.get('steps')} | {r.get('B')} | {r.get('L')} | "
-               f"{common.fmt(r.get('nfe'))} | {common.fmt(r.get('s_per_batch'), 3)} | "
-               f"{common.fmt(r.get('speedup'), 2)} |\n")
+               f"{common.fmt(r.get('nfe'))} | {common.fmt(r.get('seconds'), 3)} | "
+               f"{common.fmt(r.get('speedup_vs_teacher'), 2)} |\n")
   prof = [r for r in rows if r.get("section") == "profile" and "top" in r]
   for r in prof:
     text += (f"\n## Profile: {r['what']} ({r['device_ms_per_step']:.1f} ms of device ops per "

@@ -1,0 +1,492 @@
+"""The prepared GPU campaign of issue #16: two device calls, every number in one JSONL file.
+
+  python benchmarks/gpu_campaign.py --part=1 --out=$OUT --carry=.campaign --budget-s=420
+  python benchmarks/gpu_campaign.py --part=2 --out=$OUT --carry=.campaign --budget-s=400
+  python benchmarks/gpu_campaign.py --part=all --smoke --out=/tmp/campaign   # CPU, tiny
+
+Part 1 (speed, random weights):
+  throughput  DiT small (169.6M, GPT-2 vocabulary, bf16) at L=1024, B=32: the teacher (MDLM),
+              IDLM and DiDi train steps (tokens/s, MFU, peak memory, ratio to the teacher
+              step) and the forward call at B=64 (benchmarks/train_throughput.py), with the
+              PyTorch + torch.compile reference run first by the same python (--torch-ref).
+  attention   the teacher step and forward with model.attention="xla" and "cudnn".
+  xla_flags   the teacher step and forward in a fresh process per XLA_FLAGS variant.
+  profile     a jax.profiler trace of 3 teacher steps, summarised: device time per op
+              category and the top ops (the trace itself stays on the device).
+  generation  64 x 1024 tokens: the teacher sampler at 1024 steps (cache on) vs 16 and 4
+              steps (benchmarks/generation_speed.py): wall clock and NFE.
+Part 2 (quality on real text, benchmarks/campaign_carry.py prepares the data):
+  text        an MDLM teacher (DiT 384 x 8, GPT-2 vocabulary, ~50M parameters, L=256) on the
+              teacher half of the public-domain corpora, a GPT-2-architecture evaluator on the
+              other half (disjoint documents), IDLM distillation of the teacher, then the
+              distillation report: the teacher at 1024/256/64/16 steps vs the student at
+              16/8/4, Gen PPL under that evaluator, entropy, distinct-4 (the report's metrics),
+              256 samples per cell, float64 draws, and the teacher's validation NELBO.
+              Each stage trains for a fixed number of minutes (train.max_minutes), so the
+              part fits its budget whatever the GPU's speed.
+
+Every section checks the time left (--budget-s, from the start of the script) against its
+estimate before it starts and is skipped with a row saying so; rows are appended to
+<out>/gpu_campaign_<device>_<date>.jsonl as soon as they exist and <out>/..md is regenerated
+after every section, so a call that runs out of time still returns what it measured.
+`--smoke` runs every section on a CPU with tiny shapes (tests/benchmarks/test_gpu_campaign.py).
+"""
+
+import argparse
+import gzip
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+  sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+
+from benchmarks import common, generation_speed, train_throughput  # noqa: E402
+from idlm_jax import config as config_lib  # noqa: E402
+from idlm_jax import main as idlm_main  # noqa: E402
+from idlm_jax import export, models  # noqa: E402
+from idlm_jax.train import parallel  # noqa: E402
+
+TORCH_REF = "torch/ddit_torch_reference.py"  # inside the carry folder (campaign_carry.py)
+XLA_FLAG_VARIANTS = {
+    "latency_hiding": "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "no_command_buffer": "--xla_gpu_enable_command_buffer=",
+    "triton_gemm_off": "--xla_gpu_enable_triton_gemm=false",
+}
+# seconds each section needs on an H100/H200 (compiles included), from the H100 run of
+# 2026-11-22 (teacher step 98 ms, forward 63 ms, first step 23 s) scaled by FLOPs
+ESTIMATE_S = {"throughput": 150, "attention": 80, "xla_flags": 40, "profile": 40,
+              "generation": 110, "text": 300}
+PARTS = {"1": ("throughput", "attention", "profile", "generation", "xla_flags"),
+         "2": ("text",)}
+TEXT_STEPS = dict(teacher_steps="1024,256,64,16", student_steps="16,8,4")
+
+
+# ------------------------------------------------------------------ output
+
+class Recorder:
+  """Appends rows (with the run info) to the campaign's JSONL and rewrites its Markdown."""
+
+  def __init__(self, out: str, info: dict):
+    self.info, self.rows = info, []
+    self.stem = common.file_stem("gpu_campaign", info)
+    self.dir = pathlib.Path(out)
+    self.dir.mkdir(parents=True, exist_ok=True)
+    self.jsonl, self.md = self.dir / f"{self.stem}.jsonl", self.dir / f"{self.stem}.md"
+
+  def add(self, section: str, rows: list) -> None:
+    with open(self.jsonl, "a") as f:
+      for r in rows:
+        r = {"section": section, **r}
+        self.rows.append(r)
+        f.write(json.dumps({**self.info, **r}, default=str) + "\n")
+    self.md.write_text(markdown(self.rows, self.info))
+
+
+def markdown(rows: list, info: dict) -> str:
+  """The campaign's tables from its rows (also `python benchmarks/gpu_campaign.py --table`)."""
+  text = common.header_markdown("GPU campaign (issue #16)", info)
+  speed = [r for r in rows if r.get("kind") in ("train", "fwd")]
+  if speed:
+    text += ("## Train steps and forward (DiT small, GPT-2 vocabulary, bf16)\n\n"
+             "| section | variant | framework | kind | objective | L | B | tokens/s | ms "
+             "(median) | x teacher step | MFU | peak GiB |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    for r in speed:
+      ms = r.get("step_ms_median", r.get("call_ms_median"))
+      mfu = r.get("mfu", r.get("mfu_brief"))
+      text += (f"| {r['section']} | {r.get('variant', '-')} | {r.get('framework')} | "
+               f"{r['kind']} | {r.get('objective', '-')} | {r.get('L')} | {r.get('B')} | "
+               f"{common.fmt(r.get('tokens_per_s'))} | {common.fmt(ms, 2)} | "
+               f"{common.fmt(r.get('x_teacher_step'), 2)} | "
+               f"{common.fmt(None if mfu is None else 100 * mfu)}% | "
+               f"{common.fmt(r.get('peak_mem_gib'), 2)} |\n")
+  gen = [r for r in rows if r.get("section") == "generation" and "nfe" in r]
+  if gen:
+    text += ("\n## Generation (random weights)\n\n| role | steps | B | L | NFE | s / batch | "
+             "speed-up vs teacher |\n|---|---|---|---|---|---|---|\n")
+    for r in gen:
+      text += (f"| {r.get('role')} | {r.get('steps')} | {r.get('B')} | {r.get('L')} | "
+               f"{common.fmt(r.get('nfe'))} | {common.fmt(r.get('seconds'), 3)} | "
+               f"{common.fmt(r.get('speedup_vs_teacher'), 2)} |\n")
+  prof = [r for r in rows if r.get("section") == "profile" and "top" in r]
+  for r in prof:
+    text += (f"\n## Profile: {r['what']} ({r['device_ms_per_step']:.1f} ms of device ops per "
+             "step)\n\n| op category | ms per step | share |\n|---|---|---|\n")
+    for name, ms in r["by_category"]:
+      text += f"| {name} | {ms:.2f} | {ms / r['device_ms_per_step']:.1%} |\n"
+    text += "\n| top op | ms per step |\n|---|---|\n"
+    for name, ms in r["top"][:12]:
+      text += f"| `{name[:70]}` | {ms:.2f} |\n"
+  quality = [r for r in rows if r.get("section") == "text" and "role" in r]
+  if quality:
+    text += ("\n## Real text: teacher vs IDLM student\n\n| role | steps | Gen PPL | entropy | "
+             "distinct-4 | samples |\n|---|---|---|---|---|---|\n")
+    for r in quality:
+      text += (f"| {r['role']} | {r.get('steps', '-')} | {common.fmt(r.get('gen_ppl'), 2)} | "
+               f"{common.fmt(r.get('entropy'), 3)} | {common.fmt(r.get('distinct_4'), 3)} | "
+               f"{r.get('num_samples', '-')} |\n")
+  stages = [r for r in rows if r.get("section") == "text" and "stage" in r]
+  for r in stages:
+    text += (f"\n- {r['stage']}: {r.get('params', 0) / 1e6:.1f}M parameters, "
+             f"{r.get('steps')} steps in {r.get('minutes', 0):.1f} min, validation "
+             f"{r.get('val_metric', 'NELBO')} {common.fmt(r.get('val_nelbo'), 4)} nats/token")
+  skipped = [r for r in rows if "skipped" in r or "error" in r]
+  if skipped:
+    text += "\n\n## Skipped or failed\n\n"
+    for r in skipped:
+      text += f"- {r['section']} {r.get('variant', '')}: {r.get('skipped', r.get('error'))}\n"
+  return text
+
+
+# ------------------------------------------------------------------ part 1
+
+def throughput_argv(args, *extra) -> list:
+  """train_throughput arguments of the campaign's shapes (tiny ones under --smoke)."""
+  argv = ["--config=configs/mdlm_owt.py", "--L", "1024", "--B", "32", "--fwd-B", "64",
+          "--fwd-L", "1024", "--steps", str(args.steps), "--warmup", "3"]
+  return argv + (["--smoke"] if args.smoke else []) + list(extra)
+
+
+def section_throughput(args, rec: Recorder) -> None:
+  """Teacher, IDLM and DiDi steps and the forward call, the PyTorch reference first."""
+  ref = pathlib.Path(args.carry) / TORCH_REF
+  extra = []
+  if not ref.is_file():
+    rec.add("throughput", [{"variant": "torch", "skipped": f"no {ref} (campaign_carry.py)"}])
+  elif args.smoke:  # the reference's own CPU smoke shapes (no torch.compile)
+    rec.add("throughput", [dict(r, variant="torch smoke") for r in torch_smoke(ref)])
+  else:
+    extra = ["--torch-ref", str(ref)]
+  rows = train_throughput.main(throughput_argv(args, *extra))
+  for r in rows:
+    r["variant"] = "default"
+  rec.add("throughput", rows)
+
+
+def torch_smoke(ref: pathlib.Path) -> list:
+  """The PyTorch reference at its tiny CPU shapes (--tiny --no-compile), its RESULTS rows."""
+  out = subprocess.run([sys.executable, str(ref), "--tiny", "--L", "32", "--B", "2", "--steps",
+                        "2", "--warmup", "1", "--sdpa", "default", "--no-compile", "--mode",
+                        "both", "--fwd-B", "2", "--fwd-L", "32"], capture_output=True, text=True)
+  line = [l for l in out.stdout.splitlines() if l.startswith("RESULTS ")]
+  if out.returncode or not line:
+    return [{"framework": "torch", "error": out.stderr[-500:]}]
+  return json.loads(line[0][len("RESULTS "):])
+
+
+def section_attention(args, rec: Recorder) -> None:
+  """The teacher step and the forward call under each attention implementation."""
+  kinds = ("xla",) if args.smoke else ("xla", "cudnn")
+  for kind in kinds:
+    try:
+      rows = train_throughput.main(throughput_argv(
+          args, "--objectives=teacher", "--set", f"model.attention={kind}"))
+    except Exception as e:  # noqa: BLE001  (cuDNN may refuse a shape: record, go on)
+      rows = [{"error": f"{type(e).__name__}: {str(e)[:300]}"}]
+    for r in rows:
+      r["variant"] = f"attention={kind}"
+    rec.add("attention", rows)
+
+
+def section_xla_flags(args, rec: Recorder, deadline: float) -> None:
+  """The teacher step and forward in a fresh process per XLA_FLAGS variant (flags are read
+  once, when XLA starts)."""
+  variants = {"cpu_noop": ""} if args.smoke else XLA_FLAG_VARIANTS
+  for name, flags in variants.items():
+    if time.time() + ESTIMATE_S["xla_flags"] > deadline:
+      rec.add("xla_flags", [{"variant": name, "skipped": "budget"}])
+      continue
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
+    json_path = pathlib.Path(args.out) / f"xla_flags_{name}.jsonl"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"),
+           *throughput_argv(args, "--objectives=teacher", "--json", str(json_path))]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT),
+                          timeout=max(deadline - time.time(), 10))
+    if proc.returncode or not json_path.is_file():
+      rows = [{"error": proc.stderr[-400:]}]
+    else:
+      rows = [json.loads(line) for line in json_path.read_text().splitlines()]
+      json_path.unlink()
+    for r in rows:
+      r.update(variant=name, xla_flags=flags)
+    rec.add("xla_flags", rows)
+
+
+def summarise_trace(trace_dir: pathlib.Path, steps: int) -> dict:
+  """Device time per op category and the top ops of a jax.profiler trace (its Perfetto
+  JSON): events on the device streams, milliseconds per step."""
+  files = sorted(trace_dir.rglob("*.trace.json.gz"))
+  if not files:
+    return {"error": f"no *.trace.json.gz under {trace_dir}"}
+  with gzip.open(files[-1], "rt") as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  names = {(e.get("pid"), e.get("tid")): e.get("args", {}).get("name", "")
+           for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  pids = {e.get("pid"): e.get("args", {}).get("name", "")
+          for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+  device_pids = {p for p, n in pids.items() if "/device:" in n and "CPU" not in n.upper()}
+  on_device = [e for e in events if e.get("ph") == "X" and (
+      e.get("pid") in device_pids if device_pids else
+      "stream" in names.get((e.get("pid"), e.get("tid")), "").lower())]
+  if not on_device:  # a CPU run: the host threads' XLA ops
+    on_device = [e for e in events if e.get("ph") == "X"]
+  per_op, per_cat = {}, {}
+  for e in on_device:
+    ms = e.get("dur", 0) / 1e3 / steps
+    per_op[e["name"]] = per_op.get(e["name"], 0.0) + ms
+    cat = op_category(e["name"])
+    per_cat[cat] = per_cat.get(cat, 0.0) + ms
+  total = sum(per_cat.values())
+  return dict(device_ms_per_step=total, events=len(on_device), device_streams=len(device_pids),
+              by_category=sorted(per_cat.items(), key=lambda kv: -kv[1]),
+              top=sorted(per_op.items(), key=lambda kv: -kv[1])[:25])
+
+
+def op_category(name: str) -> str:
+  """A coarse kind of a device op from its kernel or HLO name."""
+  n = name.lower()
+  for key, cat in (("flash", "attention"), ("fmha", "attention"), ("cudnn", "attention"),
+                   ("attention", "attention"), ("gemm", "matmul"), ("cublas", "matmul"),
+                   ("dot", "matmul"), ("sm90", "matmul"), ("nvjet", "matmul"),
+                   ("triton", "fusion (triton)"), ("all-reduce", "collective"),
+                   ("nccl", "collective"), ("memcpy", "copy"), ("copy", "copy"),
+                   ("reduce", "reduction"), ("fusion", "fusion"), ("rng", "random"),
+                   ("sort", "sort")):
+    if key in n:
+      return cat
+  return "other"
+
+
+def section_profile(args, rec: Recorder) -> None:
+  """A trace of 3 teacher steps after warm-up, summarised (the trace is not kept)."""
+  cfg = config_lib.load_config("configs/mdlm_owt.py" + (":smoke" if args.smoke else ""),
+                               train_throughput.objective_overrides(
+                                   "teacher", train_throughput.parse_args([])))
+  L, B = (32, 8) if args.smoke else (1024, 32)
+  step, state, inputs, mesh = train_throughput.teacher_train_step(cfg, L, B)
+  trace_dir = pathlib.Path(args.work) / "trace"
+  shutil.rmtree(trace_dir, ignore_errors=True)
+
+  with parallel.mesh_context(mesh):
+    step = step.lower(state, inputs).compile()
+    for _ in range(3):
+      state, metrics = step(state, inputs)
+    jax.block_until_ready(metrics)
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+      for _ in range(3):
+        state, metrics = step(state, inputs)
+      jax.block_until_ready(metrics)
+  row = summarise_trace(trace_dir, 3)
+  row["what"] = f"MDLM teacher step, L={L}, B={B}"
+  rec.add("profile", [row])
+
+
+def section_generation(args, rec: Recorder) -> None:
+  """64 x 1024 tokens: teacher at 1024 steps (cache on) vs 16 and 4 steps."""
+  argv = ["--B", "64", "--L", "1024", "--teacher-steps", "1024", "--student-steps", "16,4",
+          "--reps", "1", "--warmup", "1", "--out", str(pathlib.Path(args.work) / "generation")]
+  if args.smoke:
+    argv = ["--smoke", "--student-steps", "4", "--reps", "1", "--warmup", "1", "--out",
+            str(pathlib.Path(args.work) / "generation")]
+  rows = generation_speed.main(argv)
+  rec.add("generation", rows)
+
+
+# ------------------------------------------------------------------ part 2
+
+FIXED_MTIME_NS = 1_700_000_000_000_000_000  # corpus files get this mtime on both machines
+TEXT_DIR = pathlib.Path("/tmp/idlm_campaign/text")  # fixed path: the token cache's key
+
+
+def place_text(carry: pathlib.Path, dest: pathlib.Path = TEXT_DIR) -> pathlib.Path:
+  """Copy the carried passage files to the fixed path with the fixed mtime, so the token
+  cache built by campaign_carry.py (keyed by path, size and mtime) is hit on the device."""
+  src = carry / "text"
+  if not src.is_dir():
+    raise FileNotFoundError(f"{src}: build the carry folder first "
+                            "(python benchmarks/campaign_carry.py)")
+  for part in ("teacher", "evaluator"):
+    (dest / part).mkdir(parents=True, exist_ok=True)
+    for f in sorted((src / part).iterdir()):
+      target = dest / part / f.name
+      if not target.exists() or target.stat().st_size != f.stat().st_size:
+        shutil.copyfile(f, target)
+      os.utime(target, ns=(FIXED_MTIME_NS, FIXED_MTIME_NS))
+  return dest
+
+
+def text_configs(smoke: bool, text_dir: pathlib.Path, cache_dir: str, minutes: dict) -> dict:
+  """The three stages' configs (spec, overrides) of the real-text run."""
+  data = [f"data.cache_dir={cache_dir}", "data.source=text_files", "data.tokenizer=gpt2",
+          "data.wrap=True", "data.max_val_rows=0" if not smoke else "data.max_val_rows=32"]
+  if smoke:
+    size = ["model.hidden_size=32", "model.n_blocks=1", "model.n_heads=2", "model.cond_dim=32",
+            "data.seq_len=32"]
+    teacher_train = ["train.steps=8", "train.global_batch_size=8", "train.eval_every=0",
+                     "ckpt.every=4", "eval.batch_size=8"]
+    ar_size = ["model.hidden_size=32", "model.n_blocks=1", "model.n_heads=2",
+               "model.n_positions=32", "data.seq_len=32", "train.steps=8",
+               "train.global_batch_size=8", "ckpt.every=4", "eval.batch_size=8"]
+    distill = ["train.steps=6", "train.global_batch_size=8", "ckpt.every=3",
+               "distill.monitor_every=3", "distill.monitor_steps=2", "distill.monitor_samples=8",
+               "distill.report_teacher_steps=8,4", "eval.sampling_steps=4,2",
+               "eval.num_samples=8", "eval.batch_size=8", "sample.batch_size=8"]
+  else:
+    size = ["model.hidden_size=384", "model.n_blocks=8", "model.n_heads=6", "model.cond_dim=128",
+            "data.seq_len=256"]
+    teacher_train = ["train.steps=100000", "train.global_batch_size=256", "train.eval_every=500",
+                     "ckpt.every=100000", "eval.batch_size=256", "log.progress_every_s=20"]
+    ar_size = ["model.hidden_size=384", "model.n_blocks=8", "model.n_heads=6",
+               "model.n_positions=256", "data.seq_len=256", "train.steps=100000",
+               "train.global_batch_size=256", "ckpt.every=100000", "eval.batch_size=256",
+               "train.eval_every=0"]
+    distill = ["train.steps=100000", "train.global_batch_size=128", "ckpt.every=100000",
+               "distill.monitor_every=100000", "distill.monitor_steps=16",
+               "distill.monitor_samples=64",
+               f"distill.report_teacher_steps={TEXT_STEPS['teacher_steps']}",
+               f"eval.sampling_steps={TEXT_STEPS['student_steps']}", "eval.num_samples=256",
+               "eval.batch_size=256", "sample.batch_size=256", "optim.lr=1e-4",
+               "optim.warmup_steps=50", "optim.ema=0.99"]
+  common_ = ["model.dtype=bfloat16" if not smoke else "model.dtype=float32",
+             "sample.precision=float64", "model.dropout=0.0"]
+  teacher = ("configs/demo_teacher.py", data + [f"data.path={text_dir / 'teacher'}"] + size +
+             teacher_train + common_ + [f"train.max_minutes={minutes['teacher']}",
+                                        "optim.lr=1e-3", "optim.warmup_steps=200"])
+  ar = ("configs/ar_embedded.py", data + [f"data.path={text_dir / 'evaluator'}"] + ar_size +
+        common_ + [f"train.max_minutes={minutes['ar']}", "optim.lr=1e-3",
+                   "optim.warmup_steps=200"])
+  idlm = ("configs/demo_teacher.py", data + [f"data.path={text_dir / 'teacher'}"] + size +
+          common_ + ["objective=idlm", "distill.fake_steps=1", "optim.decay=constant",
+                     "optim.weight_decay=0.0", "optim.grad_clip=0.0", "distill.best_metric=gen_ppl",
+                     f"train.max_minutes={minutes['idlm']}", "train.eval_every=0",
+                     "train.sample_every=0"] + distill)
+  return dict(teacher=teacher, ar=ar, idlm=idlm)
+
+
+def run_stage(spec: str, overrides: list, workdir: pathlib.Path):
+  """One idlm_jax.main run in this process (the CLI's `run`), its Run object returned."""
+  cfg = config_lib.load_config(spec, overrides)
+  return idlm_main.run(cfg, str(workdir))
+
+
+def section_text(args, rec: Recorder, deadline: float) -> None:
+  """Teacher, evaluator, IDLM, report (see the module docstring)."""
+  carry = pathlib.Path(args.carry)
+  text_dir = place_text(carry, pathlib.Path(args.work) / "text" if args.smoke else TEXT_DIR)
+  cache = str(carry / "tokcache")
+  left = (deadline - time.time()) / 60
+  # minutes per stage: the report (7 cells x 256 samples, compiles) needs ~1.5 min on a GPU
+  minutes = (dict(teacher=0.0, ar=0.0, idlm=0.0) if args.smoke else
+             dict(teacher=round(0.42 * (left - 2.2), 2), ar=round(0.2 * (left - 2.2), 2),
+                  idlm=round(0.38 * (left - 2.2), 2)))
+  cfgs = text_configs(args.smoke, text_dir, cache, minutes)
+  work = pathlib.Path(args.work)
+  rec.add("text", [{"plan_minutes": minutes, "configs": {k: list(v) for k, v in cfgs.items()}}])
+  t0 = time.time()
+  teacher = run_stage(*cfgs["teacher"], work / "teacher")
+  rec.add("text", [stage_row("teacher (MDLM)", teacher, t0)])
+  t0 = time.time()
+  ar = run_stage(*cfgs["ar"], work / "ar")
+  rec.add("text", [stage_row("evaluator (AR)", ar, t0, "NLL")])
+  spec, ar_overrides = cfgs["ar"]
+  card = export.export_evaluator(config_lib.load_config(spec, ar_overrides), str(work / "ar"),
+                                 str(work / "evaluator"), "gpu_campaign.py text")
+  rec.add("text", [{"stage": "evaluator export", "card": card}])
+  spec, overrides = cfgs["idlm"]
+  overrides = overrides + [f"distill.teacher={work / 'teacher'}",
+                           f"eval.evaluator={work / 'evaluator'}"]
+  t0 = time.time()
+  student = run_stage(spec, overrides, work / "idlm")
+  rec.add("text", [stage_row("IDLM student", student, t0)])
+  rec.add("text", report_rows(student.results.get("report", {})))
+  copy_text_outputs(work, pathlib.Path(args.out))
+
+
+def stage_row(name: str, run, t0: float, metric: str = "NELBO") -> dict:
+  """One training stage: parameters, steps, minutes, validation bound."""
+  res = run.results
+  train = res.get("train", {})
+  val = res.get("val", {})
+
+  return dict(stage=name, params=models.count_params(run.state.params),
+              steps=train.get("steps", train.get("last_step")), minutes=(time.time() - t0) / 60,
+              val_nelbo=val.get("nelbo"), val_metric=metric, train=train)
+
+
+def report_rows(report: dict) -> list:
+  """The distillation report's cells as rows (role, steps, metrics)."""
+  rows = []
+  for cell in report.get("rows", report.get("cells", [])):
+    rows.append({"role": cell.get("role", cell.get("name")), **cell})
+  return rows or [{"report": report}]
+
+
+def copy_text_outputs(work: pathlib.Path, out: pathlib.Path) -> None:
+  """Monitor JSONL, report tables and sample text of the run into the output folder."""
+  for rel in ("idlm/distill_report/results.md", "idlm/distill_report/results.json",
+              "idlm/monitor.jsonl", "teacher/metrics.jsonl", "ar/metrics.jsonl"):
+    src = work / rel
+    if src.is_file():
+      shutil.copyfile(src, out / ("text_" + rel.replace("/", "_")))
+
+
+# ------------------------------------------------------------------ driver
+
+def parse_args(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--part", choices=["1", "2", "all"], default="1")
+  ap.add_argument("--sections", default="", help="comma-separated subset of the part's")
+  ap.add_argument("--out", default="benchmarks/results", help="JSONL + Markdown go here")
+  ap.add_argument("--work", default="/tmp/idlm_campaign/work", help="scratch folder")
+  ap.add_argument("--carry", default=".campaign", help="the folder campaign_carry.py built")
+  ap.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget")
+  ap.add_argument("--steps", type=int, default=20, help="timed steps per throughput row")
+  ap.add_argument("--smoke", action="store_true", help="every section, tiny shapes, CPU")
+  return ap.parse_args(argv)
+
+
+def main(argv=None) -> list:
+  args = parse_args(argv)
+  start = time.time()
+  deadline = start + args.budget_s
+  info = common.run_info(__file__, argv)
+  rec = Recorder(args.out, info)
+  sections = PARTS["1"] + PARTS["2"] if args.part == "all" else PARTS[args.part]
+  if args.sections:
+    sections = [s for s in sections if s in args.sections.split(",")]
+  pathlib.Path(args.work).mkdir(parents=True, exist_ok=True)
+  print(f"campaign part {args.part}: {', '.join(sections)}; budget {args.budget_s:.0f} s; "
+        f"device {info['device']}", flush=True)
+  for name in sections:
+    need = 0 if args.smoke else ESTIMATE_S[name]
+    if time.time() + need > deadline:
+      rec.add(name, [{"skipped": f"budget: {deadline - time.time():.0f} s left, needs ~{need}"}])
+      continue
+    t0 = time.time()
+    fn = globals()[f"section_{name}"]
+    try:
+      if name in ("xla_flags", "text"):
+        fn(args, rec, deadline)
+      else:
+        fn(args, rec)
+    except Exception as e:  # noqa: BLE001  (one section failing must not lose the others)
+      if args.smoke:
+        raise
+      rec.add(name, [{"error": f"{type(e).__name__}: {str(e)[:500]}"}])
+    print(f"== {name}: {time.time() - t0:.0f} s (total {time.time() - start:.0f} s)",
+          flush=True)
+  print(f"wrote {rec.jsonl} and {rec.md}", flush=True)
+  return rec.rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,40 @@
+"""benchmarks/plan.py: the per-device memory row of a compiled SPMD step, the bilinear depth x
+rows extrapolation, the candidate row counts and the calibration arithmetic."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from benchmarks import plan
+
+
+def test_memory_row_counts_the_per_device_shard_of_the_arguments():
+  mesh = Mesh(np.asarray(jax.devices()[:8]), ("x",))
+  sh = NamedSharding(mesh, P("x"))
+  x = jax.ShapeDtypeStruct((8 * 1024, 256), jnp.float32, sharding=sh)
+  compiled = jax.jit(lambda a: a * 2.0, in_shardings=sh, out_shardings=sh).lower(x).compile()
+  row = plan.memory_row(compiled)
+  assert row["args_gib"] * 2**30 == 1024 * 256 * 4  # one eighth of the array per device
+  assert row["out_gib"] * 2**30 == 1024 * 256 * 4
+  assert abs(row["total_gib"] - (row["args_gib"] + row["out_gib"] + row["temp_gib"]
+                                 - row["alias_gib"])) < 1e-12
+
+
+def test_bilinear_recovers_an_exact_bilinear_memory():
+  truth = lambda d, r: 3.0 + 0.5 * d + r * (0.25 + 0.125 * d)
+  grid = {(d, r): {"total_gib": truth(d, r)} for d in (1, 2) for r in (1, 2)}
+  for d, r in ((12, 64), (32, 1), (1, 7)):
+    assert abs(plan.bilinear(grid, d, r, lambda v: v["total_gib"]) - truth(d, r)) < 1e-9
+
+
+def test_candidate_rows_with_and_without_accumulation():
+  assert plan.candidate_rows(512, 8, True) == [64, 32, 16, 8, 4, 2, 1]
+  assert plan.candidate_rows(40, 8, True) == [5, 1]  # 2 rows x 8 devices does not divide 40
+  assert plan.candidate_rows(40, 8, False) == [5, 2, 1]
+
+
+def test_calibrated_scales_only_the_temporaries():
+  row = dict(args_gib=2.0, out_gib=2.0, alias_gib=2.0, temp_gib=10.0)
+  assert plan.calibrated(row, 0.5) == 2.0 + 5.0
+  assert plan.calibrated(row, 1.0) == 12.0

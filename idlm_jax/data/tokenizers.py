@@ -26,6 +26,7 @@ import pathlib
 import re
 from typing import Iterable, Sequence
 
+import numpy as np
 import tokenizers as hf_tokenizers
 
 ASSETS_DIR = pathlib.Path(__file__).resolve().parent / "assets"
@@ -284,3 +285,8 @@ def get_tokenizer(name: str, *, assets_dir: str | os.PathLike | None = None) -> 
                        f"{path.resolve()})")
     name = str(path.resolve())
   return _load(name, str(pathlib.Path(assets_dir or ASSETS_DIR).resolve()))
+
+
+def row_dtype(model_vocab_size: int) -> np.dtype:
+  """uint16 when every model id fits in 16 bits, else int32 (the dtype of stored rows)."""
+  return np.dtype(np.uint16 if model_vocab_size <= 1 << 16 else np.int32)

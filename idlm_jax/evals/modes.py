@@ -126,7 +126,7 @@ def train(config, workdir, devices=None) -> loop.Run:
     if "preempted_at" not in run.results["train"]:
       step = int(jax.device_get(run.state.step))
       run.results["val"] = validate_now(run, step)
-      if config.objective != "ar":
+      if run.process is not None:  # "ar" and "llada_sft" have no diffusion sampler
         run.results["samples"] = sample_now(run, step)
       if run.frozen is not None and config.distill.report_teacher_steps:
         run.results["report"] = distill_report.run_report(run, step)

@@ -26,11 +26,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from idlm_jax import fields as F
+from idlm_jax import fields as F, models
 from idlm_jax.data import reasoning
 from idlm_jax.decoding import block as block_lib, r2_rules
 from idlm_jax.fields import ConfigError, Field
-from idlm_jax.train import loop, teacher
+from idlm_jax.train import loop, state as state_lib, teacher
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +140,10 @@ def load_params(run, config):
     raise ConfigError(f"config.eval.reasoning.weights: {path} does not exist")
   c = ml_collections.ConfigDict(config.to_dict())
   c.distill.teacher = str(path)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), run.state.params)
-  return teacher.load(c, abstract, run.mesh, run.tokenizer.model_vocab_size), str(path)
+  vocab = run.tokenizer.model_vocab_size
+  _, abstract = state_lib.abstract_model(
+      lambda rngs: models.build_model(config.model, vocab, rngs), config.seed)
+  return teacher.load(c, abstract, run.mesh, vocab), str(path)
 
 
 def test_prompts(config, tokenizer) -> reasoning.EvalPrompts:

@@ -10,7 +10,12 @@ layout of the decoding canvas, decoding/block.py). Model: LLaDA layout (models/d
 d=128, 3 layers, 4 heads, SwiGLU 384. Objective llada_sft (objectives/llada_sft.py).
 """
 
+import pathlib
+
+import idlm_jax
 from configs import base
+
+SHIPPED = pathlib.Path(idlm_jax.__file__).parent / "assets" / "reasoning_llada"
 
 
 def smoke(c):
@@ -18,6 +23,23 @@ def smoke(c):
   c.model.update(name="llada", hidden_size=32, n_blocks=1, n_heads=2, mlp_ratio=2)
   c.data.update(seq_len=64)
   c.data.reasoning.update(train_problems=256, test_problems=32)
+  return c
+
+
+def r2ft(c):
+  """`:r2ft`: R2's redundancy-aware SFT stand-in (objective r2_finetune: trajectory NELBO +
+  sharpening hinge) on the model's own correct R2 trajectories of training prompts, recorded by
+  benchmarks/dllm_record_trajectories.py (give distill.r2ft.trajectories); starts from the
+  shipped model."""
+  c.objective = "r2_finetune"
+  c.diffusion.algo = "mdlm"
+  c.distill.update(teacher=str(SHIPPED), monitor_every=0, best_metric="none",
+                   report_teacher_steps="")
+  c.distill.r2ft.update(trajectories="", filter="none", sharpen_weight=1.0,
+                        sharpen_target=0.95, horizon=3)
+  c.optim.update(lr=3e-4, warmup_steps=20, decay="constant", ema=0.99)
+  c.train.update(steps=300, log_every=25, eval_every=0)
+  c.ckpt.update(every=150, keep=2)
   return c
 
 
@@ -36,4 +58,4 @@ def get_config(arg=None):
   c.ckpt.update(every=500, keep=2)
   c.eval.update(batch_size=100)
   c.log.progress_every_s = 30.0
-  return base.apply_variant(c, arg, {"smoke": smoke})
+  return base.apply_variant(c, arg, {"smoke": smoke, "r2ft": r2ft})

@@ -104,6 +104,30 @@ def speed_rows(name: str, keys, title: dict, derived=None) -> str:
   return caption + "\n\n" + "\n".join(out) + "\n"
 
 
+def dllm_r2(name: str) -> str:
+  """Accuracy vs NFE of block decoding (benchmarks/dllm_r2.py rows): per model and variant,
+  exact-match accuracy +- SE, NFE per sample +- SE, the NFE change against the same model's
+  uncached threshold decoding, tokens/s and the commits per sample of each rule."""
+  rows = _load(name)
+  base = {r["model"]: r["nfe"] for r in rows if r["variant"] == "threshold"}
+  out = ["| model | decoding | accuracy | NFE | NFE vs threshold | tokens/s | floor | "
+         "threshold | conf. cluster | token cluster | temporal |", "|" + "---|" * 11]
+  for r in rows:
+    ref = base.get(r["model"])
+    change = "–" if ref is None else f"{100.0 * (r['nfe'] / ref - 1.0):+.0f}%"
+    commits = [_fmt(r.get(f"per_sample_{k}"), 1) for k in
+               ("floor", "threshold", "confidence_cluster", "token_cluster", "temporal")]
+    out.append(f"| {r['model']} | {r['variant']} | {r['accuracy']:.3f} ± {r['stderr']:.3f} | "
+               f"{r['nfe']:.2f} ± {r['nfe_se']:.2f} | {change} | {r['tokens_per_s']:.1f} | "
+               + " | ".join(commits) + " |")
+  first = rows[0]
+  caption = (f"Raw: `benchmarks/results/{name}` (n = {first['n']} test problems, greedy, "
+             f"gen_length {first['options']['gen_length']}, block_length "
+             f"{first['options']['block_length']}; {first['device']}, jax {first['jax']}; "
+             "tokens/s on a shared CPU).")
+  return caption + "\n\n" + "\n".join(out) + "\n"
+
+
 def config_fields() -> str:
   """Every config field (path, default, allowed values, meaning) from the declarations."""
   out = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
@@ -118,6 +142,7 @@ def config_fields() -> str:
 
 TABLES = {
     "config_fields": config_fields,
+    "dllm_r2": lambda: dllm_r2("dllm_r2_reasoning.jsonl"),
     "demo": lambda: quality(("demo_genppl_teacher1024.json", "{sampler} (eval run)",
                              lambda r: r["sampler"].startswith("teacher")),
                             ("demo_genppl.json", None)),

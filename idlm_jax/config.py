@@ -16,9 +16,9 @@ import sys
 import ml_collections
 
 from idlm_jax import decoding, fields, models, objectives
-from idlm_jax.data import pipeline, synthetic
+from idlm_jax.data import pipeline, reasoning, synthetic
 from idlm_jax.diffusion import processes
-from idlm_jax.evals import distill_report, evaluate, modes, monitor
+from idlm_jax.evals import distill_report, evaluate, modes, monitor, reasoning_eval
 from idlm_jax.fields import ConfigError, Field
 from idlm_jax.objectives import accumulate, state as objective_state
 from idlm_jax.train import loop, parallel, profiler, teacher
@@ -30,7 +30,9 @@ FIELDS = {
     "mode": Field("train", 'what main.py does: "train" (train, validate, sample), "eval" '
                   '(validation NELBO of the latest checkpoint), "sample" (write samples from the '
                   'latest checkpoint), "eval_samplers" (sample-quality table / distillation '
-                  "report).", choices=tuple(modes.MODES)),
+                  'report), "eval_reasoning" (exact-match accuracy, NFE and tokens/s of block '
+                  "decoding on the reasoning benchmark, evals/reasoning_eval.py).",
+                  choices=tuple(modes.MODES)),
     "objective": Field("diffusion", 'which objective trains: "diffusion" (teacher pretraining), '
                        '"ar" (the causal Gen PPL evaluator), "idlm" (inverse distillation), '
                        '"didi" (DiDi-Instruct), the baselines "sdtt" (MDLM teachers) and "dcd" '
@@ -43,8 +45,8 @@ SECTIONS = ("seed", "mode", "objective", "data", "model", "diffusion", "distill"
             "train", "parallel", "ckpt", "eval", "sample", "log")
 
 # modules that declare fields (FIELDS) and cross-field checks (validate)
-_PARTS = (pipeline, synthetic, models, processes, objective_state, loop, accumulate, parallel,
-          profiler, teacher, evaluate, modes, monitor, distill_report)
+_PARTS = (pipeline, reasoning, synthetic, models, processes, objective_state, loop, accumulate,
+          parallel, profiler, teacher, evaluate, modes, monitor, distill_report, reasoning_eval)
 _VALIDATORS = (synthetic, models, parallel)
 
 

@@ -33,8 +33,8 @@ from typing import Iterable, Iterator, Protocol
 import numpy as np
 
 from idlm_jax import fields as F
-from idlm_jax.data import sources, synthetic
-from idlm_jax.data.tokenizers import Tokenizer, get_tokenizer
+from idlm_jax.data import reasoning, sources, synthetic
+from idlm_jax.data.tokenizers import Tokenizer, get_tokenizer, row_dtype
 from idlm_jax.fields import Field
 
 CACHE_FORMAT_VERSION = 1
@@ -51,8 +51,10 @@ FIELDS = {
         'package), "text_files" (local .txt/.txt.gz/.jsonl files or folders, see data.path), '
         '"tfds_lm1b" (TFDS lm1b, MDLM conventions), "owt" (OpenWebText from local files or the '
         'Hugging Face hub, last data.owt_val_docs documents are validation), "synthetic_hmm" '
-        "(the seeded synthetic language with exact likelihoods, data.synthetic).",
-        choices=("embedded", "text_files", "tfds_lm1b", "owt", "synthetic_hmm")),
+        "(the seeded synthetic language with exact likelihoods, data.synthetic), "
+        '"reasoning" (the generated prompted-reasoning benchmark, data.reasoning: prompt/'
+        "response rows with a prompt_mask; data/reasoning.py).",
+        choices=("embedded", "text_files", "tfds_lm1b", "owt", "synthetic_hmm", "reasoning")),
     "data.path": Field("", 'text_files/owt: file, folder or glob; owt also accepts '
                        '"hf:openwebtext".'),
     "data.embedded_corpora": Field("austen,shakespeare_milton,devil,jargon",
@@ -79,11 +81,6 @@ FIELDS = {
     "data.max_val_rows": Field(0, ">0: evaluate on at most N validation rows (quick runs).",
                                check=F.non_negative),
 }
-
-
-def row_dtype(model_vocab_size: int) -> np.dtype:
-  """uint16 when every model id fits in 16 bits, else int32."""
-  return np.dtype(np.uint16 if model_vocab_size <= 1 << 16 else np.int32)
 
 
 # ------------------------------------------------------------------ row building
@@ -387,6 +384,9 @@ def get_doc_source(data_cfg, split: str) -> sources.DocSource:
     return sources.owt_source(data_cfg.path, split, int(data_cfg.owt_val_docs), max_docs)
   if source == "synthetic_hmm":  # seeded HMM with exact likelihoods (data/synthetic.py)
     return synthetic.doc_source(data_cfg, split)
+  if source == "reasoning":
+    raise ValueError('data.source "reasoning" has prompt/response rows, not documents: '
+                     "use pipeline.get_datasets or reasoning.config_split")
   raise ValueError(f"unknown data.source {source!r}: expected one of "
                    "'embedded', 'text_files', 'tfds_lm1b', 'owt', 'synthetic_hmm'")
 
@@ -538,8 +538,10 @@ class EvalSplit:
            "attention_mask": np.zeros(shape, np.int32),
            "weight": valid.astype(np.float32)}
     real = self.rows.gather(index[:n])  # valid rows are a prefix: indices increase.
-    out["input_ids"][:n] = real["input_ids"]
-    out["attention_mask"][:n] = real["attention_mask"]
+    for name, value in real.items():  # extra fields (prompt_mask, ...): zeros on dummy rows
+      if name not in out:
+        out[name] = np.zeros((self.local_batch_size, *value.shape[1:]), value.dtype)
+      out[name][:n] = value
     return out
 
   def __iter__(self) -> Iterator[dict]:
@@ -564,11 +566,16 @@ def get_datasets(data_cfg, tokenizer: Tokenizer | str, *, global_batch_size: int
   """The training iterator and validation split described by `config.data`."""
   if isinstance(tokenizer, str):
     tokenizer = get_tokenizer(tokenizer)
-  train = TrainIterator(load_split(data_cfg, tokenizer, "train"),
+  if data_cfg.source == "reasoning":  # generated prompt/response rows, no document cache
+    train_rows, val_rows = (reasoning.config_split(data_cfg, tokenizer, s)[0]
+                            for s in ("train", "test"))
+  else:
+    train_rows, val_rows = (load_split(data_cfg, tokenizer, s) for s in ("train", "validation"))
+  train = TrainIterator(train_rows,
                         global_batch_size=global_batch_size, seed=data_cfg.seed,
                         shuffle=data_cfg.shuffle, process_index=process_index,
                         process_count=process_count)
-  val = EvalSplit(load_split(data_cfg, tokenizer, "validation"), batch_size=eval_batch_size,
+  val = EvalSplit(val_rows, batch_size=eval_batch_size,
                   max_rows=int(data_cfg.max_val_rows), process_index=process_index,
                   process_count=process_count)
   return train, val

@@ -85,8 +85,9 @@ import numpy as np
 import tokenizers as hf_tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
-from idlm_jax.data.pipeline import row_dtype
-from idlm_jax.data.tokenizers import ASSETS_DIR, get_tokenizer
+from idlm_jax import fields as F
+from idlm_jax.data.tokenizers import ASSETS_DIR, get_tokenizer, row_dtype
+from idlm_jax.fields import Field
 
 FAMILIES = ("arithmetic", "word", "sort")
 SPLITS = ("train", "test")
@@ -482,7 +483,14 @@ def _encode_problems(problems: Sequence[Problem], tokenizer):
 
 @dataclasses.dataclass
 class PromptRows:
-  """SFT rows [N, L]: BOS + prompt + response + EOS, EOS-padded (the TokenRows interface)."""
+  """SFT rows [N, L]: BOS + prompt + response + EOS, EOS-padded (the TokenRows interface).
+
+  With `prompt_width` W > 0 every prompt is LEFT-padded with [PAD] to W tokens, so every
+  response starts at position W (`offsets` [N] = W - prompt_len pads, hidden from attention
+  by attention_mask 0): training rows then have the exact layout of a left-padded decoding
+  canvas (W prompt slots + L - W response slots), so block decoding sees the sequence length
+  and response region it was trained on.
+  """
   rows: np.ndarray           # [N, L] token ids
   prompt_lens: np.ndarray    # [N] int32: tokens BOS .. <assistant>
   pad_id: int                # EOS: the padding of the rows (part of the target)
@@ -490,30 +498,42 @@ class PromptRows:
   fingerprint: str
   families: tuple[str, ...] = ()
   info: dict = dataclasses.field(default_factory=dict)
+  offsets: np.ndarray | None = None  # [N] int32 left [PAD]s before BOS (None: 0)
 
   @classmethod
-  def from_problems(cls, problems: Sequence[Problem], tokenizer, seq_len: int) -> "PromptRows":
-    """Tokenizes problems; a row longer than seq_len is a ValueError naming it."""
+  def from_problems(cls, problems: Sequence[Problem], tokenizer, seq_len: int,
+                    prompt_width: int = 0) -> "PromptRows":
+    """Tokenizes problems; a row longer than seq_len (or a prompt longer than prompt_width
+    > 0) is a ValueError naming it."""
     prompts, responses = _encode_problems(problems, tokenizer)
     rows = np.full((len(problems), seq_len), tokenizer.eos_id,
                    row_dtype(tokenizer.model_vocab_size))
     prompt_lens = np.empty(len(problems), np.int32)
+    offsets = np.zeros(len(problems), np.int32)
     for i, (p, a, b) in enumerate(zip(problems, prompts, responses)):
-      need = len(a) + len(b) + 1
+      if prompt_width > 0 and len(a) > prompt_width:
+        raise ValueError(f"{p.family} problem {p.key!r}: BOS + prompt is {len(a)} tokens, "
+                         f"more than prompt_width={prompt_width}")
+      offsets[i] = prompt_width - len(a) if prompt_width > 0 else 0
+      need = offsets[i] + len(a) + len(b) + 1
       if need > seq_len:
         raise ValueError(f"{p.family} problem {p.key!r}: BOS + prompt + response + EOS is "
-                         f"{need} tokens, more than seq_len={seq_len}")
-      rows[i, :len(a) + len(b)] = a + b
+                         f"{need} tokens (with {offsets[i]} prompt pads), more than "
+                         f"seq_len={seq_len}")
+      rows[i, :offsets[i]] = tokenizer.pad_id
+      rows[i, offsets[i]:offsets[i] + len(a) + len(b)] = a + b
       prompt_lens[i] = len(a)
     h = hashlib.sha256(repr((rows.shape, str(rows.dtype), tokenizer.fingerprint)).encode())
     h.update(rows.tobytes())
     h.update(prompt_lens.tobytes())
     info = {"num_rows": len(problems), "seq_len": seq_len, "tokenizer": tokenizer.name,
+            "prompt_width": prompt_width,
             "max_prompt_len": int(prompt_lens.max(initial=0)),
             "max_row_len": max((len(a) + len(b) + 1 for a, b in zip(prompts, responses)),
                                default=0)}
     return cls(rows, prompt_lens, tokenizer.eos_id, tokenizer.model_vocab_size,
-               h.hexdigest()[:32], tuple(p.family for p in problems), info)
+               h.hexdigest()[:32], tuple(p.family for p in problems), info,
+               offsets if prompt_width > 0 else None)
 
   @property
   def num_rows(self) -> int:
@@ -525,16 +545,25 @@ class PromptRows:
     """Row length L."""
     return self.rows.shape[1]
 
+  def offset(self, index: np.ndarray) -> np.ndarray:
+    """int32 [len(index)]: left [PAD]s before BOS (0 without prompt_width)."""
+    if self.offsets is None:
+      return np.zeros(len(index), np.int32)
+    return self.offsets[index]
+
   def prompt_mask(self, index: np.ndarray) -> np.ndarray:
-    """int32 [len(index), L]: 1 on prompt positions (never masked, not in the loss)."""
-    return (np.arange(self.seq_len) < self.prompt_lens[index][:, None]).astype(np.int32)
+    """int32 [len(index), L]: 1 on prompt positions and their left pads (never masked, not
+    in the loss)."""
+    end = self.offset(index) + self.prompt_lens[index]
+    return (np.arange(self.seq_len) < end[:, None]).astype(np.int32)
 
   def gather(self, index: np.ndarray) -> dict:
-    """input_ids, attention_mask (all ones: EOS padding is real text), prompt_mask (int32
-    [n, L]) and prompt_len (int32 [n]) of the rows `index`."""
+    """input_ids, attention_mask (0 only on the left prompt pads: EOS padding is real text),
+    prompt_mask (int32 [n, L]) and prompt_len (int32 [n]) of the rows `index`."""
     index = np.asarray(index, np.int64)
+    attention = np.arange(self.seq_len) >= self.offset(index)[:, None]
     return {"input_ids": self.rows[index].astype(np.int32),
-            "attention_mask": np.ones((len(index), self.seq_len), np.int32),
+            "attention_mask": attention.astype(np.int32),
             "prompt_mask": self.prompt_mask(index),
             "prompt_len": self.prompt_lens[index].astype(np.int32)}
 
@@ -571,9 +600,13 @@ class EvalPrompts:
     """int32 [n] prompt lengths (with BOS)."""
     return np.array([len(a) for a in self.prompt_ids], np.int32)
 
-  def left_padded(self, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """ids [n, P] left-padded with pad_id and their attention mask (0 on padding)."""
-    width = int(self.prompt_lens.max(initial=0))
+  def left_padded(self, pad_id: int, width: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """ids [n, P] left-padded with pad_id and their attention mask (0 on padding);
+    P = `width` (> 0; a longer prompt is a ValueError) or the longest prompt."""
+    longest = int(self.prompt_lens.max(initial=0))
+    if width and longest > width:
+      raise ValueError(f"a prompt has {longest} tokens, more than the width {width}")
+    width = width or longest
     ids = np.full((len(self), width), pad_id, np.int32)
     mask = np.zeros((len(self), width), np.int32)
     for i, a in enumerate(self.prompt_ids):
@@ -602,12 +635,55 @@ class EvalPrompts:
 
 def load_reasoning_split(split: str, num: int, *, seq_len: int, seed: int = 0,
                          config: TaskConfig | None = None,
-                         families: Sequence[str] = FAMILIES, tokenizer=None):
+                         families: Sequence[str] = FAMILIES, tokenizer=None,
+                         prompt_width: int = 0):
   """(PromptRows, EvalPrompts) of `num` generated problems of `split`."""
   tokenizer = tokenizer or get_reasoning_tokenizer()
   problems = generate(split, num, seed=seed, config=config, families=families)
-  return (PromptRows.from_problems(problems, tokenizer, seq_len),
+  return (PromptRows.from_problems(problems, tokenizer, seq_len, prompt_width),
           EvalPrompts.from_problems(problems, tokenizer))
+
+
+# ------------------------------------------------------------------ config (data.source)
+
+
+def _families(text: str) -> bool:
+  names = [f.strip() for f in str(text).split(",") if f.strip()]
+  return bool(names) and all(f in FAMILIES for f in names)
+
+
+FIELDS = {
+    "data.reasoning.train_problems": Field(
+        50_000, 'data.source "reasoning": generated training problems (rows).',
+        check=F.positive),
+    "data.reasoning.test_problems": Field(
+        500, 'data.source "reasoning": held-out problems (validation rows and the prompts of '
+        "the exact-match evaluation).", check=F.positive),
+    "data.reasoning.families": Field(
+        "arithmetic,word,sort", 'data.source "reasoning": task families, comma separated '
+        f"(problem i is of family i mod count): {', '.join(FAMILIES)}.",
+        check=F.Check(_families, f"comma-separated names from {FAMILIES}")),
+    "data.reasoning.prompt_width": Field(
+        0, 'data.source "reasoning": > 0 left-pads every prompt (BOS .. <assistant>) to this '
+        "many tokens so every response starts at this position, as on a left-padded decoding "
+        "canvas; 0: prompts start at position 0.", check=F.non_negative),
+}
+
+
+def families_of(data_cfg) -> tuple[str, ...]:
+  """The configured families, in order."""
+  return tuple(f.strip() for f in str(data_cfg.reasoning.families).split(",") if f.strip())
+
+
+def config_split(data_cfg, tokenizer, split: str):
+  """(PromptRows, EvalPrompts) of a split ("train", "test" or "validation") of config.data:
+  data.reasoning.* problems generated with data.seed, rows of data.seq_len."""
+  r = data_cfg.reasoning
+  split = SPLIT_ALIASES.get(split, split)
+  num = r.train_problems if split == "train" else r.test_problems
+  return load_reasoning_split(split, int(num), seq_len=int(data_cfg.seq_len),
+                              seed=int(data_cfg.seed), families=families_of(data_cfg),
+                              tokenizer=tokenizer, prompt_width=int(r.prompt_width))
 
 
 # ------------------------------------------------------------------ statistics and CLI

@@ -26,6 +26,7 @@ import pathlib
 import re
 from typing import Iterable, Sequence
 
+import numpy as np
 import tokenizers as hf_tokenizers
 
 from idlm_jax.fields import ConfigError
@@ -304,3 +305,8 @@ def _get_tokenizer(name: str, assets_dir) -> Tokenizer:
                        f"{path.resolve()})")
     name = str(path.resolve())
   return _load(name, str(pathlib.Path(assets_dir or ASSETS_DIR).resolve()))
+
+
+def row_dtype(model_vocab_size: int) -> np.dtype:
+  """uint16 when every model id fits in 16 bits, else int32 (the dtype of stored rows)."""
+  return np.dtype(np.uint16 if model_vocab_size <= 1 << 16 else np.int32)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from idlm_jax.data import pipeline
+from idlm_jax.data import pipeline, reasoning
 
 
 class Trajectories(NamedTuple):
@@ -47,12 +47,21 @@ def num_calls(commit_step):
   return commit_step.max(-1) + 1
 
 
-def save(path, traj: Trajectories, meta: dict) -> None:
-  """One .npz with the arrays (compact dtypes) and `meta` as a JSON string."""
+def save(path, traj: Trajectories, meta: dict, attention_mask: np.ndarray | None = None) -> None:
+  """One .npz with the arrays (compact dtypes) and `meta` as a JSON string; `attention_mask`
+  [N, L] (0 on left prompt pads of prompted decoding) is stored when given."""
+  extra = {} if attention_mask is None else {"attention_mask": attention_mask.astype(np.int8)}
   with open(path, "wb") as f:
     np.savez(f, tokens=traj.tokens.astype(np.int32), commit_step=traj.commit_step.astype(np.int16),
              commit_rule=traj.commit_rule.astype(np.int8), score=traj.score.astype(np.float32),
-             meta=np.asarray(json.dumps(meta)))
+             meta=np.asarray(json.dumps(meta)), **extra)
+
+
+def load_attention_mask(path) -> np.ndarray | None:
+  """The stored attention mask [N, L] of a trajectory file (None when it has none)."""
+  with open(path, "rb") as f:
+    z = np.load(f)
+    return z["attention_mask"].astype(np.int32) if "attention_mask" in z.files else None
 
 
 def load(path) -> tuple[Trajectories, dict]:
@@ -68,8 +77,10 @@ class TrajectoryRows:
   """Recorded trajectories as training rows (`pipeline.Rows`): `gather` adds commit_step /
   commit_rule (int32 [n, L]) to input_ids / attention_mask."""
 
-  def __init__(self, traj: Trajectories, model_vocab_size: int):
+  def __init__(self, traj: Trajectories, model_vocab_size: int,
+               attention_mask: np.ndarray | None = None):
     self.traj, self.model_vocab_size = traj, model_vocab_size
+    self.attention = attention_mask  # [N, L] (left-padded prompts), None: all ones
     self.rows, self.lengths = traj.tokens, None
     h = hashlib.sha256()
     for a in traj[:3]:
@@ -88,7 +99,8 @@ class TrajectoryRows:
     index = np.asarray(index, np.int64)
     return {"input_ids": self.traj.tokens[index], "commit_step": self.traj.commit_step[index],
             "commit_rule": self.traj.commit_rule[index],
-            "attention_mask": np.ones((len(index), self.seq_len), np.int32)}
+            "attention_mask": np.ones((len(index), self.seq_len), np.int32)
+            if self.attention is None else self.attention[index].astype(np.int32)}
 
   def token_counts(self, num_rows=None) -> np.ndarray:
     rows = self.rows if num_rows is None else self.rows[:num_rows]
@@ -103,10 +115,15 @@ def get_datasets(path: str, data_cfg, tokenizer, *, global_batch_size: int,
     raise ValueError(f"distill.r2ft.trajectories: rows of length {traj.tokens.shape[1]}, "
                      f"data.seq_len is {data_cfg.seq_len}")
   where = dict(process_index=process_index, process_count=process_count)
-  train = pipeline.TrainIterator(TrajectoryRows(traj, tokenizer.model_vocab_size),
+  train = pipeline.TrainIterator(TrajectoryRows(traj, tokenizer.model_vocab_size,
+                                                load_attention_mask(path)),
                                  global_batch_size=global_batch_size, seed=data_cfg.seed,
                                  shuffle=data_cfg.shuffle, **where)
-  val = pipeline.EvalSplit(pipeline.load_split(data_cfg, tokenizer, "validation"),
+  if data_cfg.source == "reasoning":  # prompt/response rows (no document cache)
+    val_rows = reasoning.config_split(data_cfg, tokenizer, "test")[0]
+  else:
+    val_rows = pipeline.load_split(data_cfg, tokenizer, "validation")
+  val = pipeline.EvalSplit(val_rows,
                            batch_size=eval_batch_size, max_rows=int(data_cfg.max_val_rows),
                            **where)
   return train, val

@@ -24,7 +24,8 @@ from etils import epath
 
 from idlm_jax import decoding
 from idlm_jax.data import pipeline
-from idlm_jax.evals import distill_report, evaluate, likelihood, monitor, zero_shot
+from idlm_jax.evals import (distill_report, evaluate, likelihood, monitor, reasoning_eval,
+                            zero_shot)
 from idlm_jax.evals import samples as samples_lib
 from idlm_jax.fields import Field
 from idlm_jax.train import loop, parallel
@@ -137,7 +138,7 @@ def train(config, workdir, devices=None) -> loop.Run:
     if "preempted_at" not in run.results["train"]:
       step = int(jax.device_get(run.state.step))
       run.results["val"] = validate_now(run, step)
-      if config.objective != "ar":
+      if run.process is not None:  # "ar" and "llada_sft" have no diffusion sampler
         run.results["samples"] = sample_now(run, step)
       if run.frozen is not None and config.distill.report_teacher_steps:
         run.results["report"] = distill_report.run_report(run, step)
@@ -199,7 +200,7 @@ def eval_samplers(config, workdir, devices=None) -> loop.Run:
 
 
 MODES = {"train": train, "eval": evaluate_mode, "sample": sample,
-         "eval_samplers": eval_samplers}
+         "eval_samplers": eval_samplers, "eval_reasoning": reasoning_eval.eval_reasoning}
 
 
 def write_summary(run: loop.Run, step: int) -> None:

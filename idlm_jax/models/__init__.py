@@ -12,7 +12,7 @@ from flax import nnx
 
 from idlm_jax import fields as F
 from idlm_jax.fields import ConfigError, Field
-from idlm_jax.models import gpt2
+from idlm_jax.models import dllm, gpt2
 from idlm_jax.models.dit import (
     DIT,
     from_torch_state_dict,
@@ -24,8 +24,11 @@ from idlm_jax.models.layers import DTYPES
 
 FIELDS = {
     "model.name": Field("dit", 'the network: "dit" (the DDiT denoiser of MDLM/SEDD/Duo, '
-                        'reference/teachers.md §1.4) or "gpt2" (the causal evaluator of the '
-                        '"ar" objective).', choices=("dit", "gpt2")),
+                        'reference/teachers.md §1.4), "gpt2" (the causal evaluator of the '
+                        '"ar" objective) or "llada" (a LLaDA-architecture bidirectional '
+                        "decoder, models/dllm.py: RMSNorm, SwiGLU of width mlp_ratio x "
+                        "hidden_size, RoPE, no time input; objective \"llada_sft\").",
+                        choices=("dit", "gpt2", "llada")),
     "model.hidden_size": Field(768, "width d of the residual stream.", check=F.positive),
     "model.n_blocks": Field(12, "transformer blocks.", check=F.positive),
     "model.n_heads": Field(12, "attention heads (head size hidden_size / n_heads, even).",
@@ -55,11 +58,18 @@ FIELDS = {
         "float32 logits are never live at once; same loss and gradients. 0 = off. Objective "
         '"diffusion" with diffusion.algo "mdlm" only.', check=F.non_negative_or_off("0: off")),
     "model.n_positions": Field(1024, 'model.name "gpt2": learned positions.', check=F.positive),
+    "model.n_kv_heads": Field(0, 'model.name "llada": key/value heads (grouped-query '
+                              "attention; 0 = n_heads).", check=F.non_negative),
+    "model.rope_theta": Field(10_000.0, 'model.name "llada": RoPE base (LLaDA-8B: 5e5).',
+                              check=F.positive),
 }
 
 
 def validate(config) -> None:
   m = config.model
+  if m.name == "llada" and m.n_kv_heads and m.n_heads % m.n_kv_heads:
+    raise ConfigError(f"config.model.n_kv_heads: {m.n_kv_heads} must divide n_heads "
+                      f"{m.n_heads}")
   if m.hidden_size % m.n_heads or (m.hidden_size // m.n_heads) % 2:
     raise ConfigError(f"config.model.hidden_size: {m.hidden_size} must split into "
                       f"{m.n_heads} heads of even size (rotary embedding)")
@@ -74,14 +84,28 @@ __all__ = [
 ]
 
 
+def llada_config(model_cfg, vocab_size: int) -> dllm.DLLMConfig:
+  """The DLLMConfig of a model section with name "llada" (LLaDA layout, no bias, untied)."""
+  return dllm.DLLMConfig(
+      arch="llada", vocab_size=vocab_size, d_model=model_cfg.hidden_size,
+      n_layers=model_cfg.n_blocks, n_heads=model_cfg.n_heads,
+      n_kv_heads=model_cfg.n_kv_heads or model_cfg.n_heads,
+      mlp_hidden_size=model_cfg.mlp_ratio * model_cfg.hidden_size,
+      rope_theta=float(model_cfg.rope_theta), rms_norm_eps=1e-5)
+
+
 def build_model(model_cfg, vocab_size: int, rngs: nnx.Rngs) -> DIT:
   """The network named by the `model` config section (models.FIELDS)."""
   if model_cfg.name == "gpt2":  # causal LM for the "ar" objective (Gen PPL evaluator)
     return gpt2.build(model_cfg, vocab_size, model_cfg.n_positions, rngs)
-  if model_cfg.name != "dit":
-    raise ValueError(f"model.name must be 'dit', got {model_cfg.name!r}")
   if model_cfg.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}")
+  if model_cfg.name == "llada":
+    return dllm.DLLM(llada_config(model_cfg, vocab_size), dtype=DTYPES[model_cfg.dtype],
+                     attention=model_cfg.attention, remat=model_cfg.remat,
+                     dropout=model_cfg.dropout, rngs=rngs)
+  if model_cfg.name != "dit":
+    raise ValueError(f"model.name must be one of 'dit', 'gpt2', 'llada', got {model_cfg.name!r}")
   return DIT(
       vocab_size=vocab_size,
       hidden_size=model_cfg.hidden_size,

@@ -289,7 +289,8 @@ class DecoderLayer(nnx.Module):
     v = self.v_proj(h).reshape(b, t, self.n_kv_heads, self.head_dim)
     q, k = layers.apply_rope(q, *rope), layers.apply_rope(k, *rope)
     if cache is not None:
-      start = (0, write_at, 0, 0)
+      z = jnp.zeros((), jnp.int32)  # int32 indices also when x64 is on (float64 decoding)
+      start = (z, jnp.asarray(write_at, jnp.int32), z, z)
       k = jax.lax.dynamic_update_slice(cache[0], k[:, skip:].astype(cache[0].dtype), start)
       v = jax.lax.dynamic_update_slice(cache[1], v[:, skip:].astype(cache[1].dtype), start)
     impl = None

@@ -42,6 +42,7 @@ from idlm_jax.data import trajectories as traj_data
 from idlm_jax.decoding import r2 as r2_sampler, r2_rules
 from idlm_jax.diffusion import mdlm
 from idlm_jax.fields import Check, ConfigError, Field
+from idlm_jax.models import dllm
 from idlm_jax.objectives import accumulate
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import apply_gradients
@@ -151,7 +152,10 @@ def trajectory_sums(model, batch: dict, key: rng.Key, *, schedule, mask_id: int,
   xk, k, masked, k_drop = trajectory_state(batch, key, mask_id=mask_id, masks=masks)
   t = jnp.clip(((steps >= k[:, None]).sum(-1) / jnp.maximum((steps >= 0).sum(-1), 1)),
                schedule.eps, 1.0).astype(jnp.float32)  # the state's noise level ~ m_k
-  logits = model(xk, schedule.sigma(t), dropout_key=k_drop if train else None)
+  extra = {}
+  if isinstance(model, dllm.DLLM):  # prompted rows: left prompt pads hidden from attention
+    extra["attention_mask"] = batch.get("attention_mask")
+  logits = model(xk, schedule.sigma(t), dropout_key=k_drop if train else None, **extra)
   log_p = mdlm.subs_log_prob_of(logits, xk, x, mask_id)
   return loss_terms(log_p, steps, batch["commit_rule"], k, horizon=horizon, rule_ids=rule_ids,
                     target=target, masked=masked)

@@ -290,3 +290,28 @@ def test_length_statistics_fit_a_96_token_row(tok):
   stats = R.length_stats(tok, num_per_family=300)
   assert set(stats) == set(R.FAMILIES)
   assert all(s["row_max"] <= 96 and s["response_max"] <= 64 for s in stats.values())
+
+
+def test_prompt_width_left_pads_prompts(tok):
+  """prompt_width W: every response starts at W, the left [PAD]s are hidden (attention 0) and
+  part of the prompt mask; the EvalSplit batches carry the prompt mask."""
+  from idlm_jax.data.pipeline import EvalSplit
+  problems = R.generate("train", 12, seed=1, families=["arithmetic", "sort"])
+  plain = R.PromptRows.from_problems(problems, tok, 96)
+  rows = R.PromptRows.from_problems(problems, tok, 96, prompt_width=28)
+  got = rows.gather(np.arange(12))
+  for i, p in enumerate(problems):
+    n = int(plain.prompt_lens[i])
+    pads = 28 - n
+    assert (got["input_ids"][i, :pads] == tok.pad_id).all()
+    assert (got["input_ids"][i, pads:] == plain.rows[i, :96 - pads]).all()
+    assert (got["attention_mask"][i] == (np.arange(96) >= pads)).all()
+    assert (got["prompt_mask"][i] == (np.arange(96) < 28)).all()
+  a, b = rows.token_counts(), plain.token_counts()  # same responses, shorter EOS fill
+  keep = np.arange(len(a)) != tok.eos_id
+  assert (a[keep] == b[keep]).all() and a[tok.eos_id] < b[tok.eos_id]
+  with pytest.raises(ValueError, match="prompt_width=4"):
+    R.PromptRows.from_problems(problems, tok, 96, prompt_width=4)
+  batch = EvalSplit(rows, batch_size=8).batch(1)
+  assert batch["prompt_mask"].shape == (8, 96) and batch["weight"].tolist() == [1] * 4 + [0] * 4
+  assert (batch["prompt_mask"][4:] == 0).all()

@@ -7,10 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from idlm_jax import config as config_lib
 from idlm_jax.data import trajectories as traj_data
+from idlm_jax.data.tokenizers import get_tokenizer
 from idlm_jax.decoding import r2 as r2_samplers, r2_rules as r2, trajectories as r2_trajectories
 from idlm_jax.diffusion import categorical, mdlm
 from idlm_jax.diffusion.schedules import LogLinear
+from idlm_jax.models import dllm
 from idlm_jax.objectives import r2_finetune
 
 M = 9  # [MASK]
@@ -180,3 +183,37 @@ def test_config_validation_names_the_field(override, message):
   config_lib.load_config("configs/r2_finetune_synthetic.py", base)  # valid as shipped + paths
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.load_config("configs/r2_finetune_synthetic.py", [*base, override])
+
+
+def test_prompted_trajectories_carry_the_attention_mask(tmp_path):
+  """Prompted (left-padded) trajectories: the stored attention mask reaches the batches, the
+  validation split is the reasoning test split, and the DLLM loss sees the mask (pads hidden:
+  changing a hidden pad token changes nothing)."""
+  tok = get_tokenizer("reasoning")
+  n, length = 4, 64
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(10, 100, (n, length)).astype(np.int32)
+  tokens[:, :3] = tok.pad_id
+  step = np.concatenate([np.full((n, 16), -1), rng.integers(0, 5, (n, 48))], 1)
+  rule = np.where(step >= 0, 1, -1)
+  att = (np.arange(length) >= 3)[None].repeat(n, 0).astype(np.int32)
+  path = tmp_path / "t.npz"
+  traj_data.save(path, traj_data.Trajectories(tokens, step, rule, np.zeros(n, np.float32)),
+                 {"test": True}, att)
+  cfg = config_lib.load_config("configs/reasoning_llada.py:r2ft", [
+      f"distill.r2ft.trajectories='{path}'", "data.reasoning.test_problems=8",
+      "train.global_batch_size=4", "eval.batch_size=4"])
+  train, val = r2_finetune.get_datasets(cfg, tok)
+  batch = next(train)
+  assert (batch["attention_mask"] == att[:len(batch["attention_mask"])]).all()
+  assert "prompt_mask" in val.batch(0)
+  model = dllm.build(dllm.DLLMConfig(arch="llada", vocab_size=tok.model_vocab_size, d_model=32,
+                                     n_layers=1, n_heads=2, n_kv_heads=2, mlp_hidden_size=64,
+                                     rope_theta=1e4, rms_norm_eps=1e-5))
+  b = {k: jnp.asarray(v) for k, v in train.rows.gather(np.arange(n)).items()}
+  other = dict(b, input_ids=b["input_ids"].at[:, 0].set(11))
+  kw = dict(schedule=LogLinear(1e-3), mask_id=tok.mask_id, horizon=3, rule_ids=(1,),
+            target=0.95, train=False)
+  a = r2_finetune.trajectory_sums(model, b, jax.random.key(0), **kw)
+  c = r2_finetune.trajectory_sums(model, other, jax.random.key(0), **kw)
+  assert float(a["nelbo_sum"]) == pytest.approx(float(c["nelbo_sum"]), rel=1e-5)

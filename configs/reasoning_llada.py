@@ -1,0 +1,61 @@
+"""A small LLaDA-architecture model trained with LLaDA's SFT loss on the prompted-reasoning
+benchmark (issue #18), on a CPU.
+
+python -m idlm_jax.main --config=configs/reasoning_llada.py --workdir=/tmp/reasoning_llada
+
+Data: data.source "reasoning" (data/reasoning.py), family arithmetic (2-3 digit + and - with
+column-by-column worked steps, the answer after `####`), every prompt left-padded to 16
+tokens so every response starts at position 16 and has 48 slots (rows of 64 tokens: the
+layout of the decoding canvas, decoding/block.py). Model: LLaDA layout (models/dllm.py),
+d=128, 3 layers, 4 heads, SwiGLU 384. Objective llada_sft (objectives/llada_sft.py).
+"""
+
+import pathlib
+
+import idlm_jax
+from configs import base
+
+SHIPPED = pathlib.Path(idlm_jax.__file__).parent / "assets" / "reasoning_llada"
+
+
+def smoke(c):
+  c = base.smoke(c)
+  c.model.update(name="llada", hidden_size=32, n_blocks=1, n_heads=2, mlp_ratio=2)
+  c.data.update(seq_len=64)
+  c.data.reasoning.update(train_problems=256, test_problems=32)
+  return c
+
+
+def r2ft(c):
+  """`:r2ft`: R2's redundancy-aware SFT stand-in (objective r2_finetune: trajectory NELBO +
+  sharpening hinge) on the model's own correct R2 trajectories of training prompts, recorded by
+  benchmarks/dllm_record_trajectories.py (give distill.r2ft.trajectories); starts from the
+  shipped model."""
+  c.objective = "r2_finetune"
+  c.diffusion.algo = "mdlm"
+  c.distill.update(teacher=str(SHIPPED), monitor_every=0, best_metric="none",
+                   report_teacher_steps="")
+  c.distill.r2ft.update(trajectories="", filter="none", sharpen_weight=1.0,
+                        sharpen_target=0.95, horizon=3)
+  c.optim.update(lr=3e-4, warmup_steps=20, decay="constant", ema=0.99)
+  c.train.update(steps=300, log_every=25, eval_every=0)
+  c.ckpt.update(every=150, keep=2)
+  return c
+
+
+def get_config(arg=None):
+  c = base.get_config()
+  c.objective = "llada_sft"
+  c.data.update(source="reasoning", tokenizer="reasoning", seq_len=64)
+  c.data.reasoning.update(train_problems=50_000, test_problems=500, families="arithmetic",
+                          prompt_width=16)
+  c.model.update(name="llada", hidden_size=128, n_blocks=3, n_heads=4, mlp_ratio=3,
+                 dropout=0.0, rope_theta=10_000.0)
+  c.optim.update(lr=2e-3, warmup_steps=200, decay="cosine", final_lr_fraction=0.05,
+                 b2=0.98, weight_decay=0.01, ema=0.995)
+  c.train.update(steps=2500, global_batch_size=32, log_every=50, eval_every=500,
+                 sample_every=0, max_minutes=0.0)
+  c.ckpt.update(every=500, keep=2)
+  c.eval.update(batch_size=100)
+  c.log.progress_every_s = 30.0
+  return base.apply_variant(c, arg, {"smoke": smoke, "r2ft": r2ft})

@@ -28,7 +28,8 @@ from idlm_jax.train import loop
 
 DATA = pathlib.Path(__file__).parent / "data"
 TOL = dict(rtol=1e-4, atol=1e-4)
-TINY = ["data.synthetic.vocab_size=36", "data.tokenizer='symbols-36'", "model.hidden_size=16",
+TINY = ["data.synthetic.vocab_size=36", "data.synthetic.num_states=36",
+        "data.tokenizer='symbols-36'", "model.hidden_size=16",
         "model.n_blocks=2", "model.n_heads=2", "model.cond_dim=8", "model.mlp_ratio=4",
         "model.time_conditioning=True", "ckpt.async_save=False", "log.tensorboard=False"]
 

@@ -38,7 +38,14 @@ committed-since-refresh positions (Fast-dLLM's approximation).
 The block loop is unrolled (gen_length / block_length blocks, static starts: the prefix cache's
 remainder has a different static length per block); each block's steps are a lax.while_loop.
 Trace inside `categorical.x64_scope("float64")` (done by `decode`).
-Dream's one-position shift is not handled here (a LLaDA-layout model is assumed).
+Dream's one-position shift (Dream predicts token i from the output at position i - 1:
+logits = cat([l[:, :1], l[:, :-1]])) is applied by the model itself (`DLLM.shift_right`, one
+place), so the full and refresh forwards already return aligned logits; a cached block forward
+gets the token at s - 1 (`prev_token`) so that position s, the block's first, is predicted from
+position s - 1 as in the full forward (without it, the block would be shifted on its own and
+position s would see its own output). Tested against brute-force shifted logits in
+tests/decoding/test_block.py. (Fast-dLLM's Dream loop also commits position s alone on each
+block's first forward; that policy is not reproduced here.)
 """
 
 from typing import NamedTuple
@@ -209,9 +216,13 @@ def generate(model, prompt: jax.Array, key: jax.Array, *, mask_id: int, options:
           return model(x, attention_mask=am)[:, s:e], None
         full, kv = model.forward_with_cache(x, attention_mask=am)
         return full[:, s:e], kv
+      # Dream: position s is predicted from position s - 1, outside the block (see above)
+      prev = x[:, s - 1] if s > 0 else None
       if o.cache == "dual":
-        return model.forward_block(x[:, s:e], s, cache, kind="dual", attention_mask=am), None
-      out = model.forward_block(x[:, s:], s, cache, kind="prefix", attention_mask=am)
+        return model.forward_block(x[:, s:e], s, cache, kind="dual", prev_token=prev,
+                                   attention_mask=am), None
+      out = model.forward_block(x[:, s:], s, cache, kind="prefix", prev_token=prev,
+                                attention_mask=am)
       return out[:, :e - s], None
 
     def step(carry, logits, s=s, e=e, blk=blk):

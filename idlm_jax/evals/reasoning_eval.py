@@ -28,7 +28,7 @@ import numpy as np
 
 from idlm_jax import fields as F, models
 from idlm_jax.data import reasoning
-from idlm_jax.decoding import block as block_lib, r2_rules
+from idlm_jax.decoding import block as block_lib, r2 as r2_lib, r2_rules
 from idlm_jax.fields import ConfigError, Field
 from idlm_jax.train import loop, state as state_lib, teacher
 
@@ -69,16 +69,14 @@ FIELDS = {
 
 
 def options_from_config(config) -> block_lib.BlockOptions:
-  """BlockOptions of eval.reasoning.* and the rule settings of sample.r2.*."""
-  e, r = config.eval.reasoning, config.sample.r2
+  """BlockOptions of eval.reasoning.* with the R2 rule settings of sample.r2.* (the rules
+  and the threshold from eval.reasoning)."""
+  e = config.eval.reasoning
+  rules = r2_lib.options_from_config(config.sample.r2)._replace(
+      rules=r2_rules.parse_rules(e.rules), threshold=float(e.threshold))
   return block_lib.BlockOptions(
       gen_length=int(e.gen_length), block_length=int(e.block_length), steps=int(e.steps),
-      threshold=float(e.threshold), remasking=e.remasking, temperature=float(e.temperature),
-      cache=e.cache, rules=r2_rules.parse_rules(e.rules),
-      cluster_window=int(r.cluster_window), cluster_max_unmasked=int(r.cluster_max_unmasked),
-      spatial_threshold=float(r.spatial_threshold), token_cluster_size=int(r.token_cluster_size),
-      token_cluster_select=r.token_cluster_select, temporal_steps=int(r.temporal_steps),
-      temporal_threshold=float(r.temporal_threshold), temporal_eval=r.temporal_eval)
+      remasking=e.remasking, temperature=float(e.temperature), cache=e.cache, r2=rules)
 
 
 def response_lengths(tokens: np.ndarray, eos_id: int) -> np.ndarray:

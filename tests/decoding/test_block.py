@@ -182,3 +182,19 @@ def test_dream_block_decoding_commits_the_shifted_predictions(dream_pair, cache)
   assert ref.tolist() != unshifted.tolist()  # the shift matters for these prompts
   assert np.asarray(out.tokens).tolist() == ref.tolist()
   assert int(out.nfe) == 8
+
+
+def test_block_options_hold_an_r2_options():
+  """The rule settings live once, in R2Options; the flat names reach them."""
+  o = B.BlockOptions(gen_length=8, block_length=4, threshold=0.5, rules=("temporal",),
+                     spatial_threshold=0.3)
+  assert isinstance(o.r2, B.r2_lib.R2Options) and "threshold" not in o._fields
+  assert (o.r2.threshold, o.r2.rules, o.r2.spatial_threshold) == (0.5, ("temporal",), 0.3)
+  assert o.threshold == 0.5 and o.block_length == 4 and o.r2.block_length == 0
+  default = B.BlockOptions().r2
+  assert default == B.r2_lib.R2Options(rules=())
+  changed = o._replace(rules=(), cache="dual", temporal_steps=2)
+  assert (changed.r2.rules, changed.cache, changed.r2.temporal_steps) == ((), "dual", 2)
+  assert changed.r2.threshold == 0.5 and list(o._asdict()) == list(B.FLAT_FIELDS)
+  with pytest.raises(TypeError, match="bogus"):
+    B.BlockOptions(bogus=1)

@@ -517,7 +517,7 @@ def markdown_llada(plan: dict) -> str:
           f"{plan['devices']} x {plan['memory_gib']:g} GiB ({plan['target']}), budget "
           f"{1 - plan['headroom']:.0%}; extrapolated from 1- and 2-layer compiles; "
           f"temporaries x {plan['temp_scale']:.3f}.\n\n"
-          "| params + Adam dtype | remat | mesh | persistent GiB | GiB at 1 row (CPU) | "
+          "| params + Adam dtype | remat | mesh | persistent GiB | GiB at 1 row (uncalibrated) | "
           "GiB per row | max rows per device |\n|---|---|---|---|---|---|---|\n")
   for s in plan["settings"]:
     text += (f"| {s['param_dtype']} | {s['remat']} | {s['mesh']} | "

@@ -51,6 +51,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
@@ -334,22 +335,26 @@ def masked_diffusion_loss(model, tokens, key, mask_id: int):
 
 
 def llada_step_memory(mode: str, devices, rows: int, seq_len: int, *, n_layers: int,
-                      remat: str, mesh_name: str, param_dtype: str, log=print) -> dict:
+                      remat: str, mesh_name: str, param_dtype: str, log=print,
+                      global_batch: int = 0) -> dict:
   """Compile LLaDA-8B's forward (mode "forward") or full fine-tuning step (mode "finetune":
   masked-diffusion loss, AdamW with the moments in `param_dtype`, donated state) at
-  `n_layers` of its 32 layers, rows per device x seq_len, and return its memory row."""
+  `n_layers` of its 32 layers, rows per device x seq_len, and return its memory row.
+  `global_batch` > 0 replaces rows x devices by that batch (inference batches smaller than
+  the mesh: the rows are then replicated unless the batch axes divide them)."""
   c = dllm.llada_8b().replace(n_layers=n_layers)
   pdt = jnp.dtype(param_dtype)
   model = nnx.eval_shape(lambda: dllm.build(c, dtype=jnp.bfloat16, remat=remat))
   graphdef, params = nnx.split(model, nnx.Param)
-  mesh = parallel.make_mesh(dict(strategy="pjit", ici_mesh=MESHES[mesh_name],
-                                 dcn_mesh=(1, 1, 1)), devices)
-  with parallel.mesh_context(mesh):
-    p_sh = parallel.param_shardings(params, mesh)
+  mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(
+      strategy="pjit", ici_mesh=MESHES[mesh_name], dcn_mesh=(1, 1, 1))), devices)
+  p_sh = parallel.param_shardings(params, mesh)  # outside the rules: names still logical
   params = abstract(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, pdt),
                                  nnx.to_pure_dict(params)), p_sh)
-  B = rows * len(devices)
+  B = global_batch or rows * len(devices)
   batch_sh = parallel.batch_sharding(mesh)
+  if B % parallel.batch_divisor(mesh):
+    batch_sh = parallel.replicated(mesh)
   tokens = jax.ShapeDtypeStruct((B, seq_len), jnp.int32, sharding=batch_sh)
   rep = parallel.replicated(mesh)
   if mode == "forward":
@@ -375,8 +380,9 @@ def llada_step_memory(mode: str, devices, rows: int, seq_len: int, *, n_layers: 
   with parallel.mesh_context(mesh):
     compiled = fn.lower(*args).compile()
   out = memory_row(compiled)
-  out.update(compile_s=time.perf_counter() - t0, n_layers=n_layers, rows=rows, seq_len=seq_len)
-  log(f"  llada {mode} {n_layers} layers {remat} {mesh_name} {param_dtype} rows {rows} "
+  out.update(compile_s=time.perf_counter() - t0, n_layers=n_layers, rows=rows, seq_len=seq_len,
+             global_batch=B)
+  log(f"  llada {mode} {n_layers} layers {remat} {mesh_name} {param_dtype} batch {B} "
       f"L {seq_len}: {out['total_gib']:.2f} GiB ({out['compile_s']:.0f} s)")
   return out
 
@@ -422,6 +428,28 @@ def plan_llada(mode: str, devices, memory_gib: float, temp_scale: float, headroo
               headroom=headroom, temp_scale=temp_scale, settings=settings)
 
 
+def plan_llada_batches(devices, memory_gib: float, temp_scale: float, headroom: float,
+                       seq_len: int, batches=(1, 2, 4, 8), mesh: str = "fsdp",
+                       log=print) -> dict:
+  """LLaDA-8B bf16 inference: the full 32-layer forward compiled at each global batch in
+  `batches` (the whole batch on the mesh, replicated where it does not divide the batch
+  axes); no extrapolation (an abstract full-depth forward compiles in seconds)."""
+  full = dllm.llada_8b().n_layers
+  budget = memory_gib * (1 - headroom)
+  rows = []
+  for b in batches:
+    row = llada_step_memory("forward", devices, 1, seq_len, n_layers=full, remat="none",
+                            mesh_name=mesh, param_dtype="bfloat16", log=log, global_batch=b)
+    row.update(batch=b, calibrated_gib=calibrated(row, temp_scale))
+    row["fits"] = row["calibrated_gib"] <= budget
+    rows.append(row)
+  return dict(model="LLaDA-8B", mode="forward_batches", seq_len=seq_len, n_layers=full,
+              n_params=models.count_params(nnx.eval_shape(lambda: dllm.build(
+                  dllm.llada_8b().replace(n_layers=1)))) + (full - 1) * _layer_params(),
+              devices=len(devices), device_kind=devices[0].device_kind, memory_gib=memory_gib,
+              headroom=headroom, temp_scale=temp_scale, mesh=mesh, batches=rows)
+
+
 def _layer_params() -> int:
   """Parameters of one LLaDA-8B layer."""
   c = dllm.llada_8b()
@@ -464,13 +492,32 @@ def markdown(plan: dict) -> str:
   return text
 
 
+def markdown_llada_batches(plan: dict) -> str:
+  """A forward_batches plan: one row per global batch."""
+  text = (f"### {plan['name']}\n\nLLaDA-8B ({plan['n_params'] / 1e9:.2f}B parameters, "
+          f"{plan['n_layers']} layers) bf16 inference forward (logits float32) at "
+          f"L={plan['seq_len']} on {plan['devices']} x {plan['memory_gib']:g} GiB "
+          f"({plan['target']}, mesh {plan['mesh']}), budget {1 - plan['headroom']:.0%}; "
+          f"full-depth compiles; temporaries x "
+          f"{plan['temp_scale']:.3f}.\n\n| global batch | arguments GiB | outputs GiB | "
+          "temporaries GiB | total GiB (compiled) | predicted GiB (calibrated) | fits |\n"
+          "|---|---|---|---|---|---|---|\n")
+  for r in plan["batches"]:
+    text += (f"| {r['batch']} | {r['args_gib']:.2f} | {r['out_gib']:.2f} | {r['temp_gib']:.2f} "
+             f"| {r['total_gib']:.2f} | {r['calibrated_gib']:.2f} | "
+             f"{'yes' if r['fits'] else 'no'} |\n")
+  return text
+
+
 def markdown_llada(plan: dict) -> str:
+  if plan["mode"] == "forward_batches":
+    return markdown_llada_batches(plan)
   text = (f"### {plan['name']}\n\nLLaDA-8B ({plan['n_params'] / 1e9:.2f}B parameters, "
           f"{plan['n_layers']} layers) {plan['mode']} at L={plan['seq_len']} on "
           f"{plan['devices']} x {plan['memory_gib']:g} GiB ({plan['target']}), budget "
           f"{1 - plan['headroom']:.0%}; extrapolated from 1- and 2-layer compiles; "
           f"temporaries x {plan['temp_scale']:.3f}.\n\n"
-          "| params + Adam dtype | remat | mesh | persistent GiB | GiB at 1 row (CPU) | "
+          "| params + Adam dtype | remat | mesh | persistent GiB | GiB at 1 row (uncalibrated) | "
           "GiB per row | max rows per device |\n|---|---|---|---|---|---|---|\n")
   for s in plan["settings"]:
     text += (f"| {s['param_dtype']} | {s['remat']} | {s['mesh']} | "
@@ -506,14 +553,26 @@ PAPER_PLANS = (
                              "--memory_gb=16", "--meshes=fsdp"]),
     ("duo_lm1b_v5e16", ["--config=configs/duo_lm1b.py", "--devices=16", "--memory_gb=16",
                         "--meshes=fsdp"]),
-    ("llada8b_forward_1x80gb", ["--llada=forward", "--devices=1", "--memory_gb=80",
-                                "--seq-len=1024"]),
-    ("llada8b_finetune_1x80gb", ["--llada=finetune", "--devices=1", "--memory_gb=80",
-                                 "--seq-len=4096"]),
-    ("llada8b_forward_v5e16", ["--llada=forward", "--devices=16", "--memory_gb=16",
-                               "--seq-len=1024"]),
-    ("llada8b_finetune_v5e16", ["--llada=finetune", "--devices=16", "--memory_gb=16",
-                                "--seq-len=4096"]),
+    # LLaDA-8B (issue #18): bf16 inference at L=512 for global batches 1..8 and full
+    # fine-tuning (SFT shapes: L=512), on one 80 GB accelerator and on a v5e-16 slice (FSDP).
+    # The "tpu:" targets compile deviceless for TPU and need the libtpu package (not a project
+    # dependency); v5p (95 GiB HBM per chip), one chip, stands in for one 80 GB accelerator
+    # with a compiler that, like XLA:GPU, keeps bf16 matmuls in bf16 (XLA:CPU does not).
+    ("llada8b_infer_L512_1x80gb_cpu", ["--llada=forward", "--devices=1", "--memory_gb=80",
+                                       "--seq-len=512", "--batches=1,2,4,8", "--meshes=fsdp"]),
+    ("llada8b_infer_L512_1x80gb_tpuv5p", ["--llada=forward", "--devices=1", "--memory_gb=80",
+                                          "--seq-len=512", "--batches=1,2,4,8",
+                                          "--meshes=fsdp", "--target=tpu:v5p:2x2x1"]),
+    ("llada8b_infer_L512_v5e16", ["--llada=forward", "--devices=16", "--memory_gb=16",
+                                  "--seq-len=512", "--batches=1,2,4,8", "--meshes=fsdp",
+                                  "--target=tpu:v5e:4x4"]),
+    ("llada8b_sft_L512_1x80gb_cpu", ["--llada=finetune", "--devices=1", "--memory_gb=80",
+                                     "--seq-len=512", "--meshes=fsdp"]),
+    ("llada8b_sft_L512_1x80gb_tpuv5p", ["--llada=finetune", "--devices=1", "--memory_gb=80",
+                                        "--seq-len=512", "--meshes=fsdp",
+                                        "--target=tpu:v5p:2x2x1"]),
+    ("llada8b_sft_L512_v5e16", ["--llada=finetune", "--devices=16", "--memory_gb=16",
+                                "--seq-len=512", "--meshes=fsdp", "--target=tpu:v5e:4x4"]),
 )
 
 
@@ -547,6 +606,9 @@ def parse_args(argv=None):
   ap.add_argument("--llada", choices=["forward", "finetune"], default=None,
                   help="plan LLaDA-8B instead of a config")
   ap.add_argument("--seq-len", type=int, default=4096, help="--llada: tokens per row")
+  ap.add_argument("--batches", default="",
+                  help="--llada=forward: plan these global batches (e.g. 1,2,4,8) instead "
+                       "of rows per device")
   ap.add_argument("--devices", type=int, default=8)
   ap.add_argument("--memory_gb", type=float, default=80.0, help="memory per device, GiB")
   ap.add_argument("--headroom", type=float, default=0.1,
@@ -577,6 +639,8 @@ def main(argv=None) -> dict:
   t0 = time.perf_counter()
   cal = None
   scale = args.temp_scale
+  if scale is None and args.target != "cpu":
+    scale = 1.0  # the calibration maps XLA:CPU's temporaries to a GPU's; a TPU compile is real
   if scale is None:
     cal = calibration(target_devices(args.target, 1))
     scale = cal["temp_scale"]
@@ -584,7 +648,13 @@ def main(argv=None) -> dict:
           f"(depth-extrapolated {cal['extrapolated_cpu_gib']:.2f}) vs {cal['measured_gib']} "
           f"GiB measured -> temporaries x {scale:.3f}", flush=True)
   log = lambda msg: print(msg, flush=True)
-  if args.llada:
+  if args.llada and args.batches:
+    if args.llada != "forward":
+      raise SystemExit("--batches plans the forward only (--llada=forward)")
+    plan = plan_llada_batches(devices, args.memory_gb, scale, args.headroom, args.seq_len,
+                              tuple(int(b) for b in args.batches.split(",")),
+                              mesh=args.meshes.split(",")[0], log=log)
+  elif args.llada:
     plan = plan_llada(args.llada, devices, args.memory_gb, scale, args.headroom,
                       args.seq_len, meshes=tuple(args.meshes.split(",")),
                       remats=tuple(args.remats.split(",")), log=log)

@@ -18,7 +18,8 @@ import ml_collections
 from idlm_jax import decoding, fields, models, objectives
 from idlm_jax.data import pipeline, reasoning, synthetic
 from idlm_jax.diffusion import processes
-from idlm_jax.evals import distill_report, evaluate, modes, monitor, reasoning_eval
+from idlm_jax.evals import (distill_report, evaluate, modes, monitor, prompted_eval,
+                            reasoning_eval)
 from idlm_jax.fields import ConfigError, Field
 from idlm_jax.objectives import accumulate, state as objective_state
 from idlm_jax.train import loop, parallel, profiler, teacher
@@ -31,7 +32,9 @@ FIELDS = {
                   '(validation NELBO of the latest checkpoint), "sample" (write samples from the '
                   'latest checkpoint), "eval_samplers" (sample-quality table / distillation '
                   'report), "eval_reasoning" (exact-match accuracy, NFE and tokens/s of block '
-                  "decoding on the reasoning benchmark, evals/reasoning_eval.py).",
+                  "decoding on the reasoning benchmark, evals/reasoning_eval.py), "
+                  '"eval_prompted" (the same for a LLaDA/Dream checkpoint folder on a '
+                  "GSM8K-format JSONL, evals/prompted_eval.py).",
                   choices=tuple(modes.MODES)),
     "objective": Field("diffusion", 'which objective trains: "diffusion" (teacher pretraining), '
                        '"ar" (the causal Gen PPL evaluator), "idlm" (inverse distillation), '
@@ -46,7 +49,8 @@ SECTIONS = ("seed", "mode", "objective", "data", "model", "diffusion", "distill"
 
 # modules that declare fields (FIELDS) and cross-field checks (validate)
 _PARTS = (pipeline, reasoning, synthetic, models, processes, objective_state, loop, accumulate,
-          parallel, profiler, teacher, evaluate, modes, monitor, distill_report, reasoning_eval)
+          parallel, profiler, teacher, evaluate, modes, monitor, distill_report, reasoning_eval,
+          prompted_eval)
 _VALIDATORS = (synthetic, models, parallel)
 
 

@@ -38,16 +38,23 @@ committed-since-refresh positions (Fast-dLLM's approximation).
 The block loop is unrolled (gen_length / block_length blocks, static starts: the prefix cache's
 remainder has a different static length per block); each block's steps are a lax.while_loop.
 Trace inside `categorical.x64_scope("float64")` (done by `decode`).
-Dream's one-position shift is not handled here (a LLaDA-layout model is assumed).
+Dream's one-position shift (Dream predicts token i from the output at position i - 1:
+logits = cat([l[:, :1], l[:, :-1]])) is applied by the model itself (`DLLM.shift_right`, one
+place), so the full and refresh forwards already return aligned logits; a cached block forward
+gets the token at s - 1 (`prev_token`) so that position s, the block's first, is predicted from
+position s - 1 as in the full forward (without it, the block would be shifted on its own and
+position s would see its own output). Tested against brute-force shifted logits in
+tests/decoding/test_block.py. (Fast-dLLM's Dream loop also commits position s alone on each
+block's first forward; that policy is not reproduced here.)
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from idlm_jax.decoding import r2_rules
+from idlm_jax.decoding import r2 as r2_lib, r2_rules
 from idlm_jax.diffusion import categorical
 
 CACHES = ("none", "prefix", "dual")
@@ -55,24 +62,67 @@ REMASKING = ("low_confidence", "random")
 COUNTS = ("floor", "threshold", "confidence_cluster", "token_cluster", "temporal")
 
 
-class BlockOptions(NamedTuple):
-  """Decoding settings (hashable: the jit is static in them)."""
+class _Settings(NamedTuple):
   gen_length: int = 64
   block_length: int = 16
   steps: int = 0  # forwards per block (vanilla LLaDA); 0: adaptive (top-1 + threshold + rules)
-  threshold: float = 0.9  # Fast-dLLM's tau; 0: off
   remasking: str = "low_confidence"
   temperature: float = 0.0
   cache: str = "none"
-  rules: tuple = ()  # R2 rules after the threshold: r2_rules.RULES minus "threshold"
-  cluster_window: int = 3
-  cluster_max_unmasked: int = 1
-  spatial_threshold: float = 0.8
-  token_cluster_size: int = 2
-  token_cluster_select: str = "confidence"
-  temporal_steps: int = 3
-  temporal_threshold: float = 0.8
-  temporal_eval: str = "last"
+  r2: r2_lib.R2Options = r2_lib.R2Options(rules=())  # threshold + the R2 rules' settings
+
+
+# the flat names of BlockOptions, in their positional order: its own settings and the fields
+# of R2Options that block decoding reads (`threshold`: Fast-dLLM's tau, 0: off; `rules`: the R2
+# rules after it, r2_rules.RULES minus "threshold"; the rules' settings)
+FLAT_FIELDS = ("gen_length", "block_length", "steps", "threshold", "remasking", "temperature",
+               "cache", "rules", "cluster_window", "cluster_max_unmasked", "spatial_threshold",
+               "token_cluster_size", "token_cluster_select", "temporal_steps",
+               "temporal_threshold", "temporal_eval")
+RULE_FIELDS = tuple(f for f in FLAT_FIELDS if f not in _Settings._fields)
+
+
+class BlockOptions(_Settings):
+  """Decoding settings (hashable: the jit is static in them): gen_length, block_length, steps,
+  remasking, temperature, cache, and `r2`, an R2Options holding the threshold and the R2 rule
+  settings (decoding/r2.py; its MDLM-only fields floor, commit, block_length and clock are not
+  read here). Built and read with the flat names as well: BlockOptions(threshold=0.9,
+  rules=(...)), o.threshold, o._replace(rules=()) and `_asdict()` (FLAT_FIELDS) go to `r2`."""
+  __slots__ = ()
+
+  def __new__(cls, *args, r2: Optional[r2_lib.R2Options] = None, **kwargs):
+    if len(args) > len(FLAT_FIELDS):
+      raise TypeError(f"BlockOptions takes at most {len(FLAT_FIELDS)} positional settings")
+    given = dict(zip(FLAT_FIELDS, args))
+    twice = set(given) & set(kwargs)
+    unknown = set(kwargs) - set(FLAT_FIELDS)
+    if twice or unknown:
+      raise TypeError(f"BlockOptions: unknown {sorted(unknown)} or repeated {sorted(twice)}")
+    given.update(kwargs)
+    rules = {k: v for k, v in given.items() if k in RULE_FIELDS}
+    own = {k: v for k, v in given.items() if k not in RULE_FIELDS}
+    base = cls._field_defaults["r2"] if r2 is None else r2
+    return super().__new__(cls, **own, r2=base._replace(**rules))
+
+  def __getattr__(self, name):
+    if name in RULE_FIELDS:
+      return getattr(self.r2, name)
+    raise AttributeError(f"BlockOptions has no setting {name!r}")
+
+  def _replace(self, **changes) -> "BlockOptions":
+    flat = self._asdict()
+    r2 = changes.pop("r2", self.r2)
+    rules = {k: changes.pop(k) for k in RULE_FIELDS if k in changes}
+    flat.update(changes)
+    own = {k: v for k, v in flat.items() if k not in RULE_FIELDS}
+    return BlockOptions(**own, r2=r2._replace(**rules))
+
+  def __getnewargs_ex__(self):  # copy / pickle: rebuild from the own fields and `r2`
+    return (), {**{k: getattr(self, k) for k in _Settings._fields}}
+
+  def _asdict(self) -> dict:
+    """The flat settings {name: value} in FLAT_FIELDS order (what results files record)."""
+    return {k: getattr(self, k) for k in FLAT_FIELDS}
 
 
 class BlockOutput(NamedTuple):
@@ -140,35 +190,36 @@ def commit_step(block, conf, tokens, streak, mask_id: int, o: BlockOptions, step
   """One step's commits on the block [B, n]: (new block, new streak, [commit masks] in COUNTS
   order). Rules see the confidences of this forward, computed before any commit."""
   cand = block == mask_id
+  r = o.r2
   conf32 = conf.astype(jnp.float32)
   floor = floor_commit(conf, cand, o, step)
   masks = [floor]
   done = floor
-  if o.steps == 0 and o.threshold > 0:
-    masks.append(cand & ~done & (conf >= o.threshold))
+  if o.steps == 0 and r.threshold > 0:
+    masks.append(cand & ~done & (conf >= r.threshold))
   else:
     masks.append(jnp.zeros_like(cand))
   done = done | masks[-1]
   segment = jnp.zeros(block.shape, jnp.int32)
-  if "confidence_cluster" in o.rules:
+  if "confidence_cluster" in r.rules:
     masks.append(r2_rules.confidence_cluster_rule(
-        conf32, cand & ~done, cand & ~done, segment, window=o.cluster_window,
-        max_unmasked=o.cluster_max_unmasked, tau=o.spatial_threshold))
+        conf32, cand & ~done, cand & ~done, segment, window=r.cluster_window,
+        max_unmasked=r.cluster_max_unmasked, tau=r.spatial_threshold))
   else:
     masks.append(jnp.zeros_like(cand))
   done = done | masks[-1]
-  if "token_cluster" in o.rules:
+  if "token_cluster" in r.rules:
     masks.append(r2_rules.token_cluster_rule(
-        conf32, tokens, cand & ~done, segment, min_size=o.token_cluster_size,
-        tau=o.spatial_threshold, select=o.token_cluster_select,
+        conf32, tokens, cand & ~done, segment, min_size=r.token_cluster_size,
+        tau=r.spatial_threshold, select=r.token_cluster_select,
         priority=jax.random.uniform(jax.random.fold_in(key, 2), block.shape)))
   else:
     masks.append(jnp.zeros_like(cand))
   done = done | masks[-1]
-  if "temporal" in o.rules:
+  if "temporal" in r.rules:
     streak, commit = r2_rules.temporal_rule(streak, conf32, tokens, cand & ~done,
-                                            steps=o.temporal_steps, tau=o.temporal_threshold,
-                                            aggregate=o.temporal_eval)
+                                            steps=r.temporal_steps, tau=r.temporal_threshold,
+                                            aggregate=r.temporal_eval)
     masks.append(commit)
   else:
     masks.append(jnp.zeros_like(cand))
@@ -209,9 +260,13 @@ def generate(model, prompt: jax.Array, key: jax.Array, *, mask_id: int, options:
           return model(x, attention_mask=am)[:, s:e], None
         full, kv = model.forward_with_cache(x, attention_mask=am)
         return full[:, s:e], kv
+      # Dream: position s is predicted from position s - 1, outside the block (see above)
+      prev = x[:, s - 1] if s > 0 else None
       if o.cache == "dual":
-        return model.forward_block(x[:, s:e], s, cache, kind="dual", attention_mask=am), None
-      out = model.forward_block(x[:, s:], s, cache, kind="prefix", attention_mask=am)
+        return model.forward_block(x[:, s:e], s, cache, kind="dual", prev_token=prev,
+                                   attention_mask=am), None
+      out = model.forward_block(x[:, s:], s, cache, kind="prefix", prev_token=prev,
+                                attention_mask=am)
       return out[:, :e - s], None
 
     def step(carry, logits, s=s, e=e, blk=blk):

@@ -24,8 +24,8 @@ from etils import epath
 
 from idlm_jax import decoding
 from idlm_jax.data import pipeline
-from idlm_jax.evals import (distill_report, evaluate, likelihood, monitor, reasoning_eval,
-                            zero_shot)
+from idlm_jax.evals import (distill_report, evaluate, likelihood, monitor, prompted_eval,
+                            reasoning_eval, zero_shot)
 from idlm_jax.evals import samples as samples_lib
 from idlm_jax.fields import Field
 from idlm_jax.train import loop, parallel
@@ -200,7 +200,8 @@ def eval_samplers(config, workdir, devices=None) -> loop.Run:
 
 
 MODES = {"train": train, "eval": evaluate_mode, "sample": sample,
-         "eval_samplers": eval_samplers, "eval_reasoning": reasoning_eval.eval_reasoning}
+         "eval_samplers": eval_samplers, "eval_reasoning": reasoning_eval.eval_reasoning,
+         "eval_prompted": prompted_eval.eval_prompted}
 
 
 def write_summary(run: loop.Run, step: int) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from idlm_jax import fields as F, models
 from idlm_jax.data import reasoning
-from idlm_jax.decoding import block as block_lib, r2_rules
+from idlm_jax.decoding import block as block_lib, r2 as r2_lib, r2_rules
 from idlm_jax.fields import ConfigError, Field
 from idlm_jax.train import loop, state as state_lib, teacher
 
@@ -69,16 +69,14 @@ FIELDS = {
 
 
 def options_from_config(config) -> block_lib.BlockOptions:
-  """BlockOptions of eval.reasoning.* and the rule settings of sample.r2.*."""
-  e, r = config.eval.reasoning, config.sample.r2
+  """BlockOptions of eval.reasoning.* with the R2 rule settings of sample.r2.* (the rules
+  and the threshold from eval.reasoning)."""
+  e = config.eval.reasoning
+  rules = r2_lib.options_from_config(config.sample.r2)._replace(
+      rules=r2_rules.parse_rules(e.rules), threshold=float(e.threshold))
   return block_lib.BlockOptions(
       gen_length=int(e.gen_length), block_length=int(e.block_length), steps=int(e.steps),
-      threshold=float(e.threshold), remasking=e.remasking, temperature=float(e.temperature),
-      cache=e.cache, rules=r2_rules.parse_rules(e.rules),
-      cluster_window=int(r.cluster_window), cluster_max_unmasked=int(r.cluster_max_unmasked),
-      spatial_threshold=float(r.spatial_threshold), token_cluster_size=int(r.token_cluster_size),
-      token_cluster_select=r.token_cluster_select, temporal_steps=int(r.temporal_steps),
-      temporal_threshold=float(r.temporal_threshold), temporal_eval=r.temporal_eval)
+      remasking=e.remasking, temperature=float(e.temperature), cache=e.cache, r2=rules)
 
 
 def response_lengths(tokens: np.ndarray, eos_id: int) -> np.ndarray:
@@ -95,6 +93,33 @@ def evaluate(graphdef, params, prompts: reasoning.EvalPrompts, tokenizer,
   decode = block_lib.make_decoder(graphdef, options, tokenizer.mask_id)
   ids, am = prompts.left_padded(tokenizer.pad_id, width)
   n = len(prompts)
+  out, seconds = decode_all(decode, params, ids, am, batch_size, seed)
+  tokens, row_nfe, commits = out["tokens"], out["row_nfe"], out["commits"]
+  response = tokens[:, width:]
+  texts = tokenizer.decode_batch(response.tolist())
+  scores = prompts.score(texts)
+  generated = int(response_lengths(response, tokenizer.eos_id).sum())
+  res = {**scores["all"], "per_family": {k: v for k, v in scores.items() if k != "all"},
+         "nfe": float(row_nfe.mean()), "nfe_se": float(row_nfe.std(ddof=1) / np.sqrt(n))
+         if n > 1 else 0.0,
+         "batch_forwards": out["batch_forwards"], "seconds": seconds,
+         "tokens_per_s": generated / max(seconds, 1e-9), "generated_tokens": generated,
+         "commits": {k: int(v) for k, v in zip(block_lib.COUNTS, commits.sum(0))},
+         "options": options._asdict(), "example": texts[0][:200]}
+  if record:
+    res["record"] = {"tokens": tokens, "commit_step": out["commit_step"],
+                     "commit_rule": out["commit_rule"], "texts": texts}
+  return res
+
+
+def decode_all(decode, params, ids: np.ndarray, am: np.ndarray, batch_size: int,
+               seed: int = 0) -> tuple[dict, float]:
+  """Run `decode` (block_lib.make_decoder's function) over every row of ids / am [n, P] in
+  batches of `batch_size` (the last one padded with copies of row 0, dropped after): (every
+  BlockOutput field concatenated over the n rows, plus "batch_forwards": the sum of the
+  batches' nfe; the wall-clock seconds of decoding). One warm-up batch is decoded first and
+  not timed, so the seconds exclude compilation."""
+  n = len(ids)
   pad = -n % batch_size
   ids = np.concatenate([ids, np.repeat(ids[:1], pad, 0)])
   am = np.concatenate([am, np.repeat(am[:1], pad, 0)])
@@ -107,23 +132,10 @@ def evaluate(graphdef, params, prompts: reasoning.EvalPrompts, tokenizer,
                                 jax.random.fold_in(key, start), am[start:start + batch_size]))
     seconds += time.perf_counter() - t0
     outs.append(out)
-  cat = lambda f: np.concatenate([np.asarray(getattr(o, f)) for o in outs])[:n]  # noqa: E731
-  tokens, row_nfe, commits = cat("tokens"), cat("row_nfe"), cat("commits")
-  response = tokens[:, width:]
-  texts = tokenizer.decode_batch(response.tolist())
-  scores = prompts.score(texts)
-  generated = int(response_lengths(response, tokenizer.eos_id).sum())
-  res = {**scores["all"], "per_family": {k: v for k, v in scores.items() if k != "all"},
-         "nfe": float(row_nfe.mean()), "nfe_se": float(row_nfe.std(ddof=1) / np.sqrt(n))
-         if n > 1 else 0.0,
-         "batch_forwards": int(sum(int(o.nfe) for o in outs)), "seconds": seconds,
-         "tokens_per_s": generated / max(seconds, 1e-9), "generated_tokens": generated,
-         "commits": {k: int(v) for k, v in zip(block_lib.COUNTS, commits.sum(0))},
-         "options": options._asdict(), "example": texts[0][:200]}
-  if record:
-    res["record"] = {"tokens": tokens, "commit_step": cat("commit_step"),
-                     "commit_rule": cat("commit_rule"), "texts": texts}
-  return res
+  fields = {f: np.concatenate([np.asarray(getattr(o, f)) for o in outs])[:n]
+            for f in block_lib.BlockOutput._fields if f != "nfe"}
+  fields["batch_forwards"] = int(sum(int(o.nfe) for o in outs))
+  return fields, seconds
 
 
 def load_params(run, config):

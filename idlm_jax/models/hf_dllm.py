@@ -299,8 +299,10 @@ def to_hf_state_dict(model_or_state, config: dllm.DLLMConfig, dtype=np.float32) 
 # ---------------------------------------------------------------------------- folders
 
 
-def read_weights(folder) -> dict[str, np.ndarray]:
-  """All tensors of `model.safetensors` or of the shards of `model.safetensors.index.json`.
+def read_weights(folder, dtype=np.float32) -> dict[str, np.ndarray]:
+  """All tensors of `model.safetensors` or of the shards of `model.safetensors.index.json`
+  (shards: copied into `dtype` one shard at a time, so the host holds the model once in
+  `dtype`; a single file: read-only views in the stored dtype).
 
   With an index, every tensor it lists must be in the shard it names, and no shard may hold
   a tensor the index does not list for it.
@@ -328,7 +330,7 @@ def read_weights(folder) -> dict[str, np.ndarray]:
                  f"{'elsewhere' if k in weight_map else 'nowhere'}"
                  for k in sorted(set(tensors) - wanted)]
     for k in wanted & set(tensors):
-      out[k] = np.array(tensors[k], dtype=np.float32)  # copy: drop the shard's buffer
+      out[k] = np.array(tensors[k], dtype=dtype)  # copy: drop the shard's buffer
   if problems:
     raise ConversionError(f"{index_path}:\n  " + "\n  ".join(problems))
   return out

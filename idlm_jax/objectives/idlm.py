@@ -19,6 +19,15 @@ relaxations diffusion/relax.py:
   duo   (and udlm): Gaussian latent of G, low-temperature softmax input to teacher and fake
         with the pathwise gradient (relax.duo_soft_input), hard argmax token for the loss,
         UDLM NELBO with soft x0 (uniform.nelbo_per_token_soft).
+
+Prompted rows (IDLM v2's conditional setting, e.g. data.source "reasoning": batches with a
+`prompt_mask`, IDLM-MDLM only): the prompt is clamped everywhere. The student's noised input
+never masks it (so G is one-hot on it), the re-noised x_t2 that teacher and fake see has it
+put back (`clamp_prompt`), a LLaDA network gets the key padding mask of the left prompt pads
+(`conditional`), and every loss averages over the response positions only (`loss_weights`).
+With hard x_t2 the prompt positions are unmasked, so their per-position losses are 0 anyway;
+the normalisation then counts response tokens only. The student's validation NELBO
+(eval_step) stays MDLM's unconditional bound.
 """
 import functools
 
@@ -30,7 +39,9 @@ from flax import nnx
 from idlm_jax import fields as F
 from idlm_jax import rng
 from idlm_jax.diffusion.processes import PROCESSES, InverseParts, valid_weights
+from idlm_jax.diffusion.processes.base import Renoised
 from idlm_jax.fields import ConfigError, Field
+from idlm_jax.models import dllm
 from idlm_jax.objectives import accumulate
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
 from idlm_jax.objectives.state import apply_gradients
@@ -51,20 +62,63 @@ FIELDS = {
 }
 
 
-def _per_token(per_position: jax.Array, batch: dict):
-  """(mean over valid tokens, their count): the loss normalisation of every teacher loss."""
+def loss_weights(batch: dict) -> jax.Array:
+  """[B, L] float32: the positions every IDLM loss averages over: valid tokens, minus the
+  prompt of prompted rows (`prompt_mask` 1: conditioning, never generated)."""
   valid = valid_weights(batch)
+  if "prompt_mask" in batch:
+    valid = valid * (1.0 - batch["prompt_mask"].astype(jnp.float32))
+  return valid
+
+
+def _per_token(per_position: jax.Array, batch: dict):
+  """(mean over the loss positions, their count): the normalisation of every teacher loss."""
+  valid = loss_weights(batch)
   tokens = valid.sum()
   return (per_position * valid).sum() / jnp.maximum(tokens, 1.0), tokens
+
+
+def conditional(model, batch: dict):
+  """The network as the process pieces call it, model(x, sigma, dropout_key=...); for the
+  prompted rows of a LLaDA decoder also with the batch's key padding mask (left prompt pads
+  hidden, as the SFT loss and block decoding run it)."""
+  if "prompt_mask" not in batch or not isinstance(model, dllm.DLLM):
+    return model
+  mask = batch["attention_mask"]
+  return lambda x, sigma=None, dropout_key=None: model(x, sigma, dropout_key=dropout_key,
+                                                         attention_mask=mask)
+
+
+def clamp_prompt(r: Renoised, batch: dict) -> Renoised:
+  """The re-noised student sample with the prompt of prompted rows put back (teacher and fake
+  see the real prompt, never [MASK]); hard or soft (probability-vector) network inputs."""
+  if "prompt_mask" not in batch:
+    return r
+  keep, x0 = batch["prompt_mask"] > 0, batch["input_ids"]
+  tokens = jnp.where(keep, x0, r.tokens).astype(r.tokens.dtype)
+  if r.net_in.ndim == 2:
+    net_in = jnp.where(keep, x0, r.net_in).astype(r.net_in.dtype)
+  else:
+    one_hot = jax.nn.one_hot(x0, r.net_in.shape[-1], dtype=r.net_in.dtype)
+    net_in = jnp.where(keep[..., None], one_hot, r.net_in)
+  return r._replace(net_in=net_in, tokens=tokens)
+
+
+def student_sample(proc: InverseParts, net, student_params, batch: dict, k_student: jax.Array,
+                   k_renoise: jax.Array, dropout_key=None):
+  """(G, r): the student's soft x0 of noised real data and its re-noised sample at t2, both
+  with the prompt of prompted rows clamped (module docstring, "Prompted rows")."""
+  G = proc.student(conditional(net(student_params), batch), batch, k_student, dropout_key)
+  return G, clamp_prompt(proc.renoise(G, k_renoise), batch)
 
 
 def fake_loss(proc: InverseParts, net, fake_params, student_params, batch: dict, key: jax.Array):
   """L(f, sg G): the teacher's loss of the fake model on re-noised student outputs, with the
   student frozen (no dropout) and the fake in train mode. -> (loss, tokens)."""
   k_s, k_r, k_d = rng.split(key, 3)
-  G = jax.lax.stop_gradient(proc.student(net(student_params), batch, k_s, None))
-  r = jax.tree.map(jax.lax.stop_gradient, proc.renoise(G, k_r))
-  out = proc.output(_with_dropout(net(fake_params), k_d), r)
+  G, r = jax.tree.map(jax.lax.stop_gradient,
+                      student_sample(proc, net, student_params, batch, k_s, k_r))
+  out = proc.output(_with_dropout(conditional(net(fake_params), batch), k_d), r)
   return _per_token(proc.fake_loss(out, r, G), batch)
 
 
@@ -73,10 +127,9 @@ def inverse_loss(proc: InverseParts, net, student_params, fake_params, teacher_p
   """L(f*, G) - L(f, G) on one batch (student in train mode; teacher and fake frozen: only
   student_params is differentiated). -> (loss, tokens)."""
   k_s, k_r, k_d = rng.split(key, 3)
-  G = proc.student(net(student_params), batch, k_s, k_d)
-  r = proc.renoise(G, k_r)
-  out_teacher = proc.output(net(teacher_params), r)
-  out_fake = proc.output(net(fake_params), r)
+  G, r = student_sample(proc, net, student_params, batch, k_s, k_r, k_d)
+  out_teacher = proc.output(conditional(net(teacher_params), batch), r)
+  out_fake = proc.output(conditional(net(fake_params), batch), r)
   return _per_token(proc.inverse_loss(out_teacher, out_fake, r, G), batch)
 
 
@@ -148,8 +201,12 @@ def _with_dropout(model, dropout_key):
 
 
 def validate(config) -> None:
-  """IDLM-SEDD is absorbing (the paper's); the relaxation ablations are IDLM-MDLM's."""
+  """IDLM-SEDD is absorbing (the paper's); the relaxation ablations are IDLM-MDLM's; prompted
+  rows (data.source "reasoning") are clamped by IDLM-MDLM only."""
   d, f = config.distill, config.diffusion
+  if config.data.source == "reasoning" and f.algo != "mdlm":
+    raise ConfigError(f"config.diffusion.algo: IDLM on prompted rows (data.source "
+                      f"'reasoning') clamps prompts for 'mdlm' teachers only, got {f.algo!r}")
   if f.algo == "sedd" and f.process != "absorbing":
     raise ConfigError("config.diffusion.process: IDLM distils absorbing SEDD teachers only "
                       f"(got {f.process!r})")

@@ -49,7 +49,8 @@ def test_threshold_rule_on_hand_made_confidences():
 
 
 def _reference_llada(model, prompt, gen, block, steps):
-  """LLaDA's `generate` (greedy, low-confidence remasking), written out in Python/NumPy."""
+  """LLaDA's `generate` (greedy, low-confidence remasking), written out in Python/NumPy;
+  `model` is any function of ids [B, L] -> logits [B, L, V]."""
   x = np.concatenate([np.asarray(prompt), np.full((prompt.shape[0], gen), MASK)], 1)
   p = prompt.shape[1]
   for blk in range(gen // block):
@@ -147,3 +148,53 @@ def test_bad_options():
     B.check_options(B.BlockOptions(gen_length=10, block_length=4))
   with pytest.raises(ValueError, match="cache"):
     B.check_options(B.BlockOptions(cache="full"))
+
+
+@pytest.fixture(scope="module")
+def dream_pair():
+  """A one-layer tiny Dream (with a sharpened head) and the same weights without the shift.
+  One layer: the K/V of every position depend on its own token only, so the dual and prefix
+  caches are exact and every cached decode must equal the brute force."""
+  cfg = dllm.tiny("dream").replace(n_layers=1)
+  m = dllm.build(cfg, seed=5)
+  m.lm_head.kernel[...] = m.lm_head.kernel[...] * 60.0
+  graphdef, state = nnx.split(m)
+  raw = nnx.merge(nnx.split(dllm.build(cfg.replace(shift_logits=False)))[0], state)
+  return m, raw
+
+
+@pytest.mark.parametrize("cache", ["none", "dual", "prefix"])
+def test_dream_block_decoding_commits_the_shifted_predictions(dream_pair, cache):
+  """Dream predicts token i from position i - 1 (logits = cat([l[:, :1], l[:, :-1]])): block
+  decoding of a Dream model, with every cache kind and several steps per block, equals
+  LLaDA's loop run on the brute-force shifted logits of the unshifted twin."""
+  dream, raw = dream_pair
+
+  def shifted(x):
+    logits = raw(x)
+    return jnp.concatenate([logits[:, :1], logits[:, :-1]], axis=1)
+
+  prompt = _prompt(p=5, seed=2)
+  o = B.BlockOptions(gen_length=8, block_length=4, steps=4, threshold=0.0, cache=cache)
+  out = B.decode(dream, prompt, jax.random.key(0), mask_id=MASK, options=o)
+  ref = _reference_llada(shifted, prompt, 8, 4, 4)
+  unshifted = _reference_llada(raw, prompt, 8, 4, 4)
+  assert ref.tolist() != unshifted.tolist()  # the shift matters for these prompts
+  assert np.asarray(out.tokens).tolist() == ref.tolist()
+  assert int(out.nfe) == 8
+
+
+def test_block_options_hold_an_r2_options():
+  """The rule settings live once, in R2Options; the flat names reach them."""
+  o = B.BlockOptions(gen_length=8, block_length=4, threshold=0.5, rules=("temporal",),
+                     spatial_threshold=0.3)
+  assert isinstance(o.r2, B.r2_lib.R2Options) and "threshold" not in o._fields
+  assert (o.r2.threshold, o.r2.rules, o.r2.spatial_threshold) == (0.5, ("temporal",), 0.3)
+  assert o.threshold == 0.5 and o.block_length == 4 and o.r2.block_length == 0
+  default = B.BlockOptions().r2
+  assert default == B.r2_lib.R2Options(rules=())
+  changed = o._replace(rules=(), cache="dual", temporal_steps=2)
+  assert (changed.r2.rules, changed.cache, changed.r2.temporal_steps) == ((), "dual", 2)
+  assert changed.r2.threshold == 0.5 and list(o._asdict()) == list(B.FLAT_FIELDS)
+  with pytest.raises(TypeError, match="bogus"):
+    B.BlockOptions(bogus=1)

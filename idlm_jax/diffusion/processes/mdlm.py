@@ -81,11 +81,14 @@ class MDLM(Process):
   # ---------------------------------------------------------------- IDLM (§2.2, §3.4)
 
   def student_x0(self, model, batch, key, dropout_key):
-    """G: the SUBS x_theta of noised real data (one-hot where unmasked) [B, L, V]."""
+    """G: the SUBS x_theta of noised real data (one-hot where unmasked) [B, L, V]. Prompted
+    rows (`prompt_mask` 1) keep their prompt unmasked (clamped), so G is one-hot there."""
     x0 = batch["input_ids"]
     k_t, k_x = rng.split(key)
     t = sample_t(k_t, x0.shape[0], self.schedule.eps, True)
     xt = self.q_xt(k_x, x0, t)
+    if "prompt_mask" in batch:
+      xt = jnp.where(batch["prompt_mask"] > 0, x0, xt)
     logits = model(xt, self.schedule.sigma(t), dropout_key=dropout_key)
     return relax.simplex(mdlm.subs_log_probs(logits, xt, self.mask_id))
 

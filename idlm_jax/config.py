@@ -51,7 +51,7 @@ SECTIONS = ("seed", "mode", "objective", "data", "model", "diffusion", "distill"
 _PARTS = (pipeline, reasoning, synthetic, models, processes, objective_state, loop, accumulate,
           parallel, profiler, teacher, evaluate, modes, monitor, distill_report, reasoning_eval,
           prompted_eval)
-_VALIDATORS = (synthetic, models, parallel)
+_VALIDATORS = (synthetic, models, parallel, teacher)
 
 
 def schema() -> dict:

@@ -2,7 +2,13 @@
 
 Dispatches config.mode (evals/modes.py): trains (train), or evaluates / samples the latest
 checkpoint in the workdir (eval, sample, eval_samplers). Running it again on the same workdir
-resumes. `run(config, workdir)` is the same, importable (Colab, tests).
+resumes, or, once training finished, prints the stored final table
+(--config.eval.recompute=True evaluates again). `run(config, workdir)` is the same,
+importable (Colab, tests).
+
+A shipped, exported or converted model is scored without a training workdir:
+  --config=configs/demo_teacher.py --config.mode=eval --config.eval.model=demo
+  [--config.eval.zero_shot_path=my.txt] [--workdir=DIR for the results, else a temporary one]
 
 Multi-host: `--distributed` calls `jax.distributed.initialize()` with auto-detection (Cloud
 TPU pods, SLURM, Open MPI, GKE). Elsewhere (several GPU hosts, or processes on one machine)
@@ -19,6 +25,7 @@ import logging as py_logging
 import os
 import signal
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -42,7 +49,8 @@ USER_ERRORS = (ConfigError, ConversionError, DataNotFoundError, FileNotFoundErro
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file, e.g. configs/demo.py[:variant]; fields are "
                     "overridden with --config.section.field=value.")
-flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, samples).")
+flags.DEFINE_string("workdir", None, "Output directory (checkpoints, logs, samples); optional "
+                    "with --config.eval.model (results only).")
 flags.DEFINE_bool("verbose", False, "Show tracebacks for user errors (also IDLM_VERBOSE=1).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host pods).")
 flags.DEFINE_string("coordinator_address", None,
@@ -74,9 +82,8 @@ def split_overrides(argv: list) -> tuple[list, list]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS.config or not FLAGS.workdir:
-    print("error: --config and --workdir are required (--help lists the configs)",
-          file=sys.stderr)
+  if not FLAGS.config:
+    print("error: --config is required (--help lists the configs)", file=sys.stderr)
     sys.exit(2)
   _setup_logging()
   dist = distributed_args(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
@@ -87,7 +94,7 @@ def main(argv):
   verbose = FLAGS.verbose or os.environ.get("IDLM_VERBOSE", "") not in ("", "0")
   try:
     config = config_lib.load_config(FLAGS.config, OVERRIDES)  # fails naming the bad field
-    result = run(config, FLAGS.workdir)
+    result = run(config, output_dir(config, FLAGS.workdir))
   except checkpoint.CheckpointSaveError as e:
     # orbax's background save threads would wait out their 300 s barrier before the process
     # could exit: a failed save ends the process now, with the path and the cause
@@ -102,6 +109,19 @@ def main(argv):
   stopped = stopped_by(result)
   if stopped:  # SIGTERM / SIGINT: checkpoint saved; exit as a signalled process would
     sys.exit(128 + int(getattr(signal.Signals, stopped)))
+
+
+def output_dir(config, workdir):
+  """--workdir, or with eval.model (nothing to resume, only results to write) a new
+  temporary folder, announced; ConfigError when a mode needs a workdir and none is given."""
+  if workdir:
+    return workdir
+  if not config.eval.model:
+    raise ConfigError("--workdir is required (or score a shipped or converted model with "
+                      "--config.mode=eval --config.eval.model=...; --help lists the configs)")
+  out = tempfile.mkdtemp(prefix=f"idlm_{config.mode}_")
+  print(f"results go to {out} (pass --workdir to choose the folder)", flush=True)
+  return out
 
 
 def stopped_by(run_result) -> str:
@@ -121,7 +141,8 @@ def usage() -> str:
   lines = [__doc__.strip(), "", "Flags:",
            "  --config=FILE[:VARIANT]   a config file (below); --config.section.field=value "
            "overrides a field",
-           "  --workdir=DIR             output directory (local path or gs:// URL)",
+           "  --workdir=DIR             output directory (local path or gs:// URL); optional "
+           "with --config.eval.model",
            "  --distributed, --coordinator_address, --num_processes, --process_id: multi-host",
            "  --verbose                 tracebacks for user errors", "", "Configs:"]
   for path, variants, doc in config_lib.shipped_configs():
@@ -135,13 +156,16 @@ def run(config, workdir, devices=None):
 
   distill.teacher = "scratch:<config spec>" first trains that teacher into <workdir>/teacher
   (resuming it if interrupted) and distils it. The workdir is locked for the whole run
-  (train/workdir_lock.py): a second job on it stops at once, naming the first."""
+  (train/workdir_lock.py): a second job on it stops at once, naming the first. With
+  eval.model the workdir only receives results: it is not locked and holds no checkpoints."""
   config_lib.validate(config)
   if config.mode == "eval_samplers" or (config.mode == "train" and
                                         objectives.get(config.objective).teacher):
     genppl.preflight(config)  # before training a teacher or loading data
   log.info("JAX %s, %d devices (%s), process %d/%d", jax.__version__, jax.device_count(),
            jax.devices()[0].platform, jax.process_index(), jax.process_count())
+  if config.eval.model:  # a model outside the workdir (train/teacher.py): results only
+    return modes.MODES[config.mode](config, workdir, devices)
   with workdir_lock.hold(workdir):
     if objectives.get(config.objective).teacher and \
         config.distill.teacher.startswith("scratch:"):

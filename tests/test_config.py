@@ -81,7 +81,8 @@ def test_cli_user_errors_are_one_line_and_help_lists_the_configs(tmp_path):
        "error: config.optim.lr: must be positive, got -1"),
       (["--config=configs/demo.py:huge", work], "error: unknown config variant 'huge'"),
       (["--config=configs/nope.py", work], "error: config file not found"),
-      (["--config=configs/demo.py"], "error: --config and --workdir are required"),
+      (["--config=configs/demo.py"], "error: --workdir is required (or score a shipped"),
+      ([work], "error: --config is required"),
       # a paper config scores with gpt2-large: offline, it stops before any work
       (["--config=configs/mdlm_owt.py", work, "--config.mode=eval_samplers"],
        "error: config.eval.evaluator='gpt2-large': "),

@@ -62,11 +62,12 @@ def matched_entropy(rows: list[dict], teacher_label: str, metric: str) -> None:
           if inside else None
 
 
-def run_report(run, step: int) -> dict:
+def run_report(run, step: int, show: bool = True) -> dict:
   """Teacher vs student table on a trained distillation `loop.Run` (run.frozen = teacher):
   a data row, the teacher at distill.report_teacher_steps (over eval.temperatures: its
   quality-entropy frontier), the student at eval.sampling_steps, and for each student row the
-  teacher's quality at the student's entropy (`matched_entropy`)."""
+  teacher's quality at the student's entropy (`matched_entropy`). show: print the table
+  (mode "train" prints it with the run's final table instead, evals/modes.py)."""
   c = run.config
   scorer = evaluate.Scorer.for_run(run)
   teacher_cfg = teacher_config(c)
@@ -91,6 +92,6 @@ def run_report(run, step: int) -> dict:
   results = {"header": evaluate.run_header(run, step, scorer, teacher=c.distill.teacher),
              "rows": rows, "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
   results = evaluate.write_results(run, "distill_report", results)
-  if jax.process_index() == 0:
+  if show and jax.process_index() == 0:
     print("\n" + report.markdown(results), flush=True)
   return results

@@ -72,9 +72,10 @@ from flax import nnx
 from idlm_jax.data import tokenizers
 from idlm_jax.models import gpt2
 from idlm_jax.fields import ConfigError
+from idlm_jax.train import teacher as teacher_lib
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
-EMBEDDED = ASSETS / "ar_embedded"
+EMBEDDED = teacher_lib.EVALUATOR  # ASSETS / "ar_embedded" (eval.model="embedded" loads it too)
 
 
 # ---------------------------------------------------------------------------- pure metric

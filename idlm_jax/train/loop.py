@@ -73,7 +73,7 @@ class Run:
   shardings: Any
   objective: Any  # objectives.Objective: the pure steps
   process: Any  # diffusion.processes.Process of config.diffusion.algo
-  ckpt: Any
+  ckpt: Any  # checkpoint.Checkpointer of the workdir (None when eval.model is scored)
   writer: Any
   train_iter: Any = None
   val_split: Any = None
@@ -82,6 +82,7 @@ class Run:
   p_eval_step: Any = None
   unigram_nats: float = float("nan")
   results: dict = dataclasses.field(default_factory=dict)
+  model_step: Optional[int] = None  # the training step of the eval.model loaded (else None)
 
 
 class Hook(Protocol):
@@ -153,17 +154,22 @@ def build(config, workdir, devices=None, *, datasets: Optional[bool] = None,
   objective, process = make_objective(config, graphdef, tx, tokenizer)
   frozen = {"teacher": teacher_lib.load(config, abstract_params, mesh, vocab)} \
       if teacher else None
+  init_params, model_step, ckpt = frozen and frozen["teacher"], None, None
+  if config.mode != "train" and config.eval.model:  # a model outside the workdir: no checkpoints
+    init_params, model_step = teacher_lib.load_params(config, config.eval.model, abstract_params,
+                                                      mesh, vocab, field="eval.model")
   graphdef, state, shardings = state_lib.create_state(
-      build_model, tx, config.seed, mesh, init_params=frozen and frozen["teacher"],
-      aux_txs=objective.aux_txs)
-  best = config.mode != "train" and config.eval.checkpoint == "best"
-  ckpt = checkpoint.Checkpointer(workdir / ("best" if best else "checkpoints"),
-                                 every=config.ckpt.every, keep=config.ckpt.keep,
-                                 async_save=config.ckpt.async_save)
+      build_model, tx, config.seed, mesh, init_params=init_params, aux_txs=objective.aux_txs)
+  if model_step is None:
+    best = config.mode != "train" and config.eval.checkpoint == "best"
+    ckpt = checkpoint.Checkpointer(workdir / ("best" if best else "checkpoints"),
+                                   every=config.ckpt.every, keep=config.ckpt.keep,
+                                   async_save=config.ckpt.async_save)
   writer = metrics.MetricWriter(workdir, tensorboard=config.log.tensorboard, mode=config.mode)
   run = Run(config=config, workdir=workdir, mesh=mesh, tokenizer=tokenizer, graphdef=graphdef,
             state=state, shardings=shardings, objective=objective, process=process, ckpt=ckpt,
-            writer=writer, train_iter=train_iter, val_split=val_split, frozen=frozen)
+            writer=writer, train_iter=train_iter, val_split=val_split, frozen=frozen,
+            model_step=model_step)
   batch_sh = parallel.batch_sharding(mesh)
   rep = parallel.replicated(mesh)
   frozen_sh = frozen and {"teacher": shardings.params}

@@ -445,6 +445,15 @@ def test_convert_then_eval(tmp_path, weights):
   assert meta["converted_from"]["weights"] == "published"
   results = json.loads((work / "results_eval.json").read_text())  # mode eval's own file
   assert results["step"] == 0 and np.isfinite(results["val_nelbo"])
+  # the converted workdir scored read-only (eval.model): same number, results elsewhere
+  before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
+  out = tmp_path / "scores"
+  scored = main.run(_config(tmp_path, "mode='eval'", "data.max_val_rows=16",
+                            f"eval.model='{work}'"), out, devices=jax.devices()[:1])
+  assert scored.results["val"]["nelbo"] == run.results["val"]["nelbo"]
+  assert json.loads((out / "results_eval.json").read_text())["model"] == str(work)
+  assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before
+  assert not (out / "checkpoints").exists()
 
 
 @pytest.mark.slow

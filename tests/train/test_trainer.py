@@ -74,8 +74,12 @@ def test_run_writes_outputs_and_second_run_resumes(tmp_path, caplog):
   assert first.ckpt.latest_step() == 12
   assert first.results["val"]["nelbo"] > 0
   assert first.results["samples"]["nfe"] <= cfg.sample.steps + 1
+  # finished: the same command prints the stored table (tests/evals/test_rerun.py); with
+  # eval.recompute it resumes, trains nothing and evaluates again
+  assert main.run(cfg, workdir, devices=jax.devices()[:1]).results["stored"]["step"] == 12
   with caplog.at_level("INFO", logger="idlm_jax"):
-    second = main.run(cfg, workdir, devices=jax.devices()[:1])
+    second = main.run(_config(tmp_path, "eval.recompute=True"), workdir,
+                      devices=jax.devices()[:1])
   assert "resumed from" in caplog.text and "nothing to train" in caplog.text
   _assert_trees_close(_params(first), _params(second), rtol=0, atol=0)
   # sampling reads no data: the run's corpus may be absent

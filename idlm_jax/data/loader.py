@@ -26,6 +26,7 @@ from typing import Iterator, Protocol
 
 import grain
 import numpy as np
+from absl import flags
 
 from idlm_jax import fields as F
 from idlm_jax.fields import Field
@@ -136,6 +137,10 @@ def read_ahead(dataset: grain.MapDataset, *, workers: int, prefetch: int,
   iter_ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                       prefetch_buffer_size=threads and prefetch))
   if workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # grain 0.2.18's worker start reads an absl flag directly (profiler.py) and raises
+      # UnparsedFlagAccessError outside an absl app (pytest, notebooks): use the defaults.
+      flags.FLAGS.mark_as_parsed()
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
   return iter_ds

@@ -1,14 +1,16 @@
 """Input tokens/s of one host's grain pipeline (data/loader.py), against the train step rate.
 
   python -m benchmarks.input_throughput            # tiny and paper shapes, writes
-                                                   # benchmarks/results/input_throughput_<machine>_<date>.jsonl
+      # benchmarks/results/input_throughput_cpu<cores>_<date>.jsonl
   python -m benchmarks.input_throughput --smoke    # a few batches of tiny shapes (tests)
 
 Each shape is a memory-mapped .npy of random token rows (uint16, as the token caches) written
 once to a temporary folder, so reads come from the page cache; the measured pipeline is the
 training one: seeded epoch permutation, this host's chunk of every global batch, one sorted
 gather per batch, read ahead by threads or grain worker processes. The consumer does nothing
-else, so the rate is the most the pipeline delivers to a train step. Shapes:
+else, so the rate is the most the pipeline delivers to a train step; a second, paced pass
+takes one batch every --step-ms (sleeping in between, as the host does while the device
+steps) and records the median wait in next(): what reading still costs a step. Shapes:
   tiny:  L=64,   per-host batch 32, 2048-id vocabulary (the demo configs)
   paper: L=1024, per-host batch 32, GPT-2 vocabulary (50258 ids; OWT configs)
 Each row also says how many train steps of DiT small (L=1024, B=32, one accelerator; the rate
@@ -63,11 +65,15 @@ def write_rows(folder: pathlib.Path, num_rows: int, seq_len: int, vocab: int) ->
   return TokenRows(np.load(path, mmap_mode="r"), None, 0, vocab, f"bench-{path.stem}")
 
 
-def measure(rows: TokenRows, batch: int, reader: tuple, batches: int, warmup: int) -> dict:
-  """Seconds for `batches` batches after `warmup` (worker start-up and first fills excluded)."""
+def measure(rows: TokenRows, batch: int, reader: tuple, batches: int, warmup: int,
+            paced: int = 0, step_ms: float = 0.0) -> dict:
+  """Seconds for `batches` batches read back to back after `warmup` (worker start-up and
+  first fills excluded); then `paced` batches taken one per `step_ms` (a stand-in for the
+  train step, which releases the GIL as a device step does) and the median wait in next()."""
   workers, prefetch, threads = reader
   it = TrainIterator(rows, global_batch_size=batch, seed=0, workers=workers,
                      prefetch=prefetch, read_threads=threads)
+  waits = []
   try:
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -77,12 +83,21 @@ def measure(rows: TokenRows, batch: int, reader: tuple, batches: int, warmup: in
     for _ in range(batches):
       next(it)
     seconds = time.perf_counter() - t0
+    for _ in range(paced):
+      time.sleep(step_ms / 1e3)
+      t1 = time.perf_counter()
+      next(it)
+      waits.append(time.perf_counter() - t1)
   finally:
     it.close()
   tokens = batches * batch * rows.seq_len
-  return {"workers": workers, "prefetch": prefetch, "read_threads": threads,
-          "batches": batches, "seconds": round(seconds, 4), "warmup_s": round(first, 3),
-          "tokens_per_s": tokens / seconds, "ms_per_batch": 1e3 * seconds / batches}
+  out = {"workers": workers, "prefetch": prefetch, "read_threads": threads,
+         "batches": batches, "seconds": seconds, "warmup_s": round(first, 3),
+         "tokens_per_s": tokens / seconds, "ms_per_batch": 1e3 * seconds / batches}
+  if paced:
+    out |= {"paced_step_ms": step_ms, "paced_batches": paced,
+            "paced_wait_ms": 1e3 * float(np.median(waits))}
+  return out
 
 
 def machine() -> str:
@@ -104,6 +119,8 @@ def main(argv=None) -> list:
                       "<machine>_<date>.jsonl)")
   parser.add_argument("--rows-mb", type=int, default=256, help="size of each rows file")
   parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+  parser.add_argument("--step-ms", type=float, default=20.0,
+                      help="the paced consumer's pause between batches")
   args = parser.parse_args(argv)
   shapes = {"tiny": SHAPES["tiny"]} if args.smoke else SHAPES
   readers = READERS[:2] if args.smoke else READERS
@@ -122,12 +139,14 @@ def main(argv=None) -> list:
       for reader in readers:
         probe = measure(rows, batch, reader, 3, 2)  # how many batches fill args.seconds
         batches = 3 if args.smoke else max(20, int(args.seconds * 1e3 / probe["ms_per_batch"]))
-        r = measure(rows, batch, reader, batches, 5)
+        r = measure(rows, batch, reader, batches, 5, paced=2 if args.smoke else 50,
+                    step_ms=args.step_ms)
         r = {"shape": shape, "L": seq_len, "B": batch, "vocab": vocab, "rows": num_rows, **r,
              "steps_fed": r["tokens_per_s"] / step["tokens_per_s"], **info}
         print(f"{shape:5s} L={seq_len:4d} B={batch} workers={r['workers']} prefetch="
               f"{r['prefetch']} threads={r['read_threads']}: {r['tokens_per_s'] / 1e6:.2f} M "
-              f"tokens/s, {r['ms_per_batch']:.3f} ms/batch, feeds {r['steps_fed']:.1f} steps",
+              f"tokens/s, {r['ms_per_batch']:.3f} ms/batch, feeds {r['steps_fed']:.1f} steps, "
+              f"paced wait {r.get('paced_wait_ms', float('nan')):.3f} ms",
               flush=True)
         out.append(r)
   name = args.name or f"input_throughput_cpu{os.cpu_count()}_{date:%Y-%m-%d}.jsonl"

@@ -104,6 +104,26 @@ def speed_rows(name: str, keys, title: dict, derived=None) -> str:
   return caption + "\n\n" + "\n".join(out) + "\n"
 
 
+def input_rows(name: str) -> str:
+  """benchmarks/input_throughput.py rows: input tokens/s of one host per shape and reader, and
+  how many DiT-small train steps (the committed accelerator measurement) that rate feeds."""
+  rows = _load(name)
+  out = ["| shape | L | B | vocab | workers | prefetch | threads | M tokens/s | ms / batch | "
+         "steps fed | wait per paced step (ms) |", "|" + "---|" * 11]
+  for r in rows:
+    out.append(f"| {r['shape']} | {r['L']} | {r['B']} | {r['vocab']} | {r['workers']} | "
+               f"{r['prefetch']} | {r['read_threads']} | {r['tokens_per_s'] / 1e6:.1f} | "
+               f"{r['ms_per_batch']:.3f} | {r['steps_fed']:.0f} | "
+               f"{_fmt(r.get('paced_wait_ms'), 3)} |")
+  first = rows[0]
+  caption = (f"Raw: `benchmarks/results/{name}` ({first['machine']}, grain {first['grain']}, "
+             f"{first['date']}, page cache {first['page_cache']}); steps fed = input tokens/s / "
+             f"{first['step_tokens_per_s'] / 1e3:.0f}k tokens/s of the DiT-small teacher step "
+             f"(L=1024, B=32, {first['step_device']}); paced: one batch every "
+             f"{_fmt(first.get('paced_step_ms'), 0)} ms, median wait in next().")
+  return caption + "\n\n" + "\n".join(out) + "\n"
+
+
 def dllm_r2(name: str) -> str:
   """Accuracy vs NFE of block decoding (benchmarks/dllm_r2.py rows): per model and variant,
   exact-match accuracy +- SE, NFE per sample +- SE, the NFE change against the same model's
@@ -166,6 +186,7 @@ TABLES = {
         ["role", "steps", "B", "L", "nfe", "seconds", "tokens_per_s", "speedup_vs_teacher"],
         {"nfe": "NFE", "seconds": "s / batch", "tokens_per_s": "tokens/s",
          "speedup_vs_teacher": "speed-up"}),
+    "input_throughput": lambda: input_rows("input_throughput_cpu2_2026-12-05.jsonl"),
     "h100_train": lambda: speed_rows(
         "h100_2026-11-22.jsonl",
         ["framework", "kind", "L", "B", "tokens_per_s", "ms", "mfu", "peak_mem_gib"],

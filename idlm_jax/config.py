@@ -16,7 +16,7 @@ import sys
 import ml_collections
 
 from idlm_jax import decoding, fields, models, objectives
-from idlm_jax.data import pipeline, reasoning, synthetic
+from idlm_jax.data import loader, pipeline, reasoning, synthetic
 from idlm_jax.diffusion import processes
 from idlm_jax.evals import (distill_report, evaluate, modes, monitor, prompted_eval,
                             reasoning_eval)
@@ -48,9 +48,9 @@ SECTIONS = ("seed", "mode", "objective", "data", "model", "diffusion", "distill"
             "train", "parallel", "ckpt", "eval", "sample", "log")
 
 # modules that declare fields (FIELDS) and cross-field checks (validate)
-_PARTS = (pipeline, reasoning, synthetic, models, processes, objective_state, loop, accumulate,
-          parallel, profiler, teacher, evaluate, modes, monitor, distill_report, reasoning_eval,
-          prompted_eval)
+_PARTS = (pipeline, loader, reasoning, synthetic, models, processes, objective_state, loop,
+          accumulate, parallel, profiler, teacher, evaluate, modes, monitor, distill_report,
+          reasoning_eval, prompted_eval)
 _VALIDATORS = (synthetic, models, parallel, teacher)
 
 

@@ -1,6 +1,6 @@
-"""Data layer: tokenizers, document sources and the cached, deterministic batch iterators.
+"""Data layer: tokenizers, document sources, cached row arrays and the grain input pipeline.
 
-Numpy only (no JAX). tensorflow_datasets is imported lazily, and only by sources.py for
+Numpy and grain (no JAX). tensorflow_datasets is imported lazily, and only by sources.py for
 data.source="tfds_lm1b". The shipped files in data/assets (vocabularies, public-domain
 corpus, demo-bpe-2048.json, LICENSES.md) are rebuilt with `python -m idlm_jax.data.build_assets`
 (`--check` verifies that the shipped files are up to date).

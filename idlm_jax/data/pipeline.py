@@ -11,10 +11,10 @@ everything that affects the rows, and memory-mapped afterwards:
 * wrap=False (LM1B style): one document per row, [BOS] + tokens[:L-2] + [EOS], padded on the
   right with pad_id; the row lengths are stored so that the attention mask can be rebuilt.
 
-`TrainIterator` is infinite and deterministic (epoch e uses the permutation of
-np.random.default_rng([seed, e])), resumable through get_state/set_state, and independent of
-the number of hosts. `EvalSplit` walks the whole validation split once, padding the last
-batch with weight-0 dummy rows.
+The rows are the random-access source of the grain pipeline in `data/loader.py`
+(`TrainIterator`: infinite, deterministic from data.seed, resumable, sharded per host;
+`EvalSplit`: the whole validation split once, the last batch padded with weight-0 rows);
+`get_datasets` builds both from `config.data`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import os
 import pathlib
 import tempfile
 import time
-from typing import Iterable, Iterator, Protocol
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from idlm_jax import fields as F
 from idlm_jax.data import reasoning, sources, synthetic
+from idlm_jax.data.loader import EvalSplit, Rows, TrainIterator  # noqa: F401 (API)
 from idlm_jax.data.tokenizers import Tokenizer, get_tokenizer, row_dtype
 from idlm_jax.fields import Field
 
@@ -192,24 +193,10 @@ def _content_fingerprint(rows: np.ndarray, lengths: np.ndarray | None) -> str:
 # ------------------------------------------------------------------ cached splits
 
 
-class Rows(Protocol):
-  """What the iterators read from a split: `TokenRows` (tokenized text) and
-  `data.trajectories.TrajectoryRows` (recorded R2 trajectories) implement it."""
-
-  fingerprint: str  # identity of the content: a saved data position only resumes on it
-
-  @property
-  def num_rows(self) -> int: ...
-
-  @property
-  def seq_len(self) -> int: ...
-
-  def gather(self, index: np.ndarray) -> dict:
-    """The batch of rows `index`: at least input_ids and attention_mask, int32 [n, L]."""
-
-  def token_counts(self, num_rows: int | None = None) -> np.ndarray:
-    """int64 [model vocabulary] counts of the non-pad tokens of the first `num_rows` rows."""
-
+@dataclasses.dataclass(frozen=True)
+class _MappedFile:
+  """A memory-mapped .npy array in a pickle: its path, reopened read-only on unpickling."""
+  path: str
 
 
 @dataclasses.dataclass
@@ -227,6 +214,16 @@ class TokenRows:
   def num_rows(self) -> int:
     """Number of rows N."""
     return len(self.rows)
+
+  def __getstate__(self) -> dict:
+    """Pickles memory-mapped arrays by file name (grain sends the rows to its worker
+    processes: a pickled np.memmap would carry the whole array)."""
+    return {k: _MappedFile(v.filename) if isinstance(v, np.memmap) and v.filename else v
+            for k, v in self.__dict__.items()}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update({k: np.load(v.path, mmap_mode="r") if isinstance(v, _MappedFile)
+                          else v for k, v in state.items()})
 
   @property
   def seq_len(self) -> int:
@@ -391,167 +388,6 @@ def get_doc_source(data_cfg, split: str) -> sources.DocSource:
                    "'embedded', 'text_files', 'tfds_lm1b', 'owt', 'synthetic_hmm'")
 
 
-# ------------------------------------------------------------------ iterators
-
-
-def _host_slice(batch_size: int, process_index: int, process_count: int,
-                what: str) -> slice:
-  """This host's contiguous slice of a global batch."""
-  if process_count < 1 or not 0 <= process_index < process_count:
-    raise ValueError(f"bad process_index={process_index} / process_count={process_count}")
-  if batch_size < 1 or batch_size % process_count:
-    raise ValueError(f"{what}={batch_size} must be a positive multiple of the "
-                     f"process count {process_count}")
-  local = batch_size // process_count
-  return slice(process_index * local, (process_index + 1) * local)
-
-
-class TrainIterator:
-  """Infinite, deterministic, resumable training batches (this host's slice).
-
-  Epoch e visits the rows in the order np.random.default_rng([seed, e]).permutation(N)
-  (identity without shuffle); global batch b is perm[b*G:(b+1)*G] (the last partial batch
-  is dropped) and host p of P gets its rows [p*G/P, (p+1)*G/P).
-  """
-
-  def __init__(self, rows: Rows, *, global_batch_size: int, seed: int = 0,
-               shuffle: bool = True, process_index: int = 0, process_count: int = 1):
-    self.rows = rows
-    self.global_batch_size = int(global_batch_size)
-    self.seed, self.shuffle = int(seed), bool(shuffle)
-    self._slice = _host_slice(self.global_batch_size, process_index, process_count,
-                              "global_batch_size")
-    if rows.num_rows < self.global_batch_size:
-      raise ValueError(f"the training split has {rows.num_rows} rows, fewer than one global "
-                       f"batch of {self.global_batch_size}")
-    self.epoch, self.batch_index = 0, 0
-    self._perm_epoch, self._perm = None, None
-
-  @property
-  def num_rows(self) -> int:
-    """Rows in the training split."""
-    return self.rows.num_rows
-
-  @property
-  def seq_len(self) -> int:
-    """Tokens per row."""
-    return self.rows.seq_len
-
-  @property
-  def steps_per_epoch(self) -> int:
-    """Full global batches per epoch."""
-    return self.num_rows // self.global_batch_size
-
-  @property
-  def local_batch_size(self) -> int:
-    """Rows per batch on this host."""
-    return self._slice.stop - self._slice.start
-
-  def permutation(self, epoch: int) -> np.ndarray:
-    """Row order of `epoch` (cached for the current epoch)."""
-    if self._perm_epoch != epoch:
-      if self.shuffle:
-        self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
-      else:
-        self._perm = np.arange(self.num_rows)
-      self._perm_epoch = epoch
-    return self._perm
-
-  def global_batch_indices(self, epoch: int, batch_index: int) -> np.ndarray:
-    """Row indices of global batch `batch_index` of `epoch` (all hosts)."""
-    g = self.global_batch_size
-    return self.permutation(epoch)[batch_index * g:(batch_index + 1) * g]
-
-  def __iter__(self) -> "TrainIterator":
-    return self
-
-  def __next__(self) -> dict:
-    """The next batch: input_ids and attention_mask, int32 [G/P, L]."""
-    index = self.global_batch_indices(self.epoch, self.batch_index)[self._slice]
-    self.batch_index += 1
-    if self.batch_index == self.steps_per_epoch:
-      self.epoch, self.batch_index = self.epoch + 1, 0
-    return self.rows.gather(index)
-
-  def _identity(self) -> dict:
-    """What must match for a saved position to be meaningful."""
-    return {"fingerprint": self.rows.fingerprint, "num_rows": self.num_rows,
-            "global_batch_size": self.global_batch_size, "seed": self.seed,
-            "shuffle": self.shuffle}
-
-  def get_state(self) -> dict:
-    """JSON-serializable position (epoch, batch) plus the dataset identity."""
-    return {"epoch": self.epoch, "batch": self.batch_index, **self._identity()}
-
-  def set_state(self, state: dict) -> None:
-    """Restores a position saved by get_state; errors if the data or order differ."""
-    mismatch = {k: (state.get(k), v) for k, v in self._identity().items()
-                if state.get(k) != v}
-    if mismatch:
-      details = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in mismatch.items())
-      raise ValueError(f"cannot resume the data iterator on different data/order: {details}")
-    epoch, batch = int(state["epoch"]), int(state["batch"])
-    if epoch < 0 or not 0 <= batch < self.steps_per_epoch:
-      raise ValueError(f"invalid data iterator state: epoch={epoch}, batch={batch}")
-    self.epoch, self.batch_index = epoch, batch
-
-  def token_counts(self) -> np.ndarray:
-    """Counts of each model id over the non-pad training tokens."""
-    return self.rows.token_counts()
-
-
-class EvalSplit:
-  """The whole validation split in fixed order, last batch padded with weight-0 rows."""
-
-  def __init__(self, rows: Rows, *, batch_size: int, max_rows: int = 0,
-               process_index: int = 0, process_count: int = 1):
-    self.rows = rows
-    self.batch_size = int(batch_size)
-    self._slice = _host_slice(self.batch_size, process_index, process_count,
-                              "eval_batch_size")
-    self.num_rows = min(rows.num_rows, max_rows) if max_rows > 0 else rows.num_rows
-
-  @property
-  def num_batches(self) -> int:
-    """Global batches needed to cover every row once."""
-    return -(-self.num_rows // self.batch_size)
-
-  @property
-  def local_batch_size(self) -> int:
-    """Rows per batch on this host."""
-    return self._slice.stop - self._slice.start
-
-  @property
-  def seq_len(self) -> int:
-    """Tokens per row."""
-    return self.rows.seq_len
-
-  def __len__(self) -> int:
-    return self.num_batches
-
-  def batch(self, b: int) -> dict:
-    """Batch b: input_ids, attention_mask (int32 [rows, L]) and weight (float32, 0 = dummy)."""
-    index = (b * self.batch_size + np.arange(self.batch_size))[self._slice]
-    valid = index < self.num_rows
-    n, shape = int(valid.sum()), (self.local_batch_size, self.seq_len)
-    out = {"input_ids": np.full(shape, self.rows.pad_id, np.int32),
-           "attention_mask": np.zeros(shape, np.int32),
-           "weight": valid.astype(np.float32)}
-    real = self.rows.gather(index[:n])  # valid rows are a prefix: indices increase.
-    for name, value in real.items():  # extra fields (prompt_mask, ...): zeros on dummy rows
-      if name not in out:
-        out[name] = np.zeros((self.local_batch_size, *value.shape[1:]), value.dtype)
-      out[name][:n] = value
-    return out
-
-  def __iter__(self) -> Iterator[dict]:
-    return (self.batch(b) for b in range(self.num_batches))
-
-  def token_counts(self) -> np.ndarray:
-    """Counts of each model id over the non-pad tokens of the evaluated rows."""
-    return self.rows.token_counts(self.num_rows)
-
-
 def unigram_baseline(train, val) -> float:
   """Cross-entropy (nats/token) of the validation tokens under the add-one-smoothed train
   unigram over the model vocabulary, non-pad tokens only (the corpus unigram baseline)."""
@@ -571,11 +407,15 @@ def get_datasets(data_cfg, tokenizer: Tokenizer | str, *, global_batch_size: int
                             for s in ("train", "test"))
   else:
     train_rows, val_rows = (load_split(data_cfg, tokenizer, s) for s in ("train", "validation"))
-  train = TrainIterator(train_rows,
-                        global_batch_size=global_batch_size, seed=data_cfg.seed,
-                        shuffle=data_cfg.shuffle, process_index=process_index,
-                        process_count=process_count)
-  val = EvalSplit(val_rows, batch_size=eval_batch_size,
-                  max_rows=int(data_cfg.max_val_rows), process_index=process_index,
-                  process_count=process_count)
+  where = dict(process_index=process_index, process_count=process_count)
+  train = TrainIterator(train_rows, global_batch_size=global_batch_size, seed=data_cfg.seed,
+                        shuffle=data_cfg.shuffle, **where, **reading(data_cfg))
+  val = EvalSplit(val_rows, batch_size=eval_batch_size, max_rows=int(data_cfg.max_val_rows),
+                  **where, **reading(data_cfg, workers=False))
   return train, val
+
+
+def reading(data_cfg, workers: bool = True) -> dict:
+  """The grain read-ahead arguments of the iterators from `config.data` (data/loader.py)."""
+  out = {"prefetch": int(data_cfg.prefetch), "read_threads": int(data_cfg.read_threads)}
+  return {**out, "workers": int(data_cfg.workers)} if workers else out

@@ -118,13 +118,14 @@ def get_datasets(path: str, data_cfg, tokenizer, *, global_batch_size: int,
   train = pipeline.TrainIterator(TrajectoryRows(traj, tokenizer.model_vocab_size,
                                                 load_attention_mask(path)),
                                  global_batch_size=global_batch_size, seed=data_cfg.seed,
-                                 shuffle=data_cfg.shuffle, **where)
+                                 shuffle=data_cfg.shuffle, **where,
+                                 **pipeline.reading(data_cfg))
   if data_cfg.source == "reasoning":  # prompt/response rows (no document cache)
     val_rows = reasoning.config_split(data_cfg, tokenizer, "test")[0]
   else:
     val_rows = pipeline.load_split(data_cfg, tokenizer, "validation")
   val = pipeline.EvalSplit(val_rows,
                            batch_size=eval_batch_size, max_rows=int(data_cfg.max_val_rows),
-                           **where)
+                           **where, **pipeline.reading(data_cfg, workers=False))
   return train, val
 

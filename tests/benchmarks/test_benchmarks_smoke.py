@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks import generation_speed, train_throughput
+from benchmarks import generation_speed, input_throughput, train_throughput
 
 # the MDLM OWT pipeline at its :smoke size, with the 2048-id demo vocabulary (fast on a CPU)
 CONFIG = ["--config=configs/mdlm_owt.py", "--set", "data.tokenizer=demo-bpe-2048"]
@@ -63,3 +63,17 @@ def test_generation_speed_smoke(tmp_path):
     assert r["nfe"] == r["steps"] + 1 and r["seconds"] > 0 and r["s_per_nfe"] > 0
   text = next(tmp_path.glob("*.md")).read_text()
   assert "precision=float64" in text and "| teacher | 32 |" in text
+
+
+def test_input_throughput_smoke(tmp_path):
+  rows = input_throughput.main(["--smoke", "--out", str(tmp_path), "--name", "x.jsonl"])
+  assert [(r["shape"], r["workers"], r["prefetch"]) for r in rows] == [("tiny", 0, 0),
+                                                                      ("tiny", 0, 2)]
+  step = input_throughput.step_rate()
+  assert step["tokens_per_s"] > 1e5 and "H100" in step["device"]
+  for r in rows:
+    assert r["tokens_per_s"] == pytest.approx(r["batches"] * 32 * 64 / r["seconds"])
+    assert r["steps_fed"] == pytest.approx(r["tokens_per_s"] / step["tokens_per_s"])
+    assert r["paced_batches"] == 2 and 0 <= r["paced_wait_ms"] < 1e3
+  written = [json.loads(line) for line in (tmp_path / "x.jsonl").read_text().splitlines()]
+  assert written == json.loads(json.dumps(rows))

@@ -21,7 +21,6 @@ SHIPPED = pathlib.Path(idlm_jax.__file__).parent / "assets" / "reasoning_llada"
 def smoke(c):
   c = base.smoke(c)
   c.model.update(name="llada", hidden_size=32, n_blocks=1, n_heads=2, mlp_ratio=2)
-  c.data.update(seq_len=64)
   c.data.reasoning.update(train_problems=256, test_problems=32)
   return c
 
@@ -46,9 +45,9 @@ def r2ft(c):
 def get_config(arg=None):
   c = base.get_config()
   c.objective = "llada_sft"
-  c.data.update(source="reasoning", tokenizer="reasoning", seq_len=64)
+  c.data.update(source="reasoning", tokenizer="reasoning", seq_len=48)
   c.data.reasoning.update(train_problems=50_000, test_problems=500, families="arithmetic",
-                          prompt_width=16)
+                          arith_digits="2,2", prompt_width=16)
   c.model.update(name="llada", hidden_size=128, n_blocks=3, n_heads=4, mlp_ratio=3,
                  dropout=0.0, rope_theta=10_000.0)
   c.optim.update(lr=2e-3, warmup_steps=200, decay="cosine", final_lr_fraction=0.05,
@@ -57,5 +56,6 @@ def get_config(arg=None):
                  sample_every=0, max_minutes=0.0)
   c.ckpt.update(every=500, keep=2)
   c.eval.update(batch_size=100)
+  c.eval.reasoning.update(gen_length=32, block_length=16)
   c.log.progress_every_s = 30.0
   return base.apply_variant(c, arg, {"smoke": smoke, "r2ft": r2ft})

@@ -46,15 +46,15 @@ def get_config(arg=None):
   c = base.get_config()
   c.objective = "llada_sft"
   c.data.update(source="reasoning", tokenizer="reasoning", seq_len=48)
-  c.data.reasoning.update(train_problems=50_000, test_problems=500, families="arithmetic",
-                          arith_digits="2,2", prompt_width=16)
+  c.data.reasoning.update(train_problems=50_000, test_problems=400, families="arithmetic",
+                          arith_digits="2,2", arith_ops="+", prompt_width=16)
   c.model.update(name="llada", hidden_size=128, n_blocks=3, n_heads=4, mlp_ratio=3,
                  dropout=0.0, rope_theta=10_000.0)
-  c.optim.update(lr=2e-3, warmup_steps=200, decay="cosine", final_lr_fraction=0.05,
+  c.optim.update(lr=2e-3, warmup_steps=100, decay="cosine", final_lr_fraction=0.05,
                  b2=0.98, weight_decay=0.01, ema=0.995)
-  c.train.update(steps=2500, global_batch_size=32, log_every=50, eval_every=500,
+  c.train.update(steps=2400, global_batch_size=64, log_every=50, eval_every=600,
                  sample_every=0, max_minutes=0.0)
-  c.ckpt.update(every=500, keep=2)
+  c.ckpt.update(every=600, keep=2)
   c.eval.update(batch_size=100)
   c.eval.reasoning.update(gen_length=32, block_length=16)
   c.log.progress_every_s = 30.0

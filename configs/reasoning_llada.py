@@ -30,6 +30,7 @@ SHIPPED = pathlib.Path(idlm_jax.__file__).parent / "assets" / "reasoning_llada"
 def smoke(c):
   c = base.smoke(c)
   c.model.update(name="llada", hidden_size=32, n_blocks=1, n_heads=2, mlp_ratio=2)
+  c.data.update(seq_len=48)
   c.data.reasoning.update(train_problems=256, test_problems=32)
   return c
 

@@ -325,7 +325,7 @@ def test_task_config_from_data_fields_and_disjoint_two_digit_split(tok):
       "data.reasoning.arith_digits='2,2'", "data.reasoning.sort_len='3,5'",
       "data.reasoning.train_problems=3000", "data.reasoning.test_problems=200"])
   task = R.task_config(cfg.data)
-  assert (task.arith_min_digits, task.arith_max_digits, task.arith_ops) == (2, 2, "+-")
+  assert (task.arith_min_digits, task.arith_max_digits, task.arith_ops) == (2, 2, "+")
   assert (task.sort_min_len, task.sort_max_len) == (3, 5)
   train_rows, _ = R.config_split(cfg.data, tok, "train")
   _, test = R.config_split(cfg.data, tok, "test")

@@ -46,6 +46,7 @@ def main(argv=None) -> int:
   params, where = reasoning_eval.load_params(run, cfg)
   tok = run.tokenizer
   problems = reasoning.generate("train", args.num_problems, seed=args.seed,
+                                config=reasoning.task_config(cfg.data),
                                 families=reasoning.families_of(cfg.data))
   prompts = reasoning.EvalPrompts.from_problems(problems, tok)
   width = int(cfg.data.reasoning.prompt_width)

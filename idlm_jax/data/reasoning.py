@@ -647,6 +647,15 @@ def load_reasoning_split(split: str, num: int, *, seq_len: int, seed: int = 0,
 # ------------------------------------------------------------------ config (data.source)
 
 
+def _int_pair(text: str, low: int, high: int) -> bool:
+  """`text` is "a,b" with low <= a <= b <= high."""
+  parts = [p.strip() for p in str(text).split(",")]
+  if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    return False
+  a, b = map(int, parts)
+  return low <= a <= b <= high
+
+
 def _families(text: str) -> bool:
   names = [f.strip() for f in str(text).split(",") if f.strip()]
   return bool(names) and all(f in FAMILIES for f in names)
@@ -663,6 +672,17 @@ FIELDS = {
         "arithmetic,word,sort", 'data.source "reasoning": task families, comma separated '
         f"(problem i is of family i mod count): {', '.join(FAMILIES)}.",
         check=F.Check(_families, f"comma-separated names from {FAMILIES}")),
+    "data.reasoning.arith_digits": Field(
+        "2,3", 'data.source "reasoning": family arithmetic, "min,max" digits of each operand '
+        "(TaskConfig.arith_min_digits / arith_max_digits).", check=F.Check(
+            lambda v: _int_pair(v, 1, 12), '"min,max" with 1 <= min <= max <= 12')),
+    "data.reasoning.arith_ops": Field(
+        "+-", 'data.source "reasoning": family arithmetic, the operations drawn ("+", "-" or '
+        '"+-").', choices=("+", "-", "+-")),
+    "data.reasoning.sort_len": Field(
+        "4,8", 'data.source "reasoning": family sort, "min,max" list length '
+        "(TaskConfig.sort_min_len / sort_max_len).", check=F.Check(
+            lambda v: _int_pair(v, 1, 64), '"min,max" with 1 <= min <= max <= 64')),
     "data.reasoning.prompt_width": Field(
         0, 'data.source "reasoning": > 0 left-pads every prompt (BOS .. <assistant>) to this '
         "many tokens so every response starts at this position, as on a left-padded decoding "
@@ -675,6 +695,18 @@ def families_of(data_cfg) -> tuple[str, ...]:
   return tuple(f.strip() for f in str(data_cfg.reasoning.families).split(",") if f.strip())
 
 
+def task_config(data_cfg) -> TaskConfig:
+  """The TaskConfig of config.data.reasoning (the other knobs keep their defaults).
+
+  The split rule depends on the key only, so problems of different digit ranges or list
+  lengths still never cross between train and test."""
+  r = data_cfg.reasoning
+  arith = [int(v) for v in str(r.arith_digits).split(",")]
+  sort = [int(v) for v in str(r.sort_len).split(",")]
+  return TaskConfig(arith_min_digits=arith[0], arith_max_digits=arith[1],
+                    arith_ops=str(r.arith_ops), sort_min_len=sort[0], sort_max_len=sort[1])
+
+
 def config_split(data_cfg, tokenizer, split: str):
   """(PromptRows, EvalPrompts) of a split ("train", "test" or "validation") of config.data:
   data.reasoning.* problems generated with data.seed, rows of data.seq_len."""
@@ -682,8 +714,9 @@ def config_split(data_cfg, tokenizer, split: str):
   split = SPLIT_ALIASES.get(split, split)
   num = r.train_problems if split == "train" else r.test_problems
   return load_reasoning_split(split, int(num), seq_len=int(data_cfg.seq_len),
-                              seed=int(data_cfg.seed), families=families_of(data_cfg),
-                              tokenizer=tokenizer, prompt_width=int(r.prompt_width))
+                              seed=int(data_cfg.seed), config=task_config(data_cfg),
+                              families=families_of(data_cfg), tokenizer=tokenizer,
+                              prompt_width=int(r.prompt_width))
 
 
 # ------------------------------------------------------------------ statistics and CLI

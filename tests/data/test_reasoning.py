@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from idlm_jax import config as config_lib
 from idlm_jax.data import reasoning as R
 from idlm_jax.data.pipeline import TrainIterator
 from idlm_jax.data.tokenizers import get_tokenizer
@@ -315,3 +316,28 @@ def test_prompt_width_left_pads_prompts(tok):
   batch = EvalSplit(rows, batch_size=8).batch(1)
   assert batch["prompt_mask"].shape == (8, 96) and batch["weight"].tolist() == [1] * 4 + [0] * 4
   assert (batch["prompt_mask"][4:] == 0).all()
+
+
+def test_task_config_from_data_fields_and_disjoint_two_digit_split(tok):
+  """data.reasoning.arith_digits / arith_ops / sort_len reach the generator, and the
+  2-digit arithmetic of the shipped recipe keeps train and test disjoint by problem."""
+  cfg = config_lib.load_config("configs/reasoning_llada.py", [
+      "data.reasoning.arith_digits='2,2'", "data.reasoning.sort_len='3,5'",
+      "data.reasoning.train_problems=3000", "data.reasoning.test_problems=200"])
+  task = R.task_config(cfg.data)
+  assert (task.arith_min_digits, task.arith_max_digits, task.arith_ops) == (2, 2, "+")
+  assert (task.sort_min_len, task.sort_max_len) == (3, 5)
+  train_rows, _ = R.config_split(cfg.data, tok, "train")
+  _, test = R.config_split(cfg.data, tok, "test")
+  train = R.generate("train", 3000, seed=int(cfg.data.seed), config=task,
+                     families=["arithmetic"])
+  assert train_rows.num_rows == 3000 and len(test) == 200
+  for p in train:
+    a, b = (int(v) for v in p.key.split("|")[2].split(","))
+    assert 10 <= a <= 99 and 10 <= b <= 99
+    _check_arithmetic(p)
+  assert not {p.key for p in train} & set(test.keys)
+  with pytest.raises(config_lib.ConfigError, match="arith_digits"):
+    config_lib.load_config("configs/reasoning_llada.py", ["data.reasoning.arith_digits='3,2'"])
+  with pytest.raises(config_lib.ConfigError, match="arith_ops"):
+    config_lib.load_config("configs/reasoning_llada.py", ["data.reasoning.arith_ops='*'"])

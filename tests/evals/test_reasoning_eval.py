@@ -24,7 +24,7 @@ def test_options_from_config():
       "sample.r2.temporal_steps=2"])
   o = reasoning_eval.options_from_config(cfg)
   assert o.rules == ("temporal", "token_cluster") and o.cache == "dual"
-  assert o.temporal_steps == 2 and o.gen_length == 48 and o.block_length == 16
+  assert o.temporal_steps == 2 and o.gen_length == 32 and o.block_length == 16
   with pytest.raises(config_lib.ConfigError):
     config_lib.load_config("configs/reasoning_llada.py", ["eval.reasoning.rules='threshold'"])
 

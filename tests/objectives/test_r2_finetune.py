@@ -190,11 +190,11 @@ def test_prompted_trajectories_carry_the_attention_mask(tmp_path):
   validation split is the reasoning test split, and the DLLM loss sees the mask (pads hidden:
   changing a hidden pad token changes nothing)."""
   tok = get_tokenizer("reasoning")
-  n, length = 4, 64
+  n, length = 4, 48
   rng = np.random.default_rng(0)
   tokens = rng.integers(10, 100, (n, length)).astype(np.int32)
   tokens[:, :3] = tok.pad_id
-  step = np.concatenate([np.full((n, 16), -1), rng.integers(0, 5, (n, 48))], 1)
+  step = np.concatenate([np.full((n, 16), -1), rng.integers(0, 5, (n, 32))], 1)
   rule = np.where(step >= 0, 1, -1)
   att = (np.arange(length) >= 3)[None].repeat(n, 0).astype(np.int32)
   path = tmp_path / "t.npz"

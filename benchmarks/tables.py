@@ -57,7 +57,9 @@ def quality(*sources) -> str:
   row's fields ({sampler}, {variant}) or None (the row's variant, else its sampler); keep(row)
   selects rows (default: all). Columns: quality (Gen PPL or the
   exact NLL per token on the synthetic language), unigram entropy, distinct-4, NFE (and the
-  per-row NFE of R2 rows, RGAS's discriminator calls) — whatever the rows carry."""
+  per-row NFE of R2 rows, RGAS's discriminator calls, the synthetic language's 4-gram KL to
+  the source) — whatever the rows carry; a value with a
+  standard error in the row (`<key>_se`) is shown as value ± SE."""
   rows, headers, files = [], [], []
   for name, label, *keep in sources:
     d = _load(name)
@@ -77,10 +79,14 @@ def quality(*sources) -> str:
     cols.append(("disc_forwards", "disc. calls"))
   cols += [(metric, "Gen PPL" if metric == "gen_ppl" else "exact NLL/token"),
            ("entropy", "entropy"), ("distinct_4", "distinct-4")]
+  if any("ngram_kl_4" in r for _, r in rows):
+    cols.append(("ngram_kl_4", "4-gram KL"))
   out = ["| model | " + " | ".join(c[1] for c in cols) + " |",
          "|---|" + "---|" * len(cols)]
+  cell = lambda r, k: _fmt(r.get(k), key=k) + (  # noqa: E731  (± the standard error)
+      f" ± {_fmt(r[k + '_se'], key=k)}" if r.get(k + "_se") is not None else "")
   for text, r in rows:
-    out.append(f"| {text} | " + " | ".join(_fmt(r.get(k), key=k) for k, _ in cols) + " |")
+    out.append(f"| {text} | " + " | ".join(cell(r, k) for k, _ in cols) + " |")
   seeds = sorted({h.get("seed") for h in headers if "seed" in h})
   samples = sorted({h.get("num_samples") for h in headers if "num_samples" in h})
   precision = sorted({h.get("precision") for h in headers if "precision" in h})
@@ -166,7 +172,9 @@ TABLES = {
     "demo": lambda: quality(("demo_genppl_teacher1024.json", "{sampler} (eval run)",
                              lambda r: r["sampler"].startswith("teacher")),
                             ("demo_genppl.json", None)),
-    "synthetic_mdlm_teacher": lambda: quality(("synthetic_mdlm.json", "MDLM teacher {sampler}")),
+    # the shipped teacher's rows as measured by the IDLM run's report (same checkpoint, EMA)
+    "synthetic_mdlm_teacher": lambda: quality((
+        "idlm_synthetic.json", None, lambda r: not r["sampler"].startswith("idlm"))),
     "idlm_synthetic": lambda: quality(("idlm_synthetic.json", None)),
     "dcd_synthetic": lambda: quality(("dcd_synthetic.json", None),
                                      ("idlm_dcd_synthetic.json", "IDLM-DCD lr 1e-4 {sampler}"),

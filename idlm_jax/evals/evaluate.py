@@ -222,8 +222,9 @@ def run_header(run, step: int, scorer: Scorer, **extra) -> dict:
     n = int(c.data.seq_len) - 2
     header.update(source_entropy_per_token=synthetic.sequence_entropy(hmm, n) / n,
                   source_entropy_rate=synthetic.entropy_rate(hmm),
-                  hmm={k: c.data.synthetic[k] for k in ("seed", "num_states", "vocab_size",
-                                                        "branching", "concentration")},
+                  hmm={k: c.data.synthetic.get(k, 0) for k in (
+                      "seed", "num_states", "vocab_size", "branching", "concentration",
+                      "order")},
                   ngram_floor=ngram.floor(hmm, int(e.num_samples), n, seed=int(e.seed),
                                           repeats=10))
   return header

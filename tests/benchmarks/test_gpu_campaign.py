@@ -3,6 +3,7 @@ shapes (the campaign cannot rot between GPU sessions), plus the trace summary an
 builder's disjoint halves."""
 
 import gzip
+import importlib.util
 import json
 import pathlib
 
@@ -48,5 +49,8 @@ def test_smoke_runs_every_section(tmp_path):
   sections = {r["section"] for r in rows}
   assert sections >= {"throughput", "attention", "profile", "generation", "xla_flags", "text"}
   assert not [r for r in rows if "error" in r]
+  torch_rows = [r for r in rows if r.get("variant") == "torch smoke"]  # skipped without PyTorch
+  assert torch_rows and all("skipped" in r for r in torch_rows) == (
+      importlib.util.find_spec("torch") is None)
   assert any(r.get("kind") == "train" and r.get("objective") == "didi" for r in rows)
   assert any(r.get("stage") == "IDLM student" for r in rows)

@@ -346,7 +346,8 @@ def text_configs(smoke: bool, text_dir: pathlib.Path, cache_dir: str, minutes: d
                "distill.monitor_every=3", "distill.monitor_steps=2", "distill.monitor_samples=8",
                "distill.report_teacher_steps=8,4", "eval.sampling_steps=4,2",
                "eval.num_samples=8", "eval.batch_size=8", "sample.batch_size=8",
-               "sample.steps=4", "sample.num_samples=8"]
+               "sample.steps=4", "sample.num_samples=8",
+               "distill.entropy_reference_steps=4"]  # the monitor's teacher entropy
   else:
     size = ["model.hidden_size=384", "model.n_blocks=8", "model.n_heads=6", "model.cond_dim=128",
             "data.seq_len=256"]

@@ -27,6 +27,9 @@ def smoke(c):
   c.ckpt.update(every=6, keep=2)
   c.eval.update(batch_size=16)
   c.sample.update(num_samples=8, batch_size=8, steps=8)
+  # the distillation monitor's teacher-entropy reference (default 1024 sampling steps: most
+  # of a distillation smoke's time)
+  c.distill.entropy_reference_steps = 8
   c.log.progress_every_s = 5.0
   return c
 

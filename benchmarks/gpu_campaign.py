@@ -298,8 +298,11 @@ def section_generation(args, rec: Recorder) -> None:
   argv = ["--B", "64", "--L", "1024", "--teacher-steps", "1024", "--student-steps", "16,4",
           "--reps", "1", "--warmup", "1", "--out", str(pathlib.Path(args.work) / "generation")]
   if args.smoke:
+    # the 2048-symbol demo vocabulary: float64 draws over GPT-2's 50257 classes made this
+    # smoke ~70 s of 2-core time (the paths are the same)
     argv = ["--smoke", "--student-steps", "4", "--reps", "1", "--warmup", "1", "--out",
-            str(pathlib.Path(args.work) / "generation")]
+            str(pathlib.Path(args.work) / "generation"),
+            "--set", "data.tokenizer=demo-bpe-2048"]
   rows = generation_speed.main(argv)
   rec.add("generation", rows)
 
@@ -329,7 +332,8 @@ def place_text(carry: pathlib.Path, dest: pathlib.Path = TEXT_DIR) -> pathlib.Pa
 
 def text_configs(smoke: bool, text_dir: pathlib.Path, cache_dir: str, minutes: dict) -> dict:
   """The three stages' configs (spec, overrides) of the real-text run."""
-  data = [f"data.cache_dir={cache_dir}", "data.source=text_files", "data.tokenizer=gpt2",
+  data = [f"data.cache_dir={cache_dir}", "data.source=text_files",
+          "data.tokenizer=" + ("demo-bpe-2048" if smoke else "gpt2"),  # smoke: small vocabulary
           "data.wrap=True", "data.max_val_rows=0" if not smoke else "data.max_val_rows=32"]
   if smoke:
     size = ["model.hidden_size=32", "model.n_blocks=1", "model.n_heads=2", "model.cond_dim=32",

@@ -83,8 +83,11 @@ def quality(*sources) -> str:
     cols.append(("ngram_kl_4", "4-gram KL"))
   out = ["| model | " + " | ".join(c[1] for c in cols) + " |",
          "|---|" + "---|" * len(cols)]
-  cell = lambda r, k: _fmt(r.get(k), key=k) + (  # noqa: E731  (± the standard error)
-      f" ± {_fmt(r[k + '_se'], key=k)}" if r.get(k + "_se") is not None else "")
+  def cell(r, k):  # value ± its standard error, both at the value's precision
+    v, se = r.get(k), r.get(k + "_se")
+    if se is None or not isinstance(v, float):
+      return _fmt(v, key=k)
+    return f"{_fmt(v, key=k)} ± " + (f"{se:.1f}" if abs(v) >= 100 else _fmt(float(se), key=k))
   for text, r in rows:
     out.append(f"| {text} | " + " | ".join(cell(r, k) for k, _ in cols) + " |")
   seeds = sorted({h.get("seed") for h in headers if "seed" in h})

@@ -84,7 +84,7 @@ def synthetic(c):
 
 def get_config(arg=None):
   c = paper(duo_owt.get_config())
-  variants = {"smoke": base.with_teacher(small(base.offline(base.smoke)),
+  variants = {"smoke": base.with_teacher(small(base.offline(base.distill_smoke)),
                                          "configs/duo_owt.py:smoke"),
               "tiny": small(base.offline(base.tiny)),
               "demo": demo, "demo_teacher": demo_teacher_duo, "greedy": duo_lm1b.greedy,

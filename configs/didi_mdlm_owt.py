@@ -75,7 +75,7 @@ def demo(c):
 
 def get_config(arg=None):
   c = didi(mdlm_owt.get_config())
-  variants = {"smoke": base.with_teacher(small(base.offline(base.smoke)),
+  variants = {"smoke": base.with_teacher(small(base.offline(base.distill_smoke)),
                                          "configs/mdlm_owt.py:smoke"),
               "tiny": small(base.offline(base.tiny)),
               "demo": demo}

@@ -20,7 +20,7 @@ def greedy(c):
 def get_config(arg=None):
   c = greedy(idlm_mdlm_owt.idlm(duo_owt.get_config()))
   c.diffusion.update(gamma_min=-3.55, gamma_max=-1.85, tau=1e-3)
-  variants = {"smoke": base.with_teacher(idlm_mdlm_owt.small(base.offline(base.smoke)),
+  variants = {"smoke": base.with_teacher(idlm_mdlm_owt.small(base.offline(base.distill_smoke)),
                                          "configs/duo_owt.py:smoke"),
               "tiny": idlm_mdlm_owt.small(base.offline(base.tiny)),
               "ancestral": lambda c: c.sample.update(noise_removal="ancestral") or c}

@@ -12,7 +12,7 @@ from configs import base, idlm_mdlm_owt, mdlm_lm1b
 def get_config(arg=None):
   c = idlm_mdlm_owt.idlm(mdlm_lm1b.get_config())
   c.distill.report_teacher_steps = "1000"
-  variants = {"smoke": base.with_teacher(idlm_mdlm_owt.small(base.offline(base.smoke)),
+  variants = {"smoke": base.with_teacher(idlm_mdlm_owt.small(base.offline(base.distill_smoke)),
                                          "configs/mdlm_lm1b.py:smoke"),
               "tiny": idlm_mdlm_owt.small(base.offline(base.tiny))}
   return base.apply_variant(c, arg, variants)

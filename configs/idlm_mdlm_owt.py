@@ -42,7 +42,7 @@ def small(variant):
 
 def get_config(arg=None):
   c = idlm(mdlm_owt.get_config())
-  variants = {"smoke": base.with_teacher(small(base.offline(base.smoke)),
+  variants = {"smoke": base.with_teacher(small(base.offline(base.distill_smoke)),
                                          "configs/mdlm_owt.py:smoke"),
               "tiny": small(base.offline(base.tiny))}
   return base.apply_variant(c, arg, variants)

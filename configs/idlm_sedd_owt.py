@@ -13,7 +13,7 @@ from configs import base, idlm_mdlm_owt, sedd_owt
 
 def get_config(arg=None):
   c = idlm_mdlm_owt.idlm(sedd_owt.get_config(), lr=3e-7)
-  variants = {"smoke": base.with_teacher(idlm_mdlm_owt.small(base.offline(base.smoke)),
+  variants = {"smoke": base.with_teacher(idlm_mdlm_owt.small(base.offline(base.distill_smoke)),
                                          "configs/sedd_owt.py:smoke"),
               "tiny": idlm_mdlm_owt.small(base.offline(base.tiny))}
   return base.apply_variant(c, arg, variants)

@@ -25,8 +25,20 @@ def idlm(c, teacher="synthetic"):
   return c
 
 
+def smoke(c):
+  """`:smoke` distils the shipped teacher: base.smoke's step and sample counts at the teacher's
+  shape (the student starts as a copy of it: d=128 x 2, L=64)."""
+  model, seq_len = c.model.to_dict(), c.data.seq_len
+  c = base.smoke(c)
+  c.model.update(**model)
+  c.data.seq_len = seq_len
+  c.distill.report_teacher_steps = "64,16"
+  c.eval.num_samples = 64
+  return c
+
+
 def get_config(arg=None):
   c = idlm(synthetic_mdlm.get_config())
   return base.apply_variant(c, arg, {
       "duo": lambda _: idlm(synthetic_duo.get_config(), teacher=""),
-      "smoke": base.with_teacher(base.smoke, "configs/synthetic_mdlm.py:smoke")})
+      "smoke": smoke})

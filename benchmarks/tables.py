@@ -157,6 +157,28 @@ def dllm_r2(name: str) -> str:
   return caption + "\n\n" + "\n".join(out) + "\n"
 
 
+def plans(names) -> str:
+  """Memory plans (benchmarks/plan.py JSON) of DiT train steps: the chosen setting per plan,
+  its calibrated fixed and per-row GiB per device, rows per device and microbatches."""
+  out = ["| plan | objective, L, global batch | devices | chosen setting | fixed + per row "
+         "(GiB) | rows per device | microbatches | GiB per device |", "|" + "---|" * 8]
+  for name in names:
+    p = _load(f"plans/{name}.json")
+    c = p["chosen"]
+    s = next(s for s in p["settings"] if (s["remat"], s["mesh"]) == (c["remat"], c["mesh"]))
+    rows = c["rows_per_device"]
+    out.append(f"| {name} | {p['objective']}, {p['seq_len']}, {p['global_batch']} | "
+               f"{p['devices']} x {p['memory_gib']:g} GiB | remat {c['remat']}, {c['mesh']} | "
+               f"{s['gib_fixed']:.2f} + {s['gib_per_row']:.3f} | {rows or 'none fits'} | "
+               f"{c['microbatches'] or '-'} | "
+               f"{s['gib_fixed'] + s['gib_per_row'] * rows:.1f} |")
+  first = _load(f"plans/{names[0]}.json")
+  caption = (f"Raw: `benchmarks/results/plans/<plan>.json` (`{first['command'].split(' --name')[0]}`"
+             f" and the other `--paper` entries; XLA:CPU compiles, jax {first['jax']}, "
+             f"temporaries x {first['temp_scale']:.3f} from the H100 calibration).")
+  return caption + "\n\n" + "\n".join(out) + "\n"
+
+
 def config_fields() -> str:
   """Every config field (path, default, allowed values, meaning) from the declarations."""
   out = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
@@ -171,6 +193,9 @@ def config_fields() -> str:
 
 TABLES = {
     "config_fields": config_fields,
+    "paper_plans": lambda: plans(["idlm_mdlm_owt_8x80gb", "didi_mdlm_owt_8x80gb",
+                                  "duo_lm1b_8x80gb", "idlm_mdlm_owt_v5e16",
+                                  "didi_mdlm_owt_v5e16", "duo_lm1b_v5e16"]),
     "dllm_r2": lambda: dllm_r2("dllm_r2_reasoning.jsonl"),
     "demo": lambda: quality(("demo_genppl_teacher1024.json", "{sampler} (eval run)",
                              lambda r: r["sampler"].startswith("teacher")),

@@ -38,3 +38,19 @@ def test_calibrated_scales_only_the_temporaries():
   row = dict(args_gib=2.0, out_gib=2.0, alias_gib=2.0, temp_gib=10.0)
   assert plan.calibrated(row, 0.5) == 2.0 + 5.0
   assert plan.calibrated(row, 1.0) == 12.0
+
+
+def test_a_non_positive_per_row_slope_is_reported_not_read_as_a_row_count():
+  # the TPU compile of LLaDA-8B fine-tuning (float32, remat block) used less memory at 2 rows
+  # than at 1: the committed plan must not read "256 rows" off that line
+  bad = dict(gib_per_row=-0.60, max_rows=0)
+  good = dict(gib_per_row=1.93, max_rows=8)
+  assert plan.max_rows_text(bad) == "fit invalid (per-row slope <= 0)"
+  assert plan.max_rows_text(good) == "8"
+  assert plan.max_rows_text(dict(gib_per_row=1.0, max_rows=0)) == "none fits"
+  text = plan.markdown_llada(dict(
+      name="x", n_params=8e9, n_layers=32, mode="finetune", seq_len=512, devices=1,
+      memory_gib=80, target="tpu:v5p:2x2x1", headroom=0.1, temp_scale=1.0,
+      settings=[dict(param_dtype="float32", remat="block", mesh="fsdp", persistent_gib=89.6,
+                     gib_1row=93.4, cpu_gib_1row=93.4, **bad)]))
+  assert "fit invalid" in text and "| 256 |" not in text

@@ -45,6 +45,7 @@ def test_train_throughput_smoke(tmp_path):
   assert "| idlm_jax | train | didi (G=4, 32 rollouts) | 32 | 8 | 1 |" in text
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_train_throughput_perf_flags_smoke():
   rows = train_throughput.main(["--smoke", *CONFIG, "--devices", "1", "--objectives=teacher",
                                 "--mode=train", "--loss-chunk", "8", "--remat", "block"])

@@ -69,6 +69,7 @@ def test_eval_samplers_mode_with_gen_ppl(evaluator_dir, tmp_path):
   assert run.results["eval_samplers"]["header"]["evaluator"].startswith(str(evaluator_dir))
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_eval_samplers_on_synthetic_source(tmp_path):
   work = tmp_path / "syn"
   cfg = _cfg("configs/synthetic_mdlm.py:smoke", tmp_path, "data.synthetic.num_train_docs=200",

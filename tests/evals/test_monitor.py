@@ -77,6 +77,7 @@ def test_export_then_load_as_teacher_with_other_padding(tmp_path):
   np.testing.assert_array_equal(emb, np.asarray(src)[:tok.model_vocab_size])
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_monitor_samples_are_disjoint_from_the_reported_samples(tmp_path):
   """Checkpoint selection never sees the reported samples: with the same params, seed, sampler,
   steps and batch size, no monitor row equals a reported row (the old scheme drew the monitor's

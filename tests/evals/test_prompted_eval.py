@@ -46,6 +46,7 @@ def test_missing_checkpoint_is_a_one_line_config_error(tmp_path):
     main.run(cfg, tmp_path / "run")
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_load_checkpoint_is_sharded_and_equals_load_pretrained():
   """The tiny fixture on 8 devices (FSDP): same logits as the single-device loader, with the
   parameters split over the mesh."""

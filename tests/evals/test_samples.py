@@ -43,7 +43,8 @@ def test_forward_is_unchanged_under_x64_scope():
   np.testing.assert_allclose(wide, plain, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("precision", ["float64", "exact32"])
+@pytest.mark.parametrize("precision", [pytest.param("float64", marks=pytest.mark.slow),
+                                       "exact32"])
 def test_generate_gives_clean_tokens_and_counts_nfe(precision):
   cfg, graphdef, params = _tiny()
   cfg.sample.precision = precision
@@ -130,6 +131,7 @@ def test_r2_config_validation():
     config_lib.load_config("configs/duo_lm1b.py:smoke", ["sample.sampler=r2"])
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_rgas_sampler_reads_the_discriminator_and_counts_its_calls():
   """sample.sampler="rgas" on a didi config: generate() with aux={"disc": ...} gives clean
   tokens, student NFE N + 1 and the discriminator's calls apart (RGAS: tilt + M x re-rank)."""

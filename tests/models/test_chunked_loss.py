@@ -40,7 +40,7 @@ def test_features_and_project_compose_to_call():
                                 np.asarray(model(ids, sigma)))
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 5, 11])  # 5, 11: L=12 is not a multiple (padded)
+@pytest.mark.parametrize("chunk", [pytest.param(1, marks=pytest.mark.slow), 4, 5, 11])  # 5, 11: L=12 is not a multiple (padded)
 def test_chunked_log_prob_equals_unchunked(chunk):
   model = make(vocab_pad_multiple=16)
   randomize(model)

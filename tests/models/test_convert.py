@@ -419,6 +419,7 @@ def test_sedd_pytorch_model_bin_bf16(tmp_path, weights):
 # ---------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_convert_then_eval(tmp_path, weights):
   folder = _hf_folder(tmp_path / "mdlm-owt", _with_buffer(weights[0], "backbone."))
   work = tmp_path / "work"

@@ -251,6 +251,7 @@ def test_dropout():
   np.testing.assert_array_equal(np.asarray(no_rate(ids, sigma, dropout_key=key)), eval_out)
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_bfloat16_close_to_float32_and_params_stay_float32():
   fp32, bf16 = make(), make(dtype=jnp.bfloat16)
   randomize(fp32)

@@ -151,6 +151,7 @@ def _check(name, tmp_path, strategy, ks):
              RTOL_DIDI if name.startswith("didi") else RTOL)
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_teacher_step_accumulated_equals_whole_batch(tmp_path):
   _check("diffusion", tmp_path, "pjit", (2,))
 

@@ -59,6 +59,7 @@ def test_prompt_is_clamped_in_student_and_renoised_sample(setup):
   assert masked_response > 0  # the response is re-noised
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_prompt_gets_no_loss(setup):
   net, (student, fake, teacher), batch, proc, _ = setup
   prompt = np.asarray(batch["prompt_mask"]) > 0

@@ -185,6 +185,7 @@ def test_config_validation_names_the_field(override, message):
     config_lib.load_config("configs/r2_finetune_synthetic.py", [*base, override])
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_prompted_trajectories_carry_the_attention_mask(tmp_path):
   """Prompted (left-padded) trajectories: the stored attention mask reaches the batches, the
   validation split is the reasoning test split, and the DLLM loss sees the mask (pads hidden:

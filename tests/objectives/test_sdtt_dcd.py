@@ -149,6 +149,7 @@ def test_dcd_trajectory_is_the_argmax_of_one_shared_gaussian_draw():
   assert float(jnp.mean(z_s == x0)) > float(jnp.mean(z_t == x0))
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_dcd_loss_is_zero_for_the_same_network_at_the_same_point(tmp_path):
   config = config_lib.load_config(SYN, ["objective='dcd'", "mode='eval'",
                                         f"data.cache_dir='{tmp_path}'", *DUO])
@@ -218,6 +219,7 @@ def _train_through_one_round(run):
   _assert_equal(teacher.params, student_at_boundary)
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_sdtt_trains_through_a_round_from_a_teacher_checkpoint(mdlm_teacher, tmp_path):
   run = _run(mdlm_teacher, tmp_path / "sdtt", [
       "objective='sdtt'", "distill.sdtt.round_steps=2", "distill.sdtt.num_rounds=2",
@@ -226,6 +228,7 @@ def test_sdtt_trains_through_a_round_from_a_teacher_checkpoint(mdlm_teacher, tmp
   assert all(not x.is_deleted() for x in jax.tree.leaves(run.frozen["teacher"]))
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_dcd_trains_through_a_round_and_its_workdir_loads_as_a_teacher(duo_teacher, tmp_path):
   run = _run(duo_teacher, tmp_path / "dcd", [
       "objective='dcd'", "distill.dcd.round_steps=2", "distill.dcd.num_rounds=2",

@@ -40,6 +40,7 @@ def _cfg(spec, tmp_path, *extra):
                                        "data.tokenizer='demo-bpe-2048'", *extra])
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_duo_curriculum_then_udlm(tmp_path):
   cfg = _cfg("configs/duo_owt.py:smoke", tmp_path, "diffusion.curriculum_start=2",
              "diffusion.curriculum_end=5")

@@ -176,6 +176,7 @@ CORRUPTIONS = {"truncated_arrays": _truncate_arrays, "zeroed_files": _zero_files
                "deleted_state": lambda d: shutil.rmtree(d / "state")}
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 @pytest.mark.parametrize("damage", sorted(CORRUPTIONS))
 def test_resume_skips_a_damaged_newest_checkpoint(trained, tmp_path, cache, damage, caplog):
   work = _copy(trained, tmp_path)
@@ -238,6 +239,7 @@ class _Signal:
     os.kill(os.getpid(), self.signum)
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_finishes_the_step_saves_and_resume_continues(tmp_path, cache, signum, caplog):
   before = signal.getsignal(signum)
@@ -383,6 +385,7 @@ def test_metrics_have_no_duplicate_steps_after_resume(trained, tmp_path, cache):
 # ------------------------------------------------------------------ 7. evaluation modes
 
 
+@pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 def test_eval_and_sample_modes_keep_the_training_record(trained, tmp_path, cache):
   work = _copy(trained, tmp_path)
   record = {"results.json": '{"step": 12, "val_nelbo": 1.0}\n', "config.json": "{}\n"}

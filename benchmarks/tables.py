@@ -93,7 +93,7 @@ def quality(*sources) -> str:
   seeds = sorted({h.get("seed") for h in headers if "seed" in h})
   samples = sorted({h.get("num_samples") for h in headers if "num_samples" in h})
   precision = sorted({h.get("precision") for h in headers if "precision" in h})
-  caption = (f"Raw: {', '.join('`benchmarks/results/' + f + '`' for f in files)}; "
+  caption = (f"Raw: {', '.join('`benchmarks/results/' + f + '`' for f in dict.fromkeys(files))}; "
              f"seed {'/'.join(map(str, seeds)) or '?'}, {'/'.join(map(str, samples)) or '?'} "
              f"samples per row, {'/'.join(precision) or '?'} draws.")
   return caption + "\n\n" + "\n".join(out) + "\n"
@@ -204,6 +204,19 @@ TABLES = {
     "synthetic_mdlm_teacher": lambda: quality((
         "idlm_synthetic.json", None, lambda r: not r["sampler"].startswith("idlm"))),
     "idlm_synthetic": lambda: quality(("idlm_synthetic.json", None)),
+    # sweeps of configs/idlm_synthetic.py (one setting changed per run; EMA student, final
+    # checkpoint: no monitor fell inside the entropy band) against the teacher's reference rows
+    "idlm_synthetic_sweep": lambda: quality(
+        ("idlm_synthetic.json", None, lambda r: r["sampler"] == "data (held-out validation "
+         "rows)" or (r["sampler"].startswith("teacher") and r["steps"] in (1024, 64))),
+        *((f"idlm_synthetic{name}.json", f"student, {label}",
+           lambda r: r["sampler"].startswith("idlm") and r["steps"] in (16, 4))
+          for name, label in (("", "lr 1e-4, 400 steps (the config)"),
+                              ("_sweep_lr3e-5", "lr 3e-5"), ("_sweep_lr1e-5", "lr 1e-5"),
+                              ("_sweep_1200", "1200 steps"),
+                              ("_sweep_fake2", "fake:student 2:1"),
+                              ("_sweep_fakelr3e4", "fake lr 3e-4"),
+                              ("_sweep_gumbel", "gumbel relaxation (tau 0.1)")))),
     "dcd_synthetic": lambda: quality(("dcd_synthetic.json", None),
                                      ("idlm_dcd_synthetic.json", "IDLM-DCD lr 1e-4 {sampler}"),
                                      ("idlm_dcd_synthetic_lr1e5.json",

@@ -297,7 +297,7 @@ def plan_objective(spec: str, overrides: list, devices, memory_gib: float, temp_
           cpu_gib_per_row=bilinear(grid, depth, 1, cpu) - bilinear(grid, depth, 0, cpu),
           persistent_gib=bilinear(grid, depth, 1, lambda v: v["args_gib"] + v["out_gib"]
                                   - v["alias_gib"]),
-          max_rows=fits[0] if fits else 0, fit_valid=per_row > 0,
+          max_rows=fits[0] if fits else 0,
           rows_unbounded=max(int((budget - fixed) // per_row), 0) if per_row > 0 else None))
   order = {"none": 0, "block": 1}
   best = max(settings, key=lambda s: (s["max_rows"], -order[s["remat"]], s["mesh"] == "fsdp"))
@@ -423,7 +423,7 @@ def plan_llada(mode: str, devices, memory_gib: float, temp_scale: float, headroo
                                                              for (d, r), v in grid.items()},
             persistent_gib=persistent[1, 1] + (full - 1) * (persistent[2, 1] - persistent[1, 1]),
             gib_1row=at(full, 1, "cal"), cpu_gib_1row=at(full, 1, "cpu"),
-            gib_per_row=per_row, fit_valid=per_row > 0,
+            gib_per_row=per_row,
             max_rows=fits[-1] if fits else 0))
   return dict(model="LLaDA-8B", mode=mode, seq_len=seq_len, n_layers=full,
               n_params=models.count_params(nnx.eval_shape(lambda: dllm.build(
@@ -482,14 +482,10 @@ def markdown(plan: dict) -> str:
   for s in plan["settings"]:
     mark = " **(chosen)**" if (s["remat"], s["mesh"]) == (c["remat"], c["mesh"]) else ""
     r = s["max_rows"]
-    if s["gib_per_row"] <= 0:
-      r_text = "fit invalid (per-row slope <= 0)"
-    else:
-      r_text = r or "none fits"
     micro = plan["global_batch"] // (r * plan["devices"]) if r else "-"
     text += (f"| {s['remat']}{mark} | {s['mesh']} | {s['gib_fixed']:.2f} | "
              f"{s['gib_per_row']:.3f} | {s['cpu_gib_fixed']:.2f} / {s['cpu_gib_per_row']:.3f} "
-             f"| {r_text} | {r * plan['devices'] if r else '-'} | {micro} |\n")
+             f"| {max_rows_text(s)} | {r * plan['devices'] if r else '-'} | {micro} |\n")
   chk = c["check"]
   if chk:
     text += (f"\nCheck compile of the chosen setting ({c['rows_per_device']} rows/device): "

@@ -93,7 +93,8 @@ def quality(*sources) -> str:
   seeds = sorted({h.get("seed") for h in headers if "seed" in h})
   samples = sorted({h.get("num_samples") for h in headers if "num_samples" in h})
   precision = sorted({h.get("precision") for h in headers if "precision" in h})
-  caption = (f"Raw: {', '.join('`benchmarks/results/' + f + '`' for f in dict.fromkeys(files))}; "
+  raw = ", ".join(f"`benchmarks/results/{f}`" for f in dict.fromkeys(files))  # each file once
+  caption = (f"Raw: {raw}; "
              f"seed {'/'.join(map(str, seeds)) or '?'}, {'/'.join(map(str, samples)) or '?'} "
              f"samples per row, {'/'.join(precision) or '?'} draws.")
   return caption + "\n\n" + "\n".join(out) + "\n"

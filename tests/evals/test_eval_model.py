@@ -145,7 +145,8 @@ def test_output_dir_is_required_unless_a_model_is_named(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_scores_the_shipped_teacher_without_a_workdir(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=os.environ["IDLM_JAX_TEST_XLA_FLAGS_1"],
+             JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "-m", "idlm_jax.main", "--config=configs/demo_teacher.py",
        "--config.mode=eval", "--config.eval.model=demo", "--config.data.max_val_rows=16",

@@ -464,7 +464,8 @@ def test_cli(tmp_path, weights):
   cmd = [sys.executable, "-m", "idlm_jax.convert", "--config=configs/demo_teacher.py:smoke",
          f"--source={folder}", f"--workdir={tmp_path / 'out'}", "--config.model.n_blocks=2",
          "--config.model.time_conditioning=True"]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": os.environ["IDLM_JAX_TEST_XLA_FLAGS_1"]}  # one device
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
   assert "prefix ''" in out.stdout and (tmp_path / "out" / "checkpoints" / "0").is_dir()
@@ -500,7 +501,8 @@ def test_cli_prints_a_conversion_error_as_one_line(tmp_path, weights):
   cmd = [sys.executable, "-m", "idlm_jax.convert", "--config=configs/demo_teacher.py:smoke",
          f"--source={folder}", f"--workdir={tmp_path / 'out'}", "--config.model.n_blocks=2",
          "--config.model.time_conditioning=True", f"--n_heads={N_HEADS}"]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": os.environ["IDLM_JAX_TEST_XLA_FLAGS_1"]}  # one device
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
   lines = out.stderr.strip().splitlines()

@@ -8,6 +8,7 @@ and finish with the same losses as a single-process run on 4 devices.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -79,14 +80,14 @@ def _launch(tmp_path, workdir, until: int, leg: str) -> list:
   port = _free_port()
   procs = []
   for i in range(NUM_PROCESSES):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+    # the suite's XLA flags (conftest: optimisation level) with this host's device count;
+    # the compilation cache comes with os.environ (conftest)
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+",
+                   f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+                   os.environ["XLA_FLAGS"])
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS=flags,
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-               JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(i),
-               JAX_COMPILATION_CACHE_DIR=os.environ.get("IDLM_JAX_TEST_CACHE",
-                                                        "/tmp/idlm_jax_test_xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+               JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(i))
     log = open(tmp_path / f"{leg}_host{i}.log", "w")  # per-host log files, as on a pod
     cmd = [sys.executable, "-c", WORKER, str(workdir), str(until), CONFIG,
            json.dumps(_overrides(tmp_path))]

@@ -66,7 +66,7 @@ def _pairs(workdir):
 
 def _cli(workdir, *overrides, cache=None, **kw):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = ""  # one CPU device, as a user's run
+  env["XLA_FLAGS"] = os.environ["IDLM_JAX_TEST_XLA_FLAGS_1"]  # one device, as a user's run
   args = [sys.executable, "-m", "idlm_jax.main", f"--config={SMOKE}", f"--workdir={workdir}",
           "--config.log.tensorboard=False", *[f"--config.{o}" for o in overrides]]
   if cache is not None:

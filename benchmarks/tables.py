@@ -17,6 +17,7 @@ import re
 import sys
 
 from idlm_jax import config
+from idlm_jax.evals import distill_report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -50,7 +51,7 @@ def _fmt(v, digits: int = 3, key: str = "") -> str:
 # ------------------------------------------------------------------ renderers
 
 
-def quality(*sources) -> str:
+def quality(*sources, frontier: tuple | None = None) -> str:
   """Sample-quality rows of eval_samplers / distillation-report results files.
 
   sources: (file, label) or (file, label, keep) tuples; label is a format string over the
@@ -59,7 +60,10 @@ def quality(*sources) -> str:
   exact NLL per token on the synthetic language), unigram entropy, distinct-4, NFE (and the
   per-row NFE of R2 rows, RGAS's discriminator calls, the synthetic language's 4-gram KL to
   the source) — whatever the rows carry; a value with a
-  standard error in the row (`<key>_se`) is shown as value ± SE."""
+  standard error in the row (`<key>_se`) is shown as value ± SE.
+  frontier: (file, steps) adds, for each step count, a column "teacher N @ H": the teacher's
+  quality at the row's entropy, interpolated along its temperature sweep at N steps in that
+  results file (the distillation report's `matched_entropy`; "–" outside the sweep)."""
   rows, headers, files = [], [], []
   for name, label, *keep in sources:
     d = _load(name)
@@ -81,6 +85,18 @@ def quality(*sources) -> str:
            ("entropy", "entropy"), ("distinct_4", "distinct-4")]
   if any("ngram_kl_4" in r for _, r in rows):
     cols.append(("ngram_kl_4", "4-gram KL"))
+  if frontier:
+    fname, steps = frontier
+    files.append(fname)
+    sweep = [dict(r, sampler="teacher") for r in _load(fname)["rows"]
+             if r.get("steps") in steps]  # the sampled rows (not the data row)
+    for text, r in rows:
+      if r.get("steps") is not None and not r["sampler"].startswith("teacher"):
+        probe = [dict(r, sampler="row")]
+        distill_report.matched_entropy(sweep + probe, "teacher", metric)
+        for n in steps:
+          r[f"teacher_{n}_at_h"] = probe[0]["teacher_at_entropy"].get(str(n))
+    cols += [(f"teacher_{n}_at_h", f"teacher {n} @ H") for n in steps]
   out = ["| model | " + " | ".join(c[1] for c in cols) + " |",
          "|---|" + "---|" * len(cols)]
   def cell(r, k):  # value ± its standard error, both at the value's precision

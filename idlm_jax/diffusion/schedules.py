@@ -53,6 +53,19 @@ def sample_t(key: rng.Key, n: int, eps: float, antithetic: bool = True) -> jax.A
   return t * (1.0 - eps) + eps
 
 
+def student_t(key: rng.Key, n: int, eps: float, grid: int = 0) -> jax.Array:
+  """The few-step student's input times in distillation. grid = 0: `sample_t` (antithetic
+  in [eps, 1], the paper). grid = K > 0: the first K points of linspace(1, eps, K + 1), the
+  times at which a K-step sampler calls the network before its final step, each row's drawn
+  by stratifying the same antithetic uniforms over the K points (so every point gets n / K
+  rows of a batch; a sampler at K / 2^j steps calls the student at a subset of them)."""
+  if grid <= 0:
+    return sample_t(key, n, eps, True)
+  u = sample_t(key, n, 0.0, True)  # antithetic uniforms in [0, 1)
+  k = jnp.minimum(jnp.floor(u * grid), grid - 1)
+  return 1.0 - k * ((1.0 - eps) / grid)
+
+
 def sampling_grid(num_steps: int, eps: float) -> jax.Array:
   """The reverse-time grid linspace(1, eps, N + 1) of the MDLM/Duo samplers."""
   return jnp.linspace(1.0, eps, num_steps + 1)

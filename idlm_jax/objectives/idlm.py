@@ -57,6 +57,10 @@ FIELDS = {
         'Gumbel-softmax x_t at temperature relax_tau) and "straight_through" (hard one-hot with '
         "softmax gradient).", choices=("simplex", "gumbel", "straight_through")),
     "distill.relax_tau": Field(0.1, 'temperature of the "gumbel" relaxation.', check=F.positive),
+    "distill.student_grid": Field(
+        0, "the student's input times: 0 draws t in [eps, 1] (antithetic; the paper), K > 0 "
+        "the first K points of linspace(1, eps, K + 1), where a K-step sampler calls it "
+        "(diffusion/schedules.student_t).", check=F.at_least(0)),
     "distill.stop_path": Field(False, "IDLM-Duo ablation: no pathwise gradient through the soft "
                                "input."),
 }
@@ -137,7 +141,8 @@ def parts(config, process) -> InverseParts:
   """The process's IDLM pieces with config.distill's options (relaxation, draw, ...)."""
   d = config.distill
   return process.inverse_parts(relaxation=d.relaxation, relax_tau=d.relax_tau,
-                               draw=d.train_draw, stop_path=d.stop_path)
+                               draw=d.train_draw, stop_path=d.stop_path,
+                               student_grid=d.student_grid)
 
 
 def make(ctx: Context) -> Objective:

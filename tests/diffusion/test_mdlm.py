@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from idlm_jax.diffusion import mdlm
-from idlm_jax.diffusion.schedules import LogLinear, sample_t
+from idlm_jax.diffusion.processes.mdlm import MDLM
+from idlm_jax.diffusion.schedules import LogLinear, sample_t, sampling_grid, student_t
 
 MASK = 3  # vocabulary {0, 1, 2} + [MASK]
 
@@ -28,6 +29,32 @@ def test_antithetic_times_are_stratified():
   t = np.asarray(sample_t(jax.random.key(0), 64, 1e-3))
   u = np.sort((t - 1e-3) / (1 - 1e-3))
   assert np.all((u >= np.arange(64) / 64 - 1e-6) & (u < np.arange(1, 65) / 64 + 1e-6))
+
+
+def test_student_times_on_a_sampler_grid():
+  """distill.student_grid = K: the student's input times are the first K points of the K-step
+  grid, n / K rows at each; a sampler at K / 2 steps calls it at a subset of them; K = 0 is
+  the paper's antithetic sample_t."""
+  eps, key = 1e-3, jax.random.key(3)
+  np.testing.assert_array_equal(student_t(key, 64, eps), sample_t(key, 64, eps))
+  for k in (1, 4, 16):
+    t = np.asarray(student_t(key, 64, eps, k))
+    points = np.asarray(sampling_grid(k, eps))[:k]
+    np.testing.assert_allclose(np.unique(t), np.sort(points), rtol=1e-6)
+    assert all(np.isclose(t, p, rtol=1e-6).sum() == 64 // k for p in points)
+  half = np.asarray(sampling_grid(8, eps))[:8]
+  assert all(np.isclose(np.asarray(sampling_grid(16, eps))[:16], p).any() for p in half)
+  # the MDLM student reads its times through inverse_parts(student_grid=...)
+  seen = []
+  proc = MDLM(LogLinear(eps), mask_id=MASK, vocab_size=MASK + 1)
+  def model(x, sigma, dropout_key=None):
+    seen.append(np.asarray(sigma))
+    return jnp.zeros((*x.shape, MASK + 1))
+  batch = {"input_ids": jnp.zeros((8, 4), jnp.int32), "attention_mask": jnp.ones((8, 4))}
+  proc.inverse_parts(student_grid=4).student(model, batch, key, None)
+  np.testing.assert_allclose(np.unique(seen[0]),
+                             np.sort(np.asarray(LogLinear(eps).sigma(sampling_grid(4, eps)[:4]))),
+                             rtol=1e-5)
 
 
 def test_forward_process_mask_rate():

@@ -1,13 +1,15 @@
 """MDLM (Sahoo et al. 2024): absorbing forward process, SUBS network, continuous-time NELBO
 (reference/teachers.md §1.1-1.3), and its IDLM pieces (reference/idlm.md §2.2, §3.4)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from idlm_jax import rng
 from idlm_jax.diffusion import mdlm, relax, sedd
 from idlm_jax.diffusion.processes.base import InverseParts, Process, Renoised, valid_weights
-from idlm_jax.diffusion.schedules import get_schedule, sample_t
+from idlm_jax.diffusion.schedules import get_schedule, sample_t, student_t
 
 
 def _tokens_masked(r: Renoised, mask_id: int) -> jax.Array:
@@ -80,12 +82,13 @@ class MDLM(Process):
 
   # ---------------------------------------------------------------- IDLM (§2.2, §3.4)
 
-  def student_x0(self, model, batch, key, dropout_key):
+  def student_x0(self, model, batch, key, dropout_key, grid: int = 0):
     """G: the SUBS x_theta of noised real data (one-hot where unmasked) [B, L, V]. Prompted
-    rows (`prompt_mask` 1) keep their prompt unmasked (clamped), so G is one-hot there."""
+    rows (`prompt_mask` 1) keep their prompt unmasked (clamped), so G is one-hot there.
+    grid: the input times (schedules.student_t)."""
     x0 = batch["input_ids"]
     k_t, k_x = rng.split(key)
-    t = sample_t(k_t, x0.shape[0], self.schedule.eps, True)
+    t = student_t(k_t, x0.shape[0], self.schedule.eps, grid)
     xt = self.q_xt(k_x, x0, t)
     if "prompt_mask" in batch:
       xt = jnp.where(batch["prompt_mask"] > 0, x0, xt)
@@ -93,11 +96,13 @@ class MDLM(Process):
     return relax.simplex(mdlm.subs_log_probs(logits, xt, self.mask_id))
 
   def inverse_parts(self, relaxation: str = "simplex", relax_tau: float = 0.1,
-                    draw: str = "inverse_cdf", **unused) -> InverseParts:
+                    draw: str = "inverse_cdf", student_grid: int = 0,
+                    **unused) -> InverseParts:
     """SUBS student; x_t2 ~ Cat(a G + (1 - a) e_mask), hard ("simplex", the paper: gradient
     only through the loss weights, relax.mdlm_inverse_token_loss) or relaxed ("gumbel",
     "straight_through": pathwise ablations); NELBO weight lambda_t = -a'/(1 - a). `draw`: the
-    hard x_t's categorical draw (distill.train_draw)."""
+    hard x_t's categorical draw (distill.train_draw); `student_grid`: the student's input
+    times (schedules.student_t)."""
     del unused
     schedule, mask_id = self.schedule, self.mask_id
 
@@ -129,4 +134,5 @@ class MDLM(Process):
                                              mask_id)
       return fake_loss(log_teacher, r, G) - fake_loss(log_fake, r, G)  # pathwise ablations
 
-    return InverseParts(self.student_x0, renoise, output, fake_loss, inverse_loss)
+    student = functools.partial(self.student_x0, grid=student_grid)
+    return InverseParts(student, renoise, output, fake_loss, inverse_loss)

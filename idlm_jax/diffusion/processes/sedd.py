@@ -8,7 +8,7 @@ from idlm_jax import rng
 from idlm_jax.diffusion import mdlm, relax, sedd, uniform
 from idlm_jax.diffusion.processes.base import InverseParts, Process, valid_weights
 from idlm_jax.diffusion.processes.mdlm import MDLM, _tokens_masked
-from idlm_jax.diffusion.schedules import get_schedule, sample_t
+from idlm_jax.diffusion.schedules import get_schedule, sample_t, student_t
 
 
 def soft_score_entropy(log_s: jax.Array, G: jax.Array, r_t: jax.Array, masked: jax.Array,
@@ -73,10 +73,12 @@ class SEDD(Process):
     s = self.schedule
     return lambda x, t: sedd.log_score(model(x, s.sigma(t)), x, s.sigma(t), self.graph)
 
-  def inverse_parts(self, draw: str = "inverse_cdf", **unused) -> InverseParts:
+  def inverse_parts(self, draw: str = "inverse_cdf", student_grid: int = 0,
+                    **unused) -> InverseParts:
     """IDLM-SEDD (absorbing, the paper's): the student's G from the score network's
     masked-position ratios; the same hard x_t2 as MDLM (alpha_t = e^-sigma_t); the IDLM gap
-    of score entropies weighted by sigma'(t)."""
+    of score entropies weighted by sigma'(t). `student_grid`: the student's input times
+    (schedules.student_t)."""
     del unused
     if self.graph != "absorbing":
       raise ValueError("idlm: SEDD teachers must be absorbing (the paper's IDLM-SEDD); got "
@@ -87,7 +89,7 @@ class SEDD(Process):
     def student(model, batch, key, dropout_key):
       x0 = batch["input_ids"]
       k_t, k_x = rng.split(key)
-      t = sample_t(k_t, x0.shape[0], schedule.eps, True)
+      t = student_t(k_t, x0.shape[0], schedule.eps, student_grid)
       sigma = schedule.sigma(t)
       xt = mdlm.q_xt(k_x, x0, schedule.alpha(t), mask_id)
       log_s = sedd.log_score(model(xt, sigma, dropout_key=dropout_key), xt, sigma, "absorbing")

@@ -11,7 +11,7 @@ from idlm_jax import fields as F
 from idlm_jax import rng
 from idlm_jax.diffusion import duo_integral, relax, uniform
 from idlm_jax.diffusion.processes.base import InverseParts, Process, Renoised, valid_weights
-from idlm_jax.diffusion.schedules import get_schedule, sample_t
+from idlm_jax.diffusion.schedules import get_schedule, sample_t, student_t
 from idlm_jax.fields import ConfigError, Field
 
 FIELDS = {
@@ -90,7 +90,8 @@ class UDLM(Process):
     s = self.schedule
     return lambda x, t: jax.nn.log_softmax(model(x, s.sigma(t)), axis=-1)
 
-  def inverse_parts(self, stop_path: bool = False, **unused) -> InverseParts:
+  def inverse_parts(self, stop_path: bool = False, student_grid: int = 0,
+                    **unused) -> InverseParts:
     """Through Duo's Gaussian latent (gamma_t linear, alpha_t = T(a~)): the student's x_theta
     of Gaussian-noised real data, a low-temperature softmax input to teacher and fake with the
     pathwise gradient (relax.duo_soft_input), the hard argmax token for the loss, and the
@@ -101,7 +102,7 @@ class UDLM(Process):
     def student(model, batch, key, dropout_key):
       x0 = batch["input_ids"]
       k_t, k_w = rng.split(key)
-      t = sample_t(k_t, x0.shape[0], eps, True)
+      t = student_t(k_t, x0.shape[0], eps, student_grid)  # input times: schedules.student_t
       w = uniform.gaussian_latent(k_w, x0, transform.gamma(t), k)
       logits = model(uniform.relaxed_input(w, tau), -jnp.log(transform.alpha(t)),
                      dropout_key=dropout_key)

@@ -61,9 +61,9 @@ def quality(*sources, frontier: tuple | None = None) -> str:
   per-row NFE of R2 rows, RGAS's discriminator calls, the synthetic language's 4-gram KL to
   the source) — whatever the rows carry; a value with a
   standard error in the row (`<key>_se`) is shown as value ± SE.
-  frontier: (file, steps) adds, for each step count, a column "teacher N @ H": the teacher's
-  quality at the row's entropy, interpolated along its temperature sweep at N steps in that
-  results file (the distillation report's `matched_entropy`; "–" outside the sweep)."""
+  frontier: (files, steps) adds, for each step count, a column "teacher N @ H": the teacher's
+  quality at the row's entropy, interpolated along its temperature sweep at N steps in those
+  results files (the distillation report's `matched_entropy`; "–" outside the sweep)."""
   rows, headers, files = [], [], []
   for name, label, *keep in sources:
     d = _load(name)
@@ -86,9 +86,9 @@ def quality(*sources, frontier: tuple | None = None) -> str:
   if any("ngram_kl_4" in r for _, r in rows):
     cols.append(("ngram_kl_4", "4-gram KL"))
   if frontier:
-    fname, steps = frontier
-    files.append(fname)
-    sweep = [dict(r, sampler="teacher") for r in _load(fname)["rows"]
+    fnames, steps = frontier
+    files.extend(fnames)
+    sweep = [dict(r, sampler="teacher") for f in fnames for r in _load(f)["rows"]
              if r.get("steps") in steps]  # the sampled rows (not the data row)
     for text, r in rows:
       if r.get("steps") is not None and not r["sampler"].startswith("teacher"):
@@ -208,6 +208,9 @@ def config_fields() -> str:
           + "\n".join(out) + "\n")
 
 
+# the shipped synthetic teacher's temperature sweeps (eval_samplers, eval.model=synthetic)
+FRONTIER = ("synthetic_teacher_frontier.json", "synthetic_teacher_frontier_low.json")
+
 TABLES = {
     "config_fields": config_fields,
     "paper_plans": lambda: plans(["idlm_mdlm_owt_8x80gb", "didi_mdlm_owt_8x80gb",
@@ -221,6 +224,8 @@ TABLES = {
     "synthetic_mdlm_teacher": lambda: quality((
         "idlm_synthetic.json", None, lambda r: not r["sampler"].startswith("idlm"))),
     "idlm_synthetic": lambda: quality(("idlm_synthetic.json", None)),
+    "synthetic_teacher_frontier": lambda: quality(
+        (FRONTIER[0], None), (FRONTIER[1], None, lambda r: r.get("steps") is not None)),
     # sweeps of configs/idlm_synthetic.py (one setting changed per run; EMA student, final
     # checkpoint: no monitor fell inside the entropy band) against the teacher's reference rows
     "idlm_synthetic_sweep": lambda: quality(
@@ -235,14 +240,48 @@ TABLES = {
                               ("_sweep_fakelr3e4", "fake lr 3e-4"),
                               ("_sweep_gumbel", "gumbel relaxation (tau 0.1)"),
                               ("_sweep_ema0999", "EMA 0.999"),
-                              ("_sweep_ema00", "no EMA (the raw student)")))),
-    "dcd_synthetic": lambda: quality(("dcd_synthetic.json", None),
-                                     ("idlm_dcd_synthetic.json", "IDLM-DCD lr 1e-4 {sampler}"),
-                                     ("idlm_dcd_synthetic_lr1e5.json",
-                                      "IDLM-DCD lr 1e-5 {sampler}")),
-    "didi_synthetic": lambda: quality(("didi_synthetic_400.json", "DiDi lr 1e-4, {sampler}"),
-                                      ("didi_synthetic_400_lr2e5.json",
-                                       "DiDi lr 2e-5, {sampler}")),
+                              ("_sweep_ema00", "no EMA (the raw student)"),
+                              ("_sweep_ema0_1200", "no EMA, 1200 steps (last)"),
+                              ("_sweep_ema0_1200_best",
+                               "no EMA, 1200 steps, best in band (step 550)"),
+                              ("_sweep_grid16", "student times on the 16-step grid"))),
+        frontier=(FRONTIER, (1024, 64))),
+    # every student of the shipped MDLM teacher at 16 and 4 steps, read against the teacher's
+    # temperature frontier at 1024 and 64 steps
+    "synthetic_comparison": lambda: quality(
+        ("idlm_synthetic.json", None, lambda r: r["sampler"].startswith("data") or (
+            r["sampler"].startswith("teacher") and r["steps"] in (1024, 64, 16))),
+        *((name, label, lambda r: not r["sampler"].startswith(("data", "teacher"))
+           and r["steps"] in (16, 4))
+          for name, label in (
+              ("idlm_synthetic.json", "IDLM (the config: EMA 0.99, 400 steps)"),
+              ("idlm_synthetic_sweep_ema0_1200_best.json",
+               "IDLM, no EMA, 1200 steps, best in band (step 550)"),
+              ("sdtt_synthetic.json", "SDTT, 4 rounds (last, step 400)"),
+              ("sdtt_synthetic_best.json", "SDTT, best in band (step 100, round 1)"),
+              ("didi_synthetic_lr2e-5.json", "DiDi-Instruct, lr 2e-5 (last = best)"),
+              ("didi_synthetic_lr2e-5_1200_best.json",
+               "DiDi-Instruct, lr 2e-5, 1200 steps, best in band (step 550)"))),
+        frontier=(FRONTIER, (1024, 64))),
+    "dcd_synthetic": lambda: quality(
+        ("dcd_synthetic.json", None),
+        ("dcd_synthetic_best.json", "dcd student, best in band (step 300)",
+         lambda r: r["sampler"].startswith("dcd")),
+        ("idlm_dcd_synthetic.json", "IDLM-DCD (lr 1e-4, 400 steps, last)",
+         lambda r: r["sampler"].startswith("idlm")),
+        ("idlm_dcd_synthetic_best.json", "IDLM-DCD, best in band (step 100)",
+         lambda r: r["sampler"].startswith("idlm"))),
+    "didi_synthetic": lambda: quality(
+        ("didi_synthetic_lr2e-5.json", None, lambda r: not r["sampler"].startswith("didi")),
+        ("didi_synthetic_lr1e-4.json", "DiDi student, lr 1e-4, 400 steps",
+         lambda r: r["sampler"].startswith("didi")),
+        ("didi_synthetic_lr2e-5.json", "DiDi student, lr 2e-5, 400 steps",
+         lambda r: r["sampler"].startswith("didi")),
+        ("didi_synthetic_lr2e-5_1200.json", "DiDi student, lr 2e-5, 1200 steps (last)",
+         lambda r: r["sampler"].startswith("didi")),
+        ("didi_synthetic_lr2e-5_1200_best.json",
+         "DiDi student, lr 2e-5, 1200 steps, best in band (step 550)",
+         lambda r: r["sampler"].startswith("didi"))),
     "didi_demo": lambda: quality(("didi_demo.json", "DiDi student, {sampler}")),
     "r2_synthetic": lambda: quality(("r2_synthetic.json", None)),
     "r2_idlm_student": lambda: quality(("r2_idlm_student_synthetic.json", None)),

@@ -1,5 +1,5 @@
 """A Duo (uniform-state) teacher on the synthetic HMM language, the DCD/IDLM-Duo side of the
-synthetic results table (benchmarks/results/distill_synthetic.md).
+synthetic results (docs/baselines.md; trained with --config.train.steps=2000 there).
 
 python -m idlm_jax.main --config=configs/synthetic_duo.py --workdir=/tmp/syn_duo
 python -m idlm_jax.main --config=configs/dcd_duo_owt.py:synthetic --workdir=/tmp/dcd_syn \

@@ -16,7 +16,7 @@ greedy tail the paper recommends with few steps).
 Variants: `:smoke`, `:tiny` (embedded corpus, small model: the teacher must have the same
 size); `:demo` trains a small Duo teacher on the embedded corpus first (`:demo_teacher`, into
 <workdir>/teacher) and distils it, on a CPU; `:synthetic` distils the synthetic-HMM Duo
-teacher of configs/synthetic_duo.py (exact NLL; give --config.distill.teacher=/tmp/syn_duo).
+teacher of configs/synthetic_duo.py (exact NLL; default: the shipped one, "synthetic_duo").
 """
 
 from configs import base, demo_teacher, duo_lm1b, duo_owt, idlm_mdlm_owt, synthetic_duo
@@ -79,7 +79,8 @@ def demo(c):
 def synthetic(c):
   """DCD of the synthetic-HMM Duo teacher: 4 rounds of 100 steps, delta 1/64 -> 8/64."""
   c = dcd(synthetic_duo.get_config(), round_steps=100, num_rounds=4, T=64)
-  return synthetic_mdlm.distillation(c, monitor_every=100, grad_clip=1.0, teacher="")
+  return synthetic_mdlm.distillation(c, monitor_every=100, grad_clip=1.0,
+                                    teacher="synthetic_duo")
 
 
 def get_config(arg=None):

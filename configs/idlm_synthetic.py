@@ -7,8 +7,8 @@ python -m idlm_jax.main --config=configs/idlm_synthetic.py --workdir=/tmp/idlm_s
 The teacher is configs/synthetic_mdlm.py (DiT d=128 x 2, 24 symbols, L=64). Monitors the exact
 per-token NLL of student samples (data/synthetic.py) and picks the best checkpoint by it;
 the final table puts the teacher at 1024/256/64/16 steps against the student at 16/8/4.
-`:duo` distils the Duo teacher of configs/synthetic_duo.py instead (IDLM-Duo; give
---config.distill.teacher=/tmp/syn_duo, or a DCD student's workdir for IDLM-DCD).
+`:duo` distils the Duo teacher of configs/synthetic_duo.py instead (IDLM-Duo; default: the
+shipped one, "synthetic_duo"; give a DCD student's workdir for IDLM-DCD).
 """
 
 from configs import base, synthetic_duo, synthetic_mdlm
@@ -40,5 +40,5 @@ def smoke(c):
 def get_config(arg=None):
   c = idlm(synthetic_mdlm.get_config())
   return base.apply_variant(c, arg, {
-      "duo": lambda _: idlm(synthetic_duo.get_config(), teacher=""),
+      "duo": lambda _: idlm(synthetic_duo.get_config(), teacher="synthetic_duo"),
       "smoke": smoke})

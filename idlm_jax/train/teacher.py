@@ -31,7 +31,8 @@ from idlm_jax.train import checkpoint, parallel
 log = logging.getLogger("idlm_jax")
 
 ASSETS = pathlib.Path(__file__).resolve().parents[1] / "assets"
-SHIPPED = {"demo": ASSETS / "demo_teacher", "synthetic": ASSETS / "synthetic_teacher"}
+SHIPPED = {"demo": ASSETS / "demo_teacher", "synthetic": ASSETS / "synthetic_teacher",
+           "synthetic_duo": ASSETS / "synthetic_duo_teacher"}
 DEMO = SHIPPED["demo"]
 # the Gen PPL evaluator shipped with evals/ (an HF GPT-2 folder; evals/genppl.py reads it too)
 EVALUATOR = ASSETS.parent / "evals" / "assets" / "ar_embedded"
@@ -42,14 +43,15 @@ FIELDS = {
         "", "the frozen teacher of a distillation objective: a workdir (or its checkpoints/ "
         "folder) of a teacher run or of `python -m idlm_jax.convert`, an exported folder "
         '(params.npz + teacher.json), a shipped teacher ("demo": configs/demo_teacher.py\'s '
-        'small MDLM; "synthetic": configs/synthetic_mdlm.py\'s) or "scratch:<config spec>" (train that teacher into <workdir>/teacher first). The student '
+        'small MDLM; "synthetic": configs/synthetic_mdlm.py\'s; "synthetic_duo": configs/synthetic_duo.py\'s, '
+        '2000 steps) or "scratch:<config spec>" (train that teacher into <workdir>/teacher first). The student '
         "and the objective's other networks start as copies of it; config.model/diffusion/data "
         "must describe it (its algo, size and tokenizer)."),
     "distill.teacher_step": Field(-1, "checkpoint step to load (-1: the latest)."),
     "distill.teacher_ema": Field(True, "load the teacher's EMA weights (False: its raw params)."),
     "eval.model": Field(
         "", 'modes eval, sample and eval_samplers: score this model instead of the workdir\'s '
-        'checkpoint ("" = the workdir\'s): a shipped name ("demo", "synthetic", or "embedded" '
+        'checkpoint ("" = the workdir\'s): a shipped name ("demo", "synthetic", "synthetic_duo", or "embedded" '
         "for the shipped Gen PPL evaluator, with configs/ar_embedded.py), an exported folder "
         "(params.npz + teacher.json), an HF GPT-2 folder (config.json + model.safetensors) or a "
         "workdir of a run or of `python -m idlm_jax.convert` (its EMA weights, read only). "

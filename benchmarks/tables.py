@@ -264,7 +264,9 @@ TABLES = {
                "DiDi-Instruct, lr 2e-5, 1200 steps, best in band (step 550)"))),
         frontier=(FRONTIER, (1024, 64))),
     "dcd_synthetic": lambda: quality(
-        ("dcd_synthetic.json", None),
+        ("dcd_synthetic.json", None, lambda r: not r["sampler"].startswith("dcd")),
+        ("dcd_synthetic.json", "dcd student, last (step 400)",
+         lambda r: r["sampler"].startswith("dcd")),
         ("dcd_synthetic_best.json", "dcd student, best in band (step 300)",
          lambda r: r["sampler"].startswith("dcd")),
         ("idlm_dcd_synthetic.json", "IDLM-DCD (lr 1e-4, 400 steps, last)",

@@ -17,6 +17,7 @@ import argparse
 import json
 import pathlib
 import sys
+import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -37,15 +38,26 @@ VARIANTS = {  # name -> eval.reasoning overrides
 }
 __doc__ += "".join(f"  {k}: {v}\n" for k, v in VARIANTS.items())
 __doc__ += "  (steps -1 = block_length: LLaDA's vanilla decoding, one token per forward)\n"
+__doc__ += ("  stepsK (e.g. steps4): LLaDA's fixed schedule with K forwards per block, low-confidence\n"
+            "  remasking, no threshold (the accuracy-vs-steps rows of a distilled student)\n")
+
+
+def variant(name: str) -> dict:
+  """The eval.reasoning overrides of a variant name (VARIANTS, or stepsK); KeyError if unknown."""
+  if name in VARIANTS:
+    return dict(VARIANTS[name])
+  if name.startswith("steps") and name[5:].isdigit() and int(name[5:]) > 0:
+    return {"steps": int(name[5:]), "threshold": 0.0, "cache": "none", "rules": ""}
+  raise KeyError(name)
 
 
 def rows(config_spec: str, weights: str, variants, num_problems: int, label: str,
-         overrides=()) -> list:
-  """One result row per variant."""
+         overrides=(), workdir: str | None = None) -> list:
+  """One result row per variant (workdir: the scratch run directory; default a new temp one)."""
   out = []
   run = None
   for name in variants:
-    v = dict(VARIANTS[name])
+    v = variant(name)
     cfg = config_lib.load_config(config_spec, [*overrides, "mode='eval_reasoning'",
                                                f"eval.reasoning.weights='{weights}'",
                                                f"eval.reasoning.num_problems={num_problems}"])
@@ -54,7 +66,7 @@ def rows(config_spec: str, weights: str, variants, num_problems: int, label: str
       v["steps"] = int(cfg.eval.reasoning.block_length)
     cfg.eval.reasoning.update(v)
     if run is None:
-      run = loop.build(cfg, "/tmp/dllm_r2_bench", datasets=False)
+      run = loop.build(cfg, workdir or tempfile.mkdtemp(prefix="dllm_r2_"), datasets=False)
       params, where = reasoning_eval.load_params(run, cfg)
       prompts = reasoning_eval.test_prompts(cfg, run.tokenizer)
     width = int(cfg.data.reasoning.prompt_width) or int(prompts.prompt_lens.max())
@@ -87,9 +99,14 @@ def main(argv=None) -> int:
   parser.add_argument("--override", action="append", default=[])
   args = parser.parse_args(argv)
   names = [v for v in args.variants.split(",") if v]
-  unknown = [v for v in names if v not in VARIANTS]
+  unknown = []
+  for v in names:
+    try:
+      variant(v)
+    except KeyError:
+      unknown.append(v)
   if unknown:
-    parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)} and stepsK (K > 0)")
   result = rows(args.config, args.weights, names, args.num_problems, args.label, args.override)
   with open(args.out, "a") as f:
     for row in result:

@@ -16,6 +16,8 @@ import pathlib
 import re
 import sys
 
+import numpy as np
+
 from idlm_jax import config
 from idlm_jax.evals import distill_report
 
@@ -91,7 +93,8 @@ def quality(*sources, frontier: tuple | None = None) -> str:
     sweep = [dict(r, sampler="teacher") for f in fnames for r in _load(f)["rows"]
              if r.get("steps") in steps]  # the sampled rows (not the data row)
     for text, r in rows:
-      if r.get("steps") is not None and not r["sampler"].startswith("teacher"):
+      if r.get("steps") is not None and not (text.startswith("teacher")
+                                             or r["sampler"].startswith("teacher")):
         probe = [dict(r, sampler="row")]
         distill_report.matched_entropy(sweep + probe, "teacher", metric)
         for n in steps:
@@ -174,6 +177,74 @@ def dllm_r2(name: str) -> str:
   return caption + "\n\n" + "\n".join(out) + "\n"
 
 
+def accuracy_vs_steps(name: str) -> str:
+  """benchmarks/dllm_r2.py rows of several models (e.g. a teacher and its distilled students):
+  one line per model, one column per decoding variant (its NFE per sample, the first model's,
+  in the header), cells exact-match accuracy +- SE (with the model's own NFE where it differs)."""
+  rows = _load(name)
+  models = list(dict.fromkeys(r["model"] for r in rows))
+  variants = list(dict.fromkeys(r["variant"] for r in rows))
+  cell = {(r["model"], r["variant"]): r for r in rows}
+  nfe = {v: next(r["nfe"] for r in rows if r["variant"] == v) for v in variants}
+  n = lambda x: str(int(x)) if float(x).is_integer() else f"{x:.2f}"  # noqa: E731
+  out = ["| model | " + " | ".join(f"{v} (NFE {n(nfe[v])})" for v in variants)
+         + " |", "|---|" + "---|" * len(variants)]
+  for m in models:
+    parts = []
+    for v in variants:
+      r = cell.get((m, v))
+      if r is None:
+        parts.append("–")
+        continue
+      own = "" if r["nfe"] == nfe[v] else f" (NFE {n(r['nfe'])})"
+      parts.append(f"{r['accuracy']:.3f} ± {r['stderr']:.3f}{own}")
+    out.append(f"| {m} | " + " | ".join(parts) + " |")
+  first = rows[0]
+  caption = (f"Raw: `benchmarks/results/{name}` (exact-match accuracy ± SE on n = {first['n']} "
+             f"test problems, greedy, gen_length {first['options']['gen_length']}, block_length "
+             f"{first['options']['block_length']}; stepsK: K forwards per block with LLaDA's "
+             f"low-confidence remasking; vanilla: one token per forward; threshold: Fast-dLLM "
+             f"at 0.9; {first['device']}, jax {first['jax']}).")
+  return caption + "\n\n" + "\n".join(out) + "\n"
+
+
+def across_seeds(files, keep, frontier: tuple) -> str:
+  """Rows that several training seeds share (same sampler and steps, e.g. a distillation
+  config run with --config.seed=s --config.data.seed=s): each seed's Gen PPL / entropy, their
+  mean +- standard error over seeds, and the teacher's Gen PPL at the mean entropy along its
+  temperature frontier (frontier: (files, steps) as in `quality`)."""
+  runs = [[r for r in _load(f)["rows"] if keep(r)] for f in files]
+  fnames, steps = frontier
+  sweep = [dict(r, sampler="teacher") for f in fnames for r in _load(f)["rows"]
+           if r.get("steps") in steps]
+  out = ["| model | steps | " + " | ".join(f"seed {i}: Gen PPL / entropy"
+                                          for i in range(len(files)))
+         + " | Gen PPL, mean ± SE | entropy, mean ± SE | "
+         + " | ".join(f"teacher {n} @ mean H" for n in steps) + " |",
+         "|---|---|" + "---|" * (len(files) + 2 + len(steps))]
+  for group in zip(*runs):
+    key = {(r["sampler"], r["steps"]) for r in group}
+    if len(key) != 1:
+      raise ValueError(f"seed files disagree on their rows: {sorted(key)}")
+    ppl = np.array([r["gen_ppl"] for r in group])
+    ent = np.array([r["entropy"] for r in group])
+    se = lambda x: float(x.std(ddof=1) / np.sqrt(len(x)))
+    probe = [{"sampler": "row", "steps": group[0]["steps"], "entropy": float(ent.mean()),
+              "gen_ppl": float(ppl.mean())}]
+    distill_report.matched_entropy(sweep + probe, "teacher", "gen_ppl")
+    at = probe[0]["teacher_at_entropy"]
+    out.append(f"| {group[0]['sampler']} | {group[0]['steps']} | "
+               + " | ".join(f"{r['gen_ppl']:.1f} / {r['entropy']:.3f}" for r in group)
+               + f" | {ppl.mean():.1f} ± {se(ppl):.1f} | {ent.mean():.3f} ± {se(ent):.3f} | "
+               + " | ".join(_fmt(at.get(str(n))) for n in steps) + " |")
+  raw = ", ".join(f"`benchmarks/results/{f}`" for f in [*files, *fnames])
+  header = _load(files[0]).get("header", {})
+  caption = (f"Raw: {raw}; {len(files)} training seeds, sampling seed "
+             f"{header.get('seed', '?')}, {header.get('num_samples', '?')} samples per row, "
+             "SE over seeds (ddof 1).")
+  return caption + "\n\n" + "\n".join(out) + "\n"
+
+
 def plans(names) -> str:
   """Memory plans (benchmarks/plan.py JSON) of DiT train steps: the chosen setting per plan,
   its calibrated fixed and per-row GiB per device, rows per device and microbatches."""
@@ -210,6 +281,7 @@ def config_fields() -> str:
 
 # the shipped synthetic teacher's temperature sweeps (eval_samplers, eval.model=synthetic)
 FRONTIER = ("synthetic_teacher_frontier.json", "synthetic_teacher_frontier_low.json")
+DEMO_FRONTIER = ("demo_teacher_frontier.json", "demo_teacher_frontier_low.json")
 
 TABLES = {
     "config_fields": config_fields,
@@ -217,9 +289,26 @@ TABLES = {
                                   "duo_lm1b_8x80gb", "idlm_mdlm_owt_v5e16",
                                   "didi_mdlm_owt_v5e16", "duo_lm1b_v5e16"]),
     "dllm_r2": lambda: dllm_r2("dllm_r2_reasoning.jsonl"),
-    "demo": lambda: quality(("demo_genppl_teacher1024.json", "{sampler} (eval run)",
-                             lambda r: r["sampler"].startswith("teacher")),
-                            ("demo_genppl.json", None)),
+    "idlm_reasoning_steps": lambda: accuracy_vs_steps("idlm_reasoning_steps.jsonl"),
+    # the demo (configs/demo.py, seed 0) with the teacher at 1024 steps from its temperature
+    # sweep (an eval_samplers run on the shipped teacher, the same evaluator and sampling seed)
+    "demo": lambda: quality(
+        (DEMO_FRONTIER[0], "teacher {sampler} (eval run)", lambda r: r.get("temperature") == 1.0),
+        ("demo_genppl.json", None), frontier=(DEMO_FRONTIER, (1024, 64))),
+    "demo_teacher_frontier": lambda: quality(
+        (DEMO_FRONTIER[0], None), (DEMO_FRONTIER[1], None, lambda r: r.get("steps") is not None)),
+    # the monitor's best-in-band checkpoints (16-step student within distill.entropy_band of
+    # the teacher), scored with --config.mode=eval_samplers --config.eval.checkpoint=best
+    "demo_best": lambda: quality(
+        (DEMO_FRONTIER[0], "teacher {sampler} (eval run)", lambda r: r.get("temperature") == 1.0),
+        (DEMO_FRONTIER[1], "teacher {sampler} (eval run)",
+         lambda r: r.get("temperature") == 1.0 and r["steps"] == 64),
+        *((f"demo_genppl_seed{s}_best.json", f"seed {s}, best in band (step {k}), " + "{sampler}",
+           lambda r: r["sampler"].startswith("idlm")) for s, k in ((0, 100), (1, 200))),
+        frontier=(DEMO_FRONTIER, (1024, 64))),
+    "demo_seeds": lambda: across_seeds(
+        ["demo_genppl.json", "demo_genppl_seed1.json", "demo_genppl_seed2.json"],
+        lambda r: r["sampler"].startswith("idlm"), (DEMO_FRONTIER, (1024, 64))),
     # the shipped teacher's rows as measured by the IDLM run's report (same checkpoint, EMA)
     "synthetic_mdlm_teacher": lambda: quality((
         "idlm_synthetic.json", None, lambda r: not r["sampler"].startswith("idlm"))),
@@ -295,6 +384,16 @@ TABLES = {
         ["role", "steps", "B", "L", "nfe", "seconds", "tokens_per_s", "speedup_vs_teacher"],
         {"nfe": "NFE", "seconds": "s / batch", "tokens_per_s": "tokens/s",
          "speedup_vs_teacher": "speed-up"}),
+    "distill_step_cpu": lambda: speed_rows(
+        "distill_step_cpu_2026-12-06.jsonl",
+        ["objective", "batches_per_step", "step_ms_median", "x_teacher_step",
+         "x_teacher_per_token", "total_gib", "temp_gib"],
+        {"objective": "train step", "batches_per_step": "batches/step",
+         "step_ms_median": "ms (median)", "x_teacher_step": "x teacher step",
+         "x_teacher_per_token": "x teacher per token", "total_gib": "compiled GiB",
+         "temp_gib": "temp GiB"},
+        {"total_gib": lambda r: r["compiled_mem"]["total_gib"],
+         "temp_gib": lambda r: r["compiled_mem"]["temp_gib"]}),
     "input_throughput": lambda: input_rows("input_throughput_cpu2_2026-12-05.jsonl"),
     "h100_train": lambda: speed_rows(
         "h100_2026-11-22.jsonl",

@@ -11,7 +11,8 @@ prompt left-padded to 16 tokens. objectives/idlm.py clamps the prompt (`prompt_m
 student's noised input, in the re-noised sample the teacher and the fake score, hides the left
 pads from attention and averages every loss over response positions only. diffusion.algo "mdlm"
 (SUBS: the LLaDA decoder's logits with [MASK] removed and unmasked tokens carried over).
-The accuracy-vs-steps table (teacher and student under eval_reasoning) is not measured here.
+The accuracy-vs-steps table of the teacher and the students at lr 1e-4 / 3e-5 / 1e-5 (none beats
+the teacher at any step count on this task) is in docs/dllm.md.
 """
 
 import pathlib

@@ -78,6 +78,9 @@ class ObjectiveSpec:
     config must describe a consistent process (False for the causal LM "ar").
   data(config, tokenizer, process_index, process_count) -> (train iterator, validation split):
     its own training data (None: config.data's).
+  prompted: it handles prompt/response rows (a `prompt_mask` in the batch: data.source
+    "reasoning"), keeping the prompt out of the noise and the loss; other objectives refuse
+    such data rather than silently treat the prompt as text to generate.
   """
 
   name: str
@@ -90,6 +93,7 @@ class ObjectiveSpec:
   uses_process: bool = True
   data: Optional[Callable] = None
   chunked_loss: bool = False  # supports model.loss_chunk > 0
+  prompted: bool = False
 
 
 _REGISTRY: dict[str, ObjectiveSpec] = {}
@@ -139,6 +143,10 @@ def validate(config) -> None:
   if spec.algos and config.diffusion.algo not in spec.algos:
     raise ConfigError(f"config.diffusion.algo: objective {spec.name!r} works with "
                       f"diffusion.algo in {spec.algos}, got {config.diffusion.algo!r}")
+  if config.data.source == "reasoning" and not spec.prompted:
+    raise ConfigError(f"config.objective: {spec.name!r} does not handle prompted rows "
+                      "(data.source 'reasoning'); objectives that do: "
+                      f"{[n for n, s in _REGISTRY.items() if s.prompted]}")
   if spec.teacher and config.mode == "train" and not config.distill.teacher:
     raise ConfigError(f"config.distill.teacher: objective={spec.name!r} distils a teacher: "
                       "give its workdir (a teacher run, a converted checkpoint or an exported "

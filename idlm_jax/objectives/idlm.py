@@ -221,4 +221,4 @@ def validate(config) -> None:
 
 
 SPEC = register(ObjectiveSpec("idlm", make, "IDLM inverse distillation", fields=FIELDS,
-                              validate=validate, teacher=True))
+                              validate=validate, teacher=True, prompted=True))

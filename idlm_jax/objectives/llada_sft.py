@@ -111,4 +111,4 @@ def validate(config) -> None:
 
 SPEC = register(ObjectiveSpec(
     "llada_sft", make, "LLaDA masked-diffusion SFT (prompt never masked, loss on the response)",
-    validate=validate, uses_process=False))
+    validate=validate, uses_process=False, prompted=True))

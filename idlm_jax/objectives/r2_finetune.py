@@ -233,4 +233,4 @@ def validate(config) -> None:
 
 SPEC = register(ObjectiveSpec("r2_finetune", make, "fine-tuning on R2 trajectories",
                               fields=FIELDS, validate=validate, teacher=True, algos=("mdlm",),
-                              data=get_datasets))
+                              data=get_datasets, prompted=True))

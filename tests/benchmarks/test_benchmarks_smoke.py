@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks import generation_speed, input_throughput, train_throughput
+from benchmarks import dllm_r2, generation_speed, input_throughput, train_throughput
 
 # the MDLM OWT pipeline at its :smoke size, with the 2048-id demo vocabulary (fast on a CPU)
 CONFIG = ["--config=configs/mdlm_owt.py", "--set", "data.tokenizer=demo-bpe-2048"]
@@ -78,3 +78,23 @@ def test_input_throughput_smoke(tmp_path):
     assert r["paced_batches"] == 2 and 0 <= r["paced_wait_ms"] < 1e3
   written = [json.loads(line) for line in (tmp_path / "x.jsonl").read_text().splitlines()]
   assert written == json.loads(json.dumps(rows))
+
+
+def test_dllm_r2_variants():
+  assert dllm_r2.variant("steps4") == {"steps": 4, "threshold": 0.0, "cache": "none", "rules": ""}
+  assert dllm_r2.variant("threshold+dual")["cache"] == "dual"
+  for bad in ("steps0", "steps", "stepsx", "nope"):
+    with pytest.raises(KeyError):
+      dllm_r2.variant(bad)
+
+
+def test_dllm_r2_rows_shipped(tmp_path):
+  """The accuracy-vs-steps rows on the shipped reasoning model: stepsK takes K forwards in each
+  of the 2 blocks; the threshold rule at least one per block and at most one per token."""
+  steps2, threshold = dllm_r2.rows("configs/reasoning_llada.py", "shipped",
+                                   ["steps2", "threshold"], 8, "t", workdir=str(tmp_path),
+                                   overrides=["eval.batch_size=8", "eval.reasoning.batch_size=8"])
+  assert steps2["nfe"] == 4.0 and steps2["options"]["steps"] == 2 and steps2["n"] == 8
+  assert 2.0 <= threshold["nfe"] <= 32.0 and threshold["options"]["threshold"] == 0.9
+  for r in (steps2, threshold):
+    assert 0.0 <= r["accuracy"] <= 1.0 and r["model"] == "t" and r["tokens_per_s"] > 0

@@ -112,3 +112,12 @@ def test_idlm_reasoning_config_resolves():
     config_lib.validate(config_lib.load_config("configs/idlm_reasoning.py", [
         "diffusion.algo='sedd'", "diffusion.parameterization='score'",
         "model.time_conditioning=True", "sample.sampler='analytic'"]))
+
+
+@pytest.mark.parametrize("objective", ["didi", "sdtt", "diffusion"])
+def test_objectives_without_prompt_clamping_refuse_prompted_rows(objective):
+  """DiDi, SDTT and plain pretraining would treat the prompt as text to generate: a clear
+  config error names the objectives that clamp it."""
+  with pytest.raises(config_lib.ConfigError, match="does not handle prompted rows.*idlm"):
+    config_lib.validate(config_lib.load_config("configs/idlm_reasoning.py",
+                                               [f"objective='{objective}'"]))

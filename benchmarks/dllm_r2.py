@@ -38,8 +38,8 @@ VARIANTS = {  # name -> eval.reasoning overrides
 }
 __doc__ += "".join(f"  {k}: {v}\n" for k, v in VARIANTS.items())
 __doc__ += "  (steps -1 = block_length: LLaDA's vanilla decoding, one token per forward)\n"
-__doc__ += ("  stepsK (e.g. steps4): LLaDA's fixed schedule with K forwards per block, low-confidence\n"
-            "  remasking, no threshold (the accuracy-vs-steps rows of a distilled student)\n")
+__doc__ += ("  stepsK (e.g. steps4): LLaDA's fixed schedule with K forwards per block, low-\n"
+            "  confidence remasking, no threshold (the accuracy-vs-steps rows of a student)\n")
 
 
 def variant(name: str) -> dict:

@@ -245,6 +245,29 @@ def across_seeds(files, keep, frontier: tuple) -> str:
   return caption + "\n\n" + "\n".join(out) + "\n"
 
 
+def monitor_runs(files, cell: str, band: float = 0.05) -> str:
+  """Distillation monitors (monitor.jsonl) of several runs side by side: per monitored step,
+  each run's Gen PPL / entropy of its `cell` (sampling steps); "*" marks entries inside the
+  entropy band (the first row's reference_entropy +- band) that the best-checkpoint rule
+  considers, "best" the ones it kept."""
+  runs = [_load(f) for f in files]
+  ref = runs[0][0]["reference_entropy"]
+  out = ["| step | " + " | ".join(f"run {i}: Gen PPL / entropy" for i in range(len(files)))
+         + " |", "|---|" + "---|" * len(files)]
+  for rows in zip(*runs):
+    parts = []
+    for r in rows:
+      c = r["cells"][cell]
+      mark = (" *" if abs(c["entropy"] - ref) <= band else "") + (" best" if r["best"] else "")
+      parts.append(f"{c['gen_ppl']:.1f} / {c['entropy']:.3f}{mark}")
+    out.append(f"| {rows[0]['step']} | " + " | ".join(parts) + " |")
+  raw = ", ".join(f"`benchmarks/results/{f}`" for f in files)
+  caption = (f"Raw: {raw} (runs in this order); the EMA student at {cell} sampling steps, "
+             f"{runs[0][0]['cells'][cell]['gen_scored']} monitor samples per entry; band: "
+             f"{ref:.3f} ± {band} (the teacher at the monitor's reference steps).")
+  return caption + "\n\n" + "\n".join(out) + "\n"
+
+
 def plans(names) -> str:
   """Memory plans (benchmarks/plan.py JSON) of DiT train steps: the chosen setting per plan,
   its calibrated fixed and per-row GiB per device, rows per device and microbatches."""
@@ -303,9 +326,14 @@ TABLES = {
         (DEMO_FRONTIER[0], "teacher {sampler} (eval run)", lambda r: r.get("temperature") == 1.0),
         (DEMO_FRONTIER[1], "teacher {sampler} (eval run)",
          lambda r: r.get("temperature") == 1.0 and r["steps"] == 64),
-        *((f"demo_genppl_seed{s}_best.json", f"seed {s}, best in band (step {k}), " + "{sampler}",
-           lambda r: r["sampler"].startswith("idlm")) for s, k in ((0, 100), (1, 200))),
+        *((f"demo_genppl_seed{s}_best.json", f"seed {s}, monitor every 100, best (step {k}), "
+           + "{sampler}", lambda r: r["sampler"].startswith("idlm"))
+          for s, k in ((0, 100), (1, 200))),
+        ("demo_genppl_seed0_best_m25.json", "seed 0, monitor every 25, best (step 250), {sampler}",
+         lambda r: r["sampler"].startswith("idlm")),
         frontier=(DEMO_FRONTIER, (1024, 64))),
+    "demo_monitor_m25": lambda: monitor_runs(
+        [f"demo_monitor_m25_seed{s}.jsonl" for s in range(3)], "16"),
     "demo_seeds": lambda: across_seeds(
         ["demo_genppl.json", "demo_genppl_seed1.json", "demo_genppl_seed2.json"],
         lambda r: r["sampler"].startswith("idlm"), (DEMO_FRONTIER, (1024, 64))),

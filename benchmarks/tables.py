@@ -268,6 +268,29 @@ def monitor_runs(files, cell: str, band: float = 0.05) -> str:
   return caption + "\n\n" + "\n".join(out) + "\n"
 
 
+def monitor_summary(runs, cell: str, band: float = 0.05) -> str:
+  """One line per distillation run (runs: (monitor.jsonl, label) pairs): how many monitors fell
+  in the entropy band at `cell` sampling steps, the range the entropy swept, the kept best and
+  the last monitor (Gen PPL / entropy on the monitor's own samples)."""
+  out = [f"| run | monitors in band | {cell}-step entropy range | best kept (step: Gen PPL / "
+         "entropy) | last (step: Gen PPL / entropy) |", "|---|---|---|---|---|"]
+  for name, label in runs:
+    rows = _load(name)
+    ref = rows[0]["reference_entropy"]
+    cells = [(r["step"], r["cells"][cell], r["best"]) for r in rows]
+    inband = [c for c in cells[1:] if abs(c[1]["entropy"] - ref) <= band]
+    ents = [c[1]["entropy"] for c in cells[1:]]
+    best = [c for c in cells if c[2]]
+    show = lambda c: f"{c[0]}: {c[1]['gen_ppl']:.1f} / {c[1]['entropy']:.3f}"  # noqa: E731
+    out.append(f"| {label} | {len(inband)} of {len(cells) - 1} | {min(ents):.3f} – "
+               f"{max(ents):.3f} | {show(best[-1]) if best else 'none'} | {show(cells[-1])} |")
+  raw = ", ".join(f"`benchmarks/results/{n}`" for n, _ in runs)
+  first = _load(runs[0][0])[0]
+  caption = (f"Raw: {raw}; {first['cells'][cell]['gen_scored']} monitor samples per entry, "
+             f"band {first['reference_entropy']:.3f} ± {band}; step 0 (the teacher) excluded.")
+  return caption + "\n\n" + "\n".join(out) + "\n"
+
+
 def plans(names) -> str:
   """Memory plans (benchmarks/plan.py JSON) of DiT train steps: the chosen setting per plan,
   its calibrated fixed and per-row GiB per device, rows per device and microbatches."""
@@ -306,6 +329,13 @@ def config_fields() -> str:
 FRONTIER = ("synthetic_teacher_frontier.json", "synthetic_teacher_frontier_low.json")
 DEMO_FRONTIER = ("demo_teacher_frontier.json", "demo_teacher_frontier_low.json")
 
+def _demo_students(pattern: str) -> str:
+  """The IDLM student rows of the demo's three training seeds (files pattern.format(seed))
+  against the demo teacher's frontier."""
+  return across_seeds([pattern.format(s) for s in range(3)],
+                      lambda r: r["sampler"].startswith("idlm"), (DEMO_FRONTIER, (1024, 64)))
+
+
 TABLES = {
     "config_fields": config_fields,
     "paper_plans": lambda: plans(["idlm_mdlm_owt_8x80gb", "didi_mdlm_owt_8x80gb",
@@ -334,6 +364,12 @@ TABLES = {
         frontier=(DEMO_FRONTIER, (1024, 64))),
     "demo_monitor_m25": lambda: monitor_runs(
         [f"demo_monitor_m25_seed{s}.jsonl" for s in range(3)], "16"),
+    "demo_monitor_lr": lambda: monitor_summary(
+        [(f"demo_monitor_{tag}_seed{s}.jsonl", f"lr {lr}, seed {s}")
+         for tag, lr in (("m25", "1e-4"), ("lr3e-5", "3e-5")) for s in range(3)], "16"),
+    # lr 3e-5, monitor every 25 steps: the last checkpoints and the kept best-in-band ones
+    "demo_seeds_lr3e-5": lambda: _demo_students("demo_genppl_lr3e-5_seed{}.json"),
+    "demo_best_lr3e-5": lambda: _demo_students("demo_genppl_lr3e-5_seed{}_best.json"),
     "demo_seeds": lambda: across_seeds(
         ["demo_genppl.json", "demo_genppl_seed1.json", "demo_genppl_seed2.json"],
         lambda r: r["sampler"].startswith("idlm"), (DEMO_FRONTIER, (1024, 64))),

@@ -22,7 +22,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from idlm_jax import fields as F
@@ -31,9 +30,8 @@ from idlm_jax.diffusion import uniform
 from idlm_jax.diffusion.processes import valid_weights
 from idlm_jax.diffusion.schedules import sample_t
 from idlm_jax.fields import ConfigError, Field
-from idlm_jax.objectives import accumulate, progressive
+from idlm_jax.objectives import progressive
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
-from idlm_jax.objectives.state import apply_gradients
 
 FIELDS = {
     "distill.dcd.T": Field(512, 'objective "dcd" (Duo\'s discrete consistency distillation, '
@@ -91,44 +89,22 @@ def dcd_loss(net, transform, student_params, teacher_params, batch: dict, key: j
 
 
 def make(ctx: Context) -> Objective:
-  """Pure DCD step: re-copy the round teacher at round boundaries, then one student update."""
+  """Pure DCD step: re-copy the round teacher at round boundaries, then one student update
+  (progressive.make_objective) with the round's step size delta."""
   config = ctx.config
   d, f = config.distill.dcd, config.diffusion
-  ema, tx = config.optim.ema, ctx.tx
   net = functools.partial(nnx.merge, ctx.graphdef)
   loss_fn = functools.partial(dcd_loss, net, ctx.process.transform, eps=f.eps,
                               antithetic=f.antithetic, kind=d.divergence,
                               precision=d.loss_precision)
-  k = config.train.microbatches
 
-  def mean_loss(params, batch, key, teacher_params, delta):
-    loss, tokens = loss_fn(params, teacher_params, batch, key, delta)
-    return loss, (tokens, {})
-
-  source = "ema_params" if d.teacher_ema else "params"
-
-  def train_step(state, frozen, batch):
-    del frozen  # the round teacher lives in the state (progressive.py)
-    state = progressive.copy_student_to_teacher(state, d.round_steps, d.num_rounds, source)
-    key = jax.random.fold_in(state.key(), state.step)
-    r = progressive.round_index(state.step, d.round_steps, d.num_rounds)
+  def round_arg(r):
     delta = step_size(r, d.T)
-    teacher = state.aux[progressive.ROUND_TEACHER]
-    with jax.named_scope("dcd_loss"):  # k microbatches, one update (accumulate.py)
-      loss, tokens, grads, _ = accumulate.mean_grad(mean_loss, state.params, batch, key, k,
-                                                    teacher.params, delta)
-    state = apply_gradients(state, grads, tx, ema)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
-               "round": r.astype(jnp.float32), "dt": delta}
-    return state, metrics
+    return delta, {"dt": delta}
 
-  def eval_step(params, frozen, batch, key):
-    """The student's own validation NELBO (UDLM's closed form) as a denoising check."""
-    del frozen
-    return ctx.process.eval_sums(net(params), batch, key)
-
-  return Objective(train_step=train_step, eval_step=eval_step,
-                   aux_txs={progressive.ROUND_TEACHER: progressive.ROUND_TEACHER_TX})
+  return progressive.make_objective(
+      ctx, loss_fn, d, source="ema_params" if d.teacher_ema else "params",
+      round_arg=round_arg, scope="dcd_loss")
 
 
 def validate(config) -> None:

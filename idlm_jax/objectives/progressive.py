@@ -14,9 +14,17 @@ teacher-vs-student report.
   copy before step k  iff  k > 0, k % round_steps == 0 and k // round_steps < num_rounds
 """
 
+import functools
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
+
+from idlm_jax.objectives import accumulate
+from idlm_jax.objectives.base import Context, Objective
+from idlm_jax.objectives.state import apply_gradients
 
 ROUND_TEACHER = "round_teacher"
 ROUND_TEACHER_TX = optax.set_to_zero()  # no optimizer moments: the network is only copied
@@ -97,3 +105,44 @@ def mean_divergence(log_p: jax.Array, log_q: jax.Array, weights: jax.Array, kind
   if precision != "float32":
     raise ValueError(f"loss_precision: unknown {precision!r} ('float32', 'float64')")
   return reduce(jnp.float32)
+
+
+def make_objective(ctx: Context, loss_fn: Callable, rounds, *, source: str, round_arg: Callable,
+                   scope: str, reset_student: bool = False) -> Objective:
+  """The progressive train step of SDTT and DCD: re-copy the round teacher at round boundaries
+  (`copy_student_to_teacher` from `source`), then one student update on k microbatches
+  (accumulate.py) of loss_fn(params, teacher_params, batch, key, arg) -> (mean loss, tokens),
+  where (arg, metrics) = round_arg(r) for the step's round r (the teacher's step size).
+  rounds: the config section with round_steps and num_rounds. The eval step is the student's
+  own validation NELBO under its process (a denoising check)."""
+  config = ctx.config
+  ema, tx, k = config.optim.ema, ctx.tx, config.train.microbatches
+  round_steps, num_rounds = rounds.round_steps, rounds.num_rounds
+  net = functools.partial(nnx.merge, ctx.graphdef)
+
+  def mean_loss(params, batch, key, teacher_params, arg):
+    loss, tokens = loss_fn(params, teacher_params, batch, key, arg)
+    return loss, (tokens, {})
+
+  def train_step(state, frozen, batch):
+    del frozen  # the round teacher lives in the state (module docstring)
+    state = copy_student_to_teacher(state, round_steps, num_rounds, source,
+                                    reset_student=reset_student)
+    key = jax.random.fold_in(state.key(), state.step)
+    r = round_index(state.step, round_steps, num_rounds)
+    arg, extra = round_arg(r)
+    teacher = state.aux[ROUND_TEACHER]
+    with jax.named_scope(scope):  # k microbatches, one update
+      loss, tokens, grads, _ = accumulate.mean_grad(mean_loss, state.params, batch, key, k,
+                                                    teacher.params, arg)
+    state = apply_gradients(state, grads, tx, ema)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
+               "round": r.astype(jnp.float32), **extra}
+    return state, metrics
+
+  def eval_step(params, frozen, batch, key):
+    del frozen
+    return ctx.process.eval_sums(net(params), batch, key)
+
+  return Objective(train_step=train_step, eval_step=eval_step,
+                   aux_txs={ROUND_TEACHER: ROUND_TEACHER_TX})

@@ -26,7 +26,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from idlm_jax import fields as F
@@ -36,9 +35,8 @@ from idlm_jax.diffusion.mdlm import masked_posterior_logits
 from idlm_jax.diffusion.processes import valid_weights
 from idlm_jax.diffusion.schedules import sample_t
 from idlm_jax.fields import ConfigError, Field
-from idlm_jax.objectives import accumulate, progressive
+from idlm_jax.objectives import progressive
 from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
-from idlm_jax.objectives.state import apply_gradients
 
 FIELDS = {
     "distill.sdtt.divergence": Field(
@@ -125,47 +123,24 @@ def sdtt_loss(net, student_params, teacher_params, batch: dict, key: jax.Array, 
 
 
 def make(ctx: Context) -> Objective:
-  """Pure SDTT step: re-copy the round teacher at round boundaries, then one student update."""
+  """Pure SDTT step: re-copy the round teacher at round boundaries, then one student update
+  (progressive.make_objective) with the round's teacher step dt."""
   config = ctx.config
   s, f = config.distill.sdtt, config.diffusion
-  schedule, mask_id, tx = ctx.process.schedule, ctx.mask_id, ctx.tx
   t_min = config.sample.eps
-  ema = config.optim.ema
   net = functools.partial(nnx.merge, ctx.graphdef)
-  loss_fn = functools.partial(sdtt_loss, net, schedule=schedule, mask_id=mask_id, t_min=t_min,
-                              num_steps=s.num_distill_steps, antithetic=f.antithetic,
-                              kind=s.divergence, precision=s.loss_precision)
-  k = config.train.microbatches
+  loss_fn = functools.partial(sdtt_loss, net, schedule=ctx.process.schedule, mask_id=ctx.mask_id,
+                              t_min=t_min, num_steps=s.num_distill_steps,
+                              antithetic=f.antithetic, kind=s.divergence,
+                              precision=s.loss_precision)
 
-  def mean_loss(params, batch, key, teacher_params, dt):
-    loss, tokens = loss_fn(params, teacher_params, batch, key, dt)
-    return loss, (tokens, {})
-
-  source = "ema_params" if s.use_ema_on_growth else "params"
-
-  def train_step(state, frozen, batch):
-    del frozen  # the round teacher lives in the state (progressive.py)
-    state = progressive.copy_student_to_teacher(state, s.round_steps, s.num_rounds, source,
-                                                reset_student=s.use_ema_on_growth)
-    key = jax.random.fold_in(state.key(), state.step)
-    r = progressive.round_index(state.step, s.round_steps, s.num_rounds)
+  def round_arg(r):
     dt = teacher_dt(r, s.orig_steps, s.num_distill_steps, t_min)
-    teacher = state.aux[progressive.ROUND_TEACHER]
-    with jax.named_scope("sdtt_loss"):  # k microbatches, one update (accumulate.py)
-      loss, tokens, grads, _ = accumulate.mean_grad(mean_loss, state.params, batch, key, k,
-                                                    teacher.params, dt)
-    state = apply_gradients(state, grads, tx, ema)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": tokens,
-               "round": r.astype(jnp.float32), "student_dt": s.num_distill_steps * dt}
-    return state, metrics
+    return dt, {"student_dt": s.num_distill_steps * dt}
 
-  def eval_step(params, frozen, batch, key):
-    """The student's own validation NELBO under the teacher's loss (a denoising check)."""
-    del frozen
-    return ctx.process.eval_sums(net(params), batch, key)
-
-  return Objective(train_step=train_step, eval_step=eval_step,
-                   aux_txs={progressive.ROUND_TEACHER: progressive.ROUND_TEACHER_TX})
+  return progressive.make_objective(
+      ctx, loss_fn, s, source="ema_params" if s.use_ema_on_growth else "params",
+      reset_student=s.use_ema_on_growth, round_arg=round_arg, scope="sdtt_loss")
 
 
 def validate(config) -> None:

@@ -291,6 +291,21 @@ def monitor_summary(runs, cell: str, band: float = 0.05) -> str:
   return caption + "\n\n" + "\n".join(out) + "\n"
 
 
+def shipped_evals(runs) -> str:
+  """mode "eval" results of shipped models (runs: (results file, config) pairs): a diffusion
+  model's NELBO as a bound, a causal model's NLL as exact."""
+  out = ["| model | config | tokens | result |", "|---|---|---|---|"]
+  for name, cfg in runs:
+    d = _load(name)
+    result = (f"NELBO {d['val_nelbo']:.4f} nats/token, PPL <= {d['val_ppl_bound']:.2f}"
+              if "val_nelbo" in d else f"NLL {d['val_nll']:.4f} nats/token, "
+              f"PPL = {d['val_ppl']:.2f}")
+    out.append(f"| `{d['model']}` (step {d['step']}) | `{cfg}` | {d['val_tokens']:.0f} | "
+               f"{result} |")
+  raw = ", ".join(f"`benchmarks/results/{n}`" for n, _ in runs)
+  return f"Raw: {raw} ({_load(runs[0][0])['eval_data']}).\n\n" + "\n".join(out) + "\n"
+
+
 def plans(names) -> str:
   """Memory plans (benchmarks/plan.py JSON) of DiT train steps: the chosen setting per plan,
   its calibrated fixed and per-row GiB per device, rows per device and microbatches."""
@@ -348,6 +363,9 @@ TABLES = {
     "demo": lambda: quality(
         (DEMO_FRONTIER[0], "teacher {sampler} (eval run)", lambda r: r.get("temperature") == 1.0),
         ("demo_genppl.json", None), frontier=(DEMO_FRONTIER, (1024, 64))),
+    "eval_shipped": lambda: shipped_evals([
+        ("eval_shipped_demo.json", "configs/demo_teacher.py"),
+        ("eval_shipped_embedded.json", "configs/ar_embedded.py")]),
     "demo_teacher_frontier": lambda: quality(
         (DEMO_FRONTIER[0], None), (DEMO_FRONTIER[1], None, lambda r: r.get("steps") is not None)),
     # the monitor's best-in-band checkpoints (16-step student within distill.entropy_band of

@@ -53,6 +53,22 @@ def _fmt(v, digits: int = 3, key: str = "") -> str:
 # ------------------------------------------------------------------ renderers
 
 
+def _teacher_at(frontier: tuple, metric: str):
+  """row -> {str(steps): the teacher's `metric` at the row's entropy}, interpolated along the
+  temperature sweeps of frontier = (results files, step counts) (distill_report.matched_entropy;
+  None outside a sweep)."""
+  fnames, steps = frontier
+  sweep = [dict(r, sampler="teacher") for f in fnames for r in _load(f)["rows"]
+           if r.get("steps") in steps]  # the sampled rows (not the data row)
+
+  def at(row: dict) -> dict:
+    probe = [dict(row, sampler="row")]
+    distill_report.matched_entropy(sweep + probe, "teacher", metric)
+    return probe[0]["teacher_at_entropy"]
+
+  return at
+
+
 def quality(*sources, frontier: tuple | None = None) -> str:
   """Sample-quality rows of eval_samplers / distillation-report results files.
 
@@ -90,15 +106,13 @@ def quality(*sources, frontier: tuple | None = None) -> str:
   if frontier:
     fnames, steps = frontier
     files.extend(fnames)
-    sweep = [dict(r, sampler="teacher") for f in fnames for r in _load(f)["rows"]
-             if r.get("steps") in steps]  # the sampled rows (not the data row)
+    teacher_at = _teacher_at(frontier, metric)
     for text, r in rows:
       if r.get("steps") is not None and not (text.startswith("teacher")
                                              or r["sampler"].startswith("teacher")):
-        probe = [dict(r, sampler="row")]
-        distill_report.matched_entropy(sweep + probe, "teacher", metric)
+        at = teacher_at(r)
         for n in steps:
-          r[f"teacher_{n}_at_h"] = probe[0]["teacher_at_entropy"].get(str(n))
+          r[f"teacher_{n}_at_h"] = at.get(str(n))
     cols += [(f"teacher_{n}_at_h", f"teacher {n} @ H") for n in steps]
   out = ["| model | " + " | ".join(c[1] for c in cols) + " |",
          "|---|" + "---|" * len(cols)]
@@ -215,8 +229,7 @@ def across_seeds(files, keep, frontier: tuple) -> str:
   temperature frontier (frontier: (files, steps) as in `quality`)."""
   runs = [[r for r in _load(f)["rows"] if keep(r)] for f in files]
   fnames, steps = frontier
-  sweep = [dict(r, sampler="teacher") for f in fnames for r in _load(f)["rows"]
-           if r.get("steps") in steps]
+  teacher_at = _teacher_at(frontier, "gen_ppl")
   out = ["| model | steps | " + " | ".join(f"seed {i}: Gen PPL / entropy"
                                           for i in range(len(files)))
          + " | Gen PPL, mean ± SE | entropy, mean ± SE | "
@@ -229,10 +242,8 @@ def across_seeds(files, keep, frontier: tuple) -> str:
     ppl = np.array([r["gen_ppl"] for r in group])
     ent = np.array([r["entropy"] for r in group])
     se = lambda x: float(x.std(ddof=1) / np.sqrt(len(x)))
-    probe = [{"sampler": "row", "steps": group[0]["steps"], "entropy": float(ent.mean()),
-              "gen_ppl": float(ppl.mean())}]
-    distill_report.matched_entropy(sweep + probe, "teacher", "gen_ppl")
-    at = probe[0]["teacher_at_entropy"]
+    at = teacher_at({"steps": group[0]["steps"], "entropy": float(ent.mean()),
+                     "gen_ppl": float(ppl.mean())})
     out.append(f"| {group[0]['sampler']} | {group[0]['steps']} | "
                + " | ".join(f"{r['gen_ppl']:.1f} / {r['entropy']:.3f}" for r in group)
                + f" | {ppl.mean():.1f} ± {se(ppl):.1f} | {ent.mean():.3f} ± {se(ent):.3f} | "
@@ -344,11 +355,12 @@ def config_fields() -> str:
 FRONTIER = ("synthetic_teacher_frontier.json", "synthetic_teacher_frontier_low.json")
 DEMO_FRONTIER = ("demo_teacher_frontier.json", "demo_teacher_frontier_low.json")
 
-def _demo_students(pattern: str) -> str:
-  """The IDLM student rows of the demo's three training seeds (files pattern.format(seed))
-  against the demo teacher's frontier."""
-  return across_seeds([pattern.format(s) for s in range(3)],
-                      lambda r: r["sampler"].startswith("idlm"), (DEMO_FRONTIER, (1024, 64)))
+
+def _demo_students(files) -> str:
+  """The IDLM student rows of the demo's training seeds (one results file per seed) against
+  the demo teacher's frontier."""
+  return across_seeds(files, lambda r: r["sampler"].startswith("idlm"),
+                      (DEMO_FRONTIER, (1024, 64)))
 
 
 TABLES = {
@@ -386,11 +398,13 @@ TABLES = {
         [(f"demo_monitor_{tag}_seed{s}.jsonl", f"lr {lr}, seed {s}")
          for tag, lr in (("m25", "1e-4"), ("lr3e-5", "3e-5")) for s in range(3)], "16"),
     # lr 3e-5, monitor every 25 steps: the last checkpoints and the kept best-in-band ones
-    "demo_seeds_lr3e-5": lambda: _demo_students("demo_genppl_lr3e-5_seed{}.json"),
-    "demo_best_lr3e-5": lambda: _demo_students("demo_genppl_lr3e-5_seed{}_best.json"),
-    "demo_seeds": lambda: across_seeds(
-        ["demo_genppl.json", "demo_genppl_seed1.json", "demo_genppl_seed2.json"],
-        lambda r: r["sampler"].startswith("idlm"), (DEMO_FRONTIER, (1024, 64))),
+    "demo_seeds_lr3e-5": lambda: _demo_students(
+        [f"demo_genppl_lr3e-5_seed{s}.json" for s in range(3)]),
+    "demo_best_lr3e-5": lambda: _demo_students(
+        [f"demo_genppl_lr3e-5_seed{s}_best.json" for s in range(3)]),
+    # seed 0 is the README's demo run
+    "demo_seeds": lambda: _demo_students(
+        ["demo_genppl.json", "demo_genppl_seed1.json", "demo_genppl_seed2.json"]),
     # the shipped teacher's rows as measured by the IDLM run's report (same checkpoint, EMA)
     "synthetic_mdlm_teacher": lambda: quality((
         "idlm_synthetic.json", None, lambda r: not r["sampler"].startswith("idlm"))),

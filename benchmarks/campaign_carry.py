@@ -4,8 +4,9 @@
   python benchmarks/campaign_carry.py --out=/tmp/c --corpora=idlm_jax/data/assets/corpora \
       --max-passages=200 --no-wheels --no-tokenize         # the smoke test's tiny version
 
-Downloads nothing but two pure-Python wheels the device lacks (`pip download` from PyPI, or
-copies from a local wheel folder): ml_collections and tensorboardX. Then:
+Downloads nothing but the wheels the device lacks (`pip download` for CPython 3.12 on x86-64
+from PyPI, or copies from a local wheel folder): ml_collections, tensorboardX, and grain with
+array_record and portpicker (`WHEELS`). Then:
   text/{teacher,evaluator}/<corpus>.txt.gz  the public-domain corpora as passages (16
       non-empty lines joined, the embedded source's unit), one per line, each passage in
       exactly one half by crc32("evaluator:" + text) % 2: the teacher and the AR evaluator
@@ -36,7 +37,48 @@ from benchmarks import gpu_campaign  # noqa: E402
 from idlm_jax import config as config_lib  # noqa: E402
 from idlm_jax.data import pipeline, sources, tokenizers  # noqa: E402
 
-WHEELS = ("ml_collections==1.1.0", "tensorboardX==2.6.5")
+# what the device image lacks (/work/.library/device/KINDS.md lists its packages): grain, which
+# data/loader.py imports, with its two missing requirements (array_record is a compiled
+# wheel: downloaded for the device's CPython 3.12 on x86-64), ml_collections, tensorboardX
+WHEELS = ("ml_collections==1.1.0", "tensorboardX==2.6.5", "grain==0.2.18",
+          "array_record==0.8.6", "portpicker==1.6.0")
+# the device image's distributions (/work/.library/device/KINDS.md, as read on 2026-11-17);
+# tests/benchmarks/test_gpu_campaign.py checks that every third-party module the package and
+# the benchmarks import at module level is here or in WHEELS
+DEVICE_IMAGE = frozenset("""
+    absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs
+    botorch build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy
+    coverage cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython
+    diffrax e3nn einops equinox etils execnet filelock flatbuffers flax fonttools formulaic
+    frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx huggingface-hub
+    humanize hypothesis idna imageio iniconfig interface-meta jax jax-cuda13-pjrt
+    jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib kiwisolver lazy-loader lightning
+    lightning-utilities linear-operator lineax llvmlite lxml markdown markdown-it-py
+    markupsafe matplotlib mdurl meson ml-dtypes mpi4py mpmath msgpack multidict
+    multipledispatch mypy-extensions nanobind narwhals networkx ninja numba numba-cuda numpy
+    numpyro nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc nvidia-cuda-runtime
+    nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver
+    nvidia-cusparse nvidia-cusparselt-cu13 nvidia-ml-py nvidia-nccl-cu13 nvidia-nvjitlink
+    nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir onnxruntime onnxscript
+    opencv-python-headless optax opt-einsum opt-einsum-fx optimistix orbax-checkpoint
+    packaging pandas pathspec patsy peft pillow pip pluggy portalocker prometheus-client
+    propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments pyparsing pyproject-hooks
+    pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout
+    pytest-xdist python-dateutil pytorch-lightning pyyaml regex requests rich sacrebleu
+    safetensors scikit-build-core scikit-image scikit-learn scipy seaborn sentencepiece
+    sentence-transformers setuptools shellingham simplejson six sortedcontainers statsmodels
+    sympy tabulate tensorboard tensorboard-data-server tensorstore threadpoolctl tifffile
+    tiktoken timm tokenizers toolz torch torchaudio torchdiffeq torch-geometric torchmetrics
+    torchvision tqdm transformers treescope triton typer typing-extensions typing-inspect
+    urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
+""".split())
+# import name -> distribution name, where they differ
+DISTRIBUTION = {"absl": "absl-py", "orbax": "orbax-checkpoint", "ml_collections":
+                "ml_collections", "ml_dtypes": "ml-dtypes", "yaml": "pyyaml", "sklearn":
+                "scikit-learn", "PIL": "pillow", "google": "protobuf"}
+DEVICE_PIP = ("--python-version", "3.12", "--implementation", "cp", "--platform",
+              "manylinux_2_28_x86_64", "--platform", "manylinux_2_24_x86_64", "--platform",
+              "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64")
 # gcide (a dictionary, 7.7 MB compressed) is left out: the carried tree must stay < 64 MiB
 EXCLUDE = ("gcide",)
 
@@ -89,11 +131,13 @@ def wheels(out: pathlib.Path, local: str) -> None:
   for spec in WHEELS:
     name, version = spec.split("==")
     found = sorted(pathlib.Path(local).glob(f"{name}-{version}-*.whl")) if local else []
+    found = [f for f in found if f.name.endswith("-py3-none-any.whl")  # or the device's build
+             or ("-cp312-cp312-manylinux" in f.name and f.name.endswith("x86_64.whl"))]
     if found:
       shutil.copy(found[0], out / "whl")
       continue
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                    "-d", str(out / "whl"), spec], check=True)
+                    *DEVICE_PIP, "-d", str(out / "whl"), spec], check=True)
 
 
 def size_mib(path: pathlib.Path) -> float:

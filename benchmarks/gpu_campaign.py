@@ -7,8 +7,11 @@
 Part 1 (speed, random weights):
   throughput  DiT small (169.6M, GPT-2 vocabulary, bf16) at L=1024, B=32: the teacher (MDLM),
               IDLM and DiDi train steps (tokens/s, MFU, peak memory, ratio to the teacher
-              step) and the forward call at B=64 (benchmarks/train_throughput.py), with the
-              PyTorch + torch.compile reference run first by the same python (--torch-ref).
+              step) and the forward call at B=64 with float32 and with bf16 logits (the
+              reference's; benchmarks/train_throughput.py), with the PyTorch +
+              torch.compile reference run first by the same python (--torch-ref); every
+              idlm_jax row gets its ratio to the reference, and the Markdown opens with the
+              part-4 targets (best variant of each, met or not).
   attention   the teacher step and forward with model.attention="xla" and "cudnn".
   xla_flags   the teacher step and forward in a fresh process per XLA_FLAGS variant.
   profile     a jax.profiler trace of 3 teacher steps, summarised: device time per op
@@ -46,6 +49,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
+# JAX preallocates 75% of the GPU at its first device call by default; the PyTorch reference
+# runs (and exits) before that (torch_first), so this process may take more: the DiDi step
+# at B=32 and the IDLM step hold three or four DiT smalls with optimizer state
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
 
 import jax  # noqa: E402
 
@@ -63,7 +70,7 @@ XLA_FLAG_VARIANTS = {
 }
 # seconds each section needs on an H100/H200 (compiles included), from the H100 run of
 # 2026-11-22 (teacher step 98 ms, forward 63 ms, first step 23 s) scaled by FLOPs
-ESTIMATE_S = {"throughput": 150, "attention": 80, "xla_flags": 40, "profile": 40,
+ESTIMATE_S = {"throughput": 170, "attention": 80, "xla_flags": 40, "profile": 40,
               "generation": 110, "text": 300}
 PARTS = {"1": ("throughput", "attention", "profile", "generation", "xla_flags"),
          "2": ("text",)}
@@ -83,9 +90,12 @@ class Recorder:
     self.jsonl, self.md = self.dir / f"{self.stem}.jsonl", self.dir / f"{self.stem}.md"
 
   def add(self, section: str, rows: list) -> None:
+    # ratios to the PyTorch reference's rows of this call (the throughput section runs it
+    # first, so the attention and xla_flags variants get theirs too)
+    rows = [{"section": section, **r} for r in rows]
+    train_throughput.add_torch_ratios(self.rows + rows)
     with open(self.jsonl, "a") as f:
       for r in rows:
-        r = {"section": section, **r}
         self.rows.append(r)
         f.write(json.dumps({**self.info, **r}, default=str) + "\n")
     self.md.write_text(markdown(self.rows, self.info))
@@ -96,17 +106,25 @@ def markdown(rows: list, info: dict) -> str:
   text = common.header_markdown("GPU campaign (issue #16)", info)
   speed = [r for r in rows if r.get("kind") in ("train", "fwd")]
   if speed:
+    text += targets_markdown(rows)
     text += ("## Train steps and forward (DiT small, GPT-2 vocabulary, bf16)\n\n"
+             "x PyTorch: tokens/s over the reference's (train) or latency over the reference's "
+             "(forward; the reference returns bf16 logits).\n\n"
              "| section | variant | framework | kind | objective | L | B | tokens/s | ms "
-             "(median) | x teacher step | MFU | peak GiB |\n"
-             "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+             "(median) | x teacher step | x PyTorch | MFU | peak GiB |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for r in speed:
       ms = r.get("step_ms_median", r.get("call_ms_median"))
       mfu = r.get("mfu", r.get("mfu_brief"))
+      objective = (f"{r['logits_dtype']} logits" if r.get("logits_dtype")
+                   else r.get("objective", "-"))
+      if r.get("microbatches", 1) > 1:
+        objective += f" ({r['microbatches']} microbatches)"
       text += (f"| {r['section']} | {r.get('variant', '-')} | {r.get('framework')} | "
-               f"{r['kind']} | {r.get('objective', '-')} | {r.get('L')} | {r.get('B')} | "
+               f"{r['kind']} | {objective} | {r.get('L')} | {r.get('B')} | "
                f"{common.fmt(r.get('tokens_per_s'))} | {common.fmt(ms, 2)} | "
                f"{common.fmt(r.get('x_teacher_step'), 2)} | "
+               f"{common.fmt(r.get('x_torch_tokens_per_s', r.get('x_torch_latency')), 2)} | "
                f"{common.fmt(None if mfu is None else 100 * mfu)}% | "
                f"{common.fmt(r.get('peak_mem_gib'), 2)} |\n")
   gen = [r for r in rows if r.get("section") == "generation" and "nfe" in r]
@@ -147,6 +165,37 @@ def markdown(rows: list, info: dict) -> str:
   return text
 
 
+# issue #16 part 4: (name, row filter, ratio key, comparison, bound)
+TARGETS = (
+    ("teacher step tokens/s vs PyTorch + torch.compile",
+     lambda r: r.get("kind") == "train" and r.get("objective") == "teacher",
+     "x_torch_tokens_per_s", ">=", 1.2),
+    ("forward latency vs PyTorch + torch.compile (logits in the compute dtype, as its)",
+     lambda r: r.get("kind") == "fwd" and r.get("logits") == "compute",
+     "x_torch_latency", "<=", 0.85),
+    ("IDLM step / teacher step", lambda r: r.get("objective") == "idlm", "x_teacher_step",
+     "<=", 3.2),
+    ("DiDi step (G=4) / teacher step", lambda r: r.get("objective") == "didi",
+     "x_teacher_step", "<=", 6.0),
+)
+
+
+def targets_markdown(rows: list) -> str:
+  """Issue #16 part 4's targets: the best measured variant of each, met or not."""
+  text = ("## Targets (issue #16 part 4): the best variant measured\n\n| target | bound | "
+          "best | variant (section) | met |\n|---|---|---|---|---|\n")
+  for name, keep, key, op, bound in TARGETS:
+    cands = [r for r in rows if r.get("framework") == "idlm_jax" and keep(r) and key in r]
+    if not cands:
+      text += f"| {name} | {op} {bound} | not measured | - | - |\n"
+      continue
+    best = (max if op == ">=" else min)(cands, key=lambda r: r[key])
+    met = best[key] >= bound if op == ">=" else best[key] <= bound
+    text += (f"| {name} | {op} {bound} | {best[key]:.3f} | {best.get('variant', '-')} "
+             f"({best['section']}) | {'yes' if met else 'no'} |\n")
+  return text + "\n"
+
+
 # ------------------------------------------------------------------ part 1
 
 def throughput_argv(args, *extra) -> list:
@@ -159,9 +208,58 @@ def throughput_argv(args, *extra) -> list:
   return argv + (smoke if args.smoke else []) + list(extra)
 
 
+def torch_first(args) -> pathlib.Path:
+  """Run the PyTorch reference at the campaign's shapes before this process touches the GPU
+  (JAX preallocates most of its memory at its first device call, which left the reference
+  too little on an 80 GB card); its rows go to a file that the throughput section reads.
+  The reference's own subprocess, the python of the device (torch.compile)."""
+  ref, path = pathlib.Path(args.carry) / TORCH_REF, pathlib.Path(args.work) / "torch_rows.json"
+  path.unlink(missing_ok=True)
+  if ref.is_file() and not args.smoke:
+    t0 = time.time()
+    cfg = config_lib.load_config("configs/mdlm_owt.py")
+    rows = train_throughput.torch_reference(str(ref), 1024, 32, 64, 1024,
+                                            train_throughput.cfg_vocab(cfg), args.steps)
+    path.write_text(json.dumps(rows))
+    print(f"PyTorch reference: {time.time() - t0:.0f} s", flush=True)
+  return path
+
+
+# the committed memory plans of the campaign's distillation steps at L=1024, B=32 on one
+# device (benchmarks/plan.py, remat none; docs/scaling.md)
+CAMPAIGN_PLANS = {name: ROOT / "benchmarks" / "results" / "plans" / f"campaign_{name}_b32_1gpu.json"
+                  for name in ("idlm", "didi")}
+
+
+def planned_microbatches(memory_gib, B: int = 32, headroom: float = 0.1) -> str:
+  """train_throughput's --microbatches for a device of `memory_gib` (None: no limit known, as
+  on a CPU): for each planned step, the fewest microbatches k (k divides B) whose planned
+  memory fixed + (B / k) x per-row fits (1 - headroom) of it. The DiDi step at B=32 needs
+  ~107 GiB in one pass: k = 1 on an H200, 2 on an 80 GB H100."""
+  if not memory_gib:
+    return ""
+  out = []
+  for name, path in CAMPAIGN_PLANS.items():
+    plan = json.loads(path.read_text())
+    best = next(st for st in plan["settings"] if st["remat"] == "none")
+    k = next((k for k in range(1, B + 1) if B % k == 0 and
+              best["gib_fixed"] + B // k * best["gib_per_row"] <= (1 - headroom) * memory_gib),
+             B)
+    if k > 1:
+      out.append(f"{name}={k}")
+  return ",".join(out)
+
+
+def device_memory_gib():
+  """The allocator's limit on device 0 in GiB, None where JAX reports none (CPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats["bytes_limit"] / 2**30 if "bytes_limit" in stats else None
+
+
 def section_throughput(args, rec: Recorder) -> None:
-  """Teacher, IDLM and DiDi steps and the forward call, the PyTorch reference first."""
-  ref = pathlib.Path(args.carry) / TORCH_REF
+  """Teacher, IDLM and DiDi steps and the forward call, with the PyTorch reference's rows
+  (run first, `torch_first`)."""
+  ref, torch_rows = pathlib.Path(args.carry) / TORCH_REF, pathlib.Path(args.work) / "torch_rows.json"
   extra = []
   if not ref.is_file():
     rec.add("throughput", [{"variant": "torch", "skipped": f"no {ref} (campaign_carry.py)"}])
@@ -169,8 +267,11 @@ def section_throughput(args, rec: Recorder) -> None:
     rec.add("throughput", [{"variant": "torch smoke", "skipped": "PyTorch is not installed"}])
   elif args.smoke:  # the reference's own CPU smoke shapes (no torch.compile)
     rec.add("throughput", [dict(r, variant="torch smoke") for r in torch_smoke(ref)])
-  else:
-    extra = ["--torch-ref", str(ref)]
+  elif torch_rows.is_file():
+    extra = ["--torch-rows", str(torch_rows)]
+  micro = (planned_microbatches(device_memory_gib()) if args.microbatches == "auto"
+           else args.microbatches)
+  extra += ["--microbatches", micro] if micro else []
   rows = train_throughput.main(throughput_argv(args, *extra))
   for r in rows:
     r["variant"] = "default"
@@ -194,7 +295,8 @@ def section_attention(args, rec: Recorder) -> None:
   for kind in kinds:
     try:
       rows = train_throughput.main(throughput_argv(
-          args, "--objectives=teacher", "--set", f"model.attention={kind}"))
+          args, "--objectives=teacher", "--fwd-logits=compute", "--set",
+          f"model.attention={kind}"))
     except Exception as e:  # noqa: BLE001  (cuDNN may refuse a shape: record, go on)
       rows = [{"error": f"{type(e).__name__}: {str(e)[:300]}"}]
     for r in rows:
@@ -213,7 +315,8 @@ def section_xla_flags(args, rec: Recorder, deadline: float) -> None:
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
     json_path = pathlib.Path(args.out) / f"xla_flags_{name}.jsonl"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "train_throughput.py"),
-           *throughput_argv(args, "--objectives=teacher", "--json", str(json_path))]
+           *throughput_argv(args, "--objectives=teacher", "--fwd-logits=compute", "--json",
+                            str(json_path))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(ROOT),
                           timeout=max(deadline - time.time(), 10))
     if proc.returncode or not json_path.is_file():
@@ -466,6 +569,11 @@ def parse_args(argv=None):
   ap.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget")
   ap.add_argument("--steps", type=int, default=20, help="timed steps per throughput row")
   ap.add_argument("--smoke", action="store_true", help="every section, tiny shapes, CPU")
+  ap.add_argument("--microbatches", default="auto",
+                  help="train_throughput --microbatches for the throughput section, e.g. "
+                  "didi=2; auto: from the device's memory and the committed plans "
+                  "(planned_microbatches: the DiDi step at B=32 does not fit an 80 GB card in "
+                  "one pass)")
   return ap.parse_args(argv)
 
 
@@ -473,12 +581,14 @@ def main(argv=None) -> list:
   args = parse_args(argv)
   start = time.time()
   deadline = start + args.budget_s
-  info = common.run_info(__file__, argv)
-  rec = Recorder(args.out, info)
+  pathlib.Path(args.work).mkdir(parents=True, exist_ok=True)
   sections = PARTS["1"] + PARTS["2"] if args.part == "all" else PARTS[args.part]
   if args.sections:
     sections = [s for s in sections if s in args.sections.split(",")]
-  pathlib.Path(args.work).mkdir(parents=True, exist_ok=True)
+  if "throughput" in sections:
+    torch_first(args)  # before run_info's first device call
+  info = common.run_info(__file__, argv)
+  rec = Recorder(args.out, info)
   print(f"campaign part {args.part}: {', '.join(sections)}; budget {args.budget_s:.0f} s; "
         f"device {info['device']}", flush=True)
   for name in sections:

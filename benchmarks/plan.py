@@ -299,6 +299,9 @@ def plan_objective(spec: str, overrides: list, devices, memory_gib: float, temp_
                                   - v["alias_gib"]),
           max_rows=fits[0] if fits else 0,
           rows_unbounded=max(int((budget - fixed) // per_row), 0) if per_row > 0 else None))
+  if not settings:
+    raise SystemExit(f"nothing to plan: meshes {tuple(meshes)} on {n} device(s) (a pure "
+                     "data-parallel mesh needs more than one device; use fsdp)")
   order = {"none": 0, "block": 1}
   best = max(settings, key=lambda s: (s["max_rows"], -order[s["remat"]], s["mesh"] == "fsdp"))
   chk = None
@@ -566,6 +569,13 @@ PAPER_PLANS = (
                              "--memory_gb=16", "--meshes=fsdp"]),
     ("duo_lm1b_v5e16", ["--config=configs/duo_lm1b.py", "--devices=16", "--memory_gb=16",
                         "--meshes=fsdp"]),
+    # the GPU campaign's distillation steps (benchmarks/gpu_campaign.py: DiT small, L=1024,
+    # B=32, random-init teacher) on one device: its --microbatches=auto reads these
+    *((f"campaign_{o}_b32_1gpu", ["--config=configs/mdlm_owt.py", f"--set=objective={o}",
+                                  "--set=distill.teacher=random-init", "--set=model.dropout=0.0",
+                                  "--set=train.global_batch_size=32", "--devices=1",
+                                  "--memory_gb=78", "--meshes=fsdp", "--remats=none"])
+      for o in ("idlm", "didi")),
     # LLaDA-8B (issue #18): bf16 inference at L=512 for global batches 1..8 and full
     # fine-tuning (SFT shapes: L=512), on one 80 GB accelerator and on a v5e-16 slice (FSDP).
     # The "tpu:" targets compile deviceless for TPU and need the libtpu package (not a project

@@ -18,6 +18,9 @@ on B real rows x distill.didi.group_size rollouts; 1 batch per step), with rando
 networks, each row with its step time over the teacher step's (`x_teacher_step`; the issue's
 target for IDLM is <= 3.2) and tokens/s over the data tokens a step consumes.
 `--loss-chunk N` sets the teacher's model.loss_chunk (chunked cross-entropy).
+The forward is timed twice (`--fwd-logits`): returning float32 logits (the library's default)
+and returning them in the compute dtype (bf16), as the PyTorch reference's forward does; with
+--torch-ref every row gets its ratio to the reference's like row (`add_torch_ratios`).
 The first call and `--warmup - 1` more are excluded (executables are compiled ahead of time); `--steps` calls are timed; median (and mean) reported.
 
 MFU = (6 N + 12 n_layers L d) FLOPs per token x tokens / step time / peak (989 TFLOP/s dense
@@ -56,6 +59,7 @@ from idlm_jax.train import loop, parallel, state as state_lib  # noqa: E402
 
 
 OBJECTIVES = ("teacher", "idlm", "didi")  # teacher = MDLM pretraining (objective "diffusion")
+FWD_LOGITS = ("float32", "compute")  # forward rows: float32 logits, or the compute dtype's
 
 
 def flops_per_token(n_params: int, n_layers: int, L: int, d: int, train: bool = True) -> float:
@@ -163,7 +167,8 @@ def bench_objective(name: str, cfg, L: int, B: int, steps: int, warmup: int,
     extra = dict(group_size=cfg.distill.didi.group_size,
                  rollout_rows=B * cfg.distill.didi.group_size)
   return dict(kind="train", objective=name, L=L, B=B, batches_per_step=n_batches,
-              n_params=n, loss_chunk=cfg.model.loss_chunk, **extra, **row)
+              microbatches=cfg.train.microbatches, n_params=n,
+              loss_chunk=cfg.model.loss_chunk, **extra, **row)
 
 
 def bench_train(cfg, L: int, B: int, steps: int, warmup: int) -> dict:
@@ -171,21 +176,29 @@ def bench_train(cfg, L: int, B: int, steps: int, warmup: int) -> dict:
   return bench_objective("teacher", cfg, L, B, steps, warmup)
 
 
-def bench_fwd(cfg, L: int, B: int, steps: int, warmup: int) -> dict:
-  """One sampler network call (forward, float32 logits) at [B, L]."""
+def bench_fwd(cfg, L: int, B: int, steps: int, warmup: int, logits: str = "float32") -> dict:
+  """One sampler network call (forward) at [B, L], returning float32 logits or, with
+  logits="compute", logits in the compute dtype (bf16 under model.dtype bfloat16: the PyTorch
+  reference's forward returns torch autocast's bf16 logits, so this row is its like)."""
+  if logits not in FWD_LOGITS:
+    raise SystemExit(f"--fwd-logits: unknown {logits!r}, expected some of {FWD_LOGITS}")
   vocab = cfg_vocab(cfg)
   model = models.build_model(cfg.model, vocab, nnx.Rngs(0))
   graphdef, params = state_lib.split_params(model)
   x = jnp.asarray(np.random.default_rng(1).integers(0, vocab, (B, L), dtype=np.int32))
   sigma = jnp.full((B,), 0.5)
-  fwd = jax.jit(lambda p, x, s: nnx.merge(graphdef, p)(x, s)).lower(params, x, sigma).compile()
+  dtype = jnp.float32 if logits == "float32" else None
+  fwd = jax.jit(lambda p, x, s: nnx.merge(graphdef, p)(x, s, logits_dtype=dtype))
+  out_dtype = str(jax.eval_shape(fwd, params, x, sigma).dtype)
+  fwd = fwd.lower(params, x, sigma).compile()
   mem = common.compiled_memory(fwd)
   t = common.timed(lambda: fwd(params, x, sigma), steps, warmup)
   n = useful_params(cfg, vocab)
   m = cfg.model
   tflops = flops_per_token(n, m.n_blocks, L, m.hidden_size, train=False) * B * L
   tflops = tflops / t["median_s"] / 1e12
-  return dict(kind="fwd", L=L, B=B, n_params=n, tokens_per_s=B * L / t["median_s"],
+  return dict(kind="fwd", L=L, B=B, logits=logits, logits_dtype=out_dtype, n_params=n,
+              tokens_per_s=B * L / t["median_s"],
               call_ms_median=t["median_s"] * 1e3, call_ms=t["mean_s"] * 1e3, tflops=tflops,
               mfu=tflops / common.peak_tflops(), first_call_s=t["first_s"],
               peak_mem_gib=common.device_peak_gib(), compiled_mem=mem)
@@ -213,13 +226,32 @@ def add_ratios(rows: list) -> None:
   """Each train row's step time over the teacher row's of the same run (`x_teacher_step`), and
   per data token (`x_teacher_per_token`: the step's time per consumed token over the
   teacher's)."""
-  teacher = next((r for r in rows if r.get("objective") == "teacher"), None)
+  teacher = next((r for r in rows if r.get("objective") == "teacher" and "error" not in r),
+                 None)
   if teacher is None:
     return
   for r in rows:
-    if r.get("kind") == "train":
+    if r.get("kind") == "train" and "error" not in r:
       r["x_teacher_step"] = r["step_ms_median"] / teacher["step_ms_median"]
       r["x_teacher_per_token"] = teacher["tokens_per_s"] / r["tokens_per_s"]
+
+
+def add_torch_ratios(rows: list) -> None:
+  """Against the PyTorch reference's rows of the same run (none: nothing added): each
+  idlm_jax train row's tokens/s over the reference's (`x_torch_tokens_per_s`, > 1 = faster;
+  issue #16's target for the teacher step is >= 1.2) and each forward row's median latency
+  over the reference's (`x_torch_latency`, < 1 = faster; target <= 0.85, measured on the
+  bf16-logits row, which returns what the reference returns)."""
+  ref = {r.get("kind"): r for r in rows
+         if str(r.get("framework", "")).startswith("torch") and "error" not in r}
+  for r in rows:
+    if r.get("framework") != "idlm_jax" or r.get("kind") not in ref:
+      continue
+    t = ref[r["kind"]]
+    if r["kind"] == "train" and r.get("tokens_per_s") and t.get("tokens_per_s"):
+      r["x_torch_tokens_per_s"] = r["tokens_per_s"] / t["tokens_per_s"]
+    elif r["kind"] == "fwd" and r.get("call_ms_median") and t.get("call_ms_median"):
+      r["x_torch_latency"] = r["call_ms_median"] / t["call_ms_median"]
 
 
 def markdown(rows: list, info: dict, cfg) -> str:
@@ -237,11 +269,13 @@ def markdown(rows: list, info: dict, cfg) -> str:
            "rows x distill.didi.group_size rollouts (1 batch). tokens/s = batches/step x B x L "
            "/ step time; x teacher = step time / the teacher step's (per token: time per "
            "consumed token / the teacher's); TFLOP/s and MFU count the teacher's FLOPs per "
-           "data token (meaningful on the teacher row only).\n\n"
+           "data token (meaningful on the teacher row only). x PyTorch: tokens/s over the "
+           "reference's (train, > 1 faster) or latency over the reference's (forward, < 1 "
+           "faster; the reference returns bf16 logits).\n\n"
            "| framework | kind | objective | L | B | batches/step | tokens/s | ms (median / mean) "
-           "| x teacher (step / per token) | TFLOP/s | MFU | peak GiB (device) | "
+           "| x teacher (step / per token) | x PyTorch | TFLOP/s | MFU | peak GiB (device) | "
            "compiled GiB (args+out+temp-alias) | temp GiB |\n"
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
   for r in rows:
     if "error" in r:
       text += f"| {r.get('framework')} | error: {r['error'][:80]!r} |\n"
@@ -251,15 +285,21 @@ def markdown(rows: list, info: dict, cfg) -> str:
     ratio = (f"{r['x_teacher_step']:.2f} / {r['x_teacher_per_token']:.2f}"
              if "x_teacher_step" in r else "-")
     objective = r.get("objective", "-")
+    if r.get("logits_dtype"):
+      objective = f"{r['logits_dtype']} logits"
     if r.get("loss_chunk"):
       objective += f" (loss_chunk {r['loss_chunk']})"
     if "group_size" in r:
       objective += f" (G={r['group_size']}, {r['rollout_rows']} rollouts)"
+    if r.get("microbatches", 1) > 1:
+      objective += f" ({r['microbatches']} microbatches)"
     mem = r.get("compiled_mem", {})
     text += (f"| {r.get('framework')} | {r.get('kind')} | {objective} | {r.get('L')} | "
              f"{r.get('B')} | {r.get('batches_per_step', '-')} | "
              f"{common.fmt(r.get('tokens_per_s'))} | {common.fmt(med)} / {common.fmt(mean)} | "
-             f"{ratio} | {common.fmt(r.get('tflops'))} | "
+             f"{ratio} | "
+             f"{common.fmt(r.get('x_torch_tokens_per_s', r.get('x_torch_latency')), 2)} | "
+             f"{common.fmt(r.get('tflops'))} | "
              f"{common.fmt(100 * r.get('mfu', float('nan')))}% | "
              f"{common.fmt(r.get('peak_mem_gib'), 2)} | {common.fmt(mem.get('total_gib'), 3)} | "
              f"{common.fmt(mem.get('temp_gib'), 3)} |\n")
@@ -274,6 +314,9 @@ def parse_args(argv=None):
   ap.add_argument("--B", type=int, default=32)
   ap.add_argument("--fwd-B", type=int, default=64)
   ap.add_argument("--fwd-L", type=int, default=1024)
+  ap.add_argument("--fwd-logits", default="float32,compute",
+                  help='forward rows: "float32" logits and/or "compute" (the compute dtype\'s, '
+                  "as the PyTorch reference returns)")
   ap.add_argument("--steps", type=int, default=20, help="timed repetitions")
   ap.add_argument("--warmup", type=int, default=3, help="untimed calls, compilation included")
   ap.add_argument("--mode", choices=["train", "fwd", "both"], default="both")
@@ -290,6 +333,12 @@ def parse_args(argv=None):
   ap.add_argument("--devices", type=int, default=0,
                   help="train steps on a mesh of the first N devices (0: all)")
   ap.add_argument("--torch-ref", default=None, help="path to ddit_torch_reference.py")
+  ap.add_argument("--torch-rows", default=None,
+                  help="a JSON file of the reference's rows from an earlier run in the same "
+                  "device session (gpu_campaign.py runs it before JAX takes the GPU)")
+  ap.add_argument("--microbatches", default="", type=parse_microbatches,
+                  help="per step, e.g. didi=2: train.microbatches (exact gradient "
+                  "accumulation) of that objective's step, to fit one device's memory")
   ap.add_argument("--json", default=None, help="append results (JSON lines) here")
   ap.add_argument("--out", default=None,
                   help="folder for <stem>.jsonl + <stem>.md (e.g. benchmarks/results)")
@@ -313,6 +362,19 @@ def objective_overrides(name: str, args) -> list:
     out.append("model.loss_chunk=0")
   elif args.loss_chunk is not None:
     out.append(f"model.loss_chunk={args.loss_chunk}")
+  if name in args.microbatches:
+    out.append(f"train.microbatches={args.microbatches[name]}")
+  return out
+
+
+def parse_microbatches(text: str) -> dict:
+  """'didi=2,idlm=1' -> {"didi": 2, "idlm": 1} (train.microbatches per benchmarked step)."""
+  out = {}
+  for item in filter(None, (t.strip() for t in text.split(","))):
+    name, _, k = item.partition("=")
+    if name not in OBJECTIVES or not k.isdigit() or int(k) < 1:
+      raise SystemExit(f"--microbatches: expected NAME=K with NAME in {OBJECTIVES}, got {item!r}")
+    out[name] = int(k)
   return out
 
 
@@ -330,6 +392,8 @@ def main(argv=None) -> list:
   # the PyTorch reference runs first, in its own process, before JAX takes the GPU's memory
   torch_results = (torch_reference(args.torch_ref, args.L, args.B, args.fwd_B, args.fwd_L,
                                    cfg_vocab(cfg), args.steps) if args.torch_ref else [])
+  if args.torch_rows:
+    torch_results += json.loads(pathlib.Path(args.torch_rows).read_text())
   info = common.run_info(__file__, argv)
   print(f"jax {jax.__version__} device={info['device']} x{jax.device_count()} config={spec} "
         f"dtype={cfg.model.dtype} attention={cfg.model.attention} "
@@ -339,18 +403,29 @@ def main(argv=None) -> list:
     for name in objectives:
       ocfg = cfg if name == "teacher" else config_lib.load_config(
           spec, objective_overrides(name, args))
-      rows.append(bench_objective(name, ocfg, args.L, args.B, args.steps, args.warmup,
-                                  jax.devices()[:args.devices] if args.devices else None))
+      try:
+        rows.append(bench_objective(name, ocfg, args.L, args.B, args.steps, args.warmup,
+                                    jax.devices()[:args.devices] if args.devices else None))
+      except Exception as e:  # noqa: BLE001  (out of memory on a device: record, go on)
+        if args.smoke:
+          raise
+        rows.append(dict(kind="train", objective=name, L=args.L, B=args.B,
+                         error=f"{type(e).__name__}: {str(e)[:400]}"))
+        print(f"{name}: FAILED {rows[-1]['error'][:200]}", flush=True)
+        continue
       print(f"{name}: {rows[-1]['step_ms_median']:.1f} ms/step, "
-            f"{rows[-1]['batches_per_step']} batch(es)/step", flush=True)
+            f"{rows[-1]['batches_per_step']} batch(es)/step, "
+            f"{ocfg.train.microbatches} microbatch(es)", flush=True)
     add_ratios(rows)
   if args.mode in ("fwd", "both"):
-    rows.append(bench_fwd(cfg, args.fwd_L, args.fwd_B, args.steps, args.warmup))
+    for logits in [v.strip() for v in args.fwd_logits.split(",") if v.strip()]:
+      rows.append(bench_fwd(cfg, args.fwd_L, args.fwd_B, args.steps, args.warmup, logits))
   for r in rows:
     r.update(framework="idlm_jax", device=info["device"], version=jax.__version__,
              dtype=cfg.model.dtype, vocab_pad_multiple=cfg.model.vocab_pad_multiple,
              remat=cfg.model.remat, config=spec)
   rows += torch_results
+  add_torch_ratios(rows)
   for r in rows:
     print(json.dumps(r), flush=True)
   if args.json:

@@ -155,15 +155,18 @@ class DDitFinalLayer(nnx.Module):
     shift, scale = jnp.split(mods, 2, axis=-1)
     return layers.modulate(self.norm_final(x), shift, scale).astype(self.dtype)
 
-  def project(self, h: jax.Array) -> jax.Array:
-    """Float32 logits [..., V] of features h [..., d], cast from the compute dtype (as torch
-    autocast's bf16 logits).
+  def project(self, h: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """Logits [..., V] of features h [..., d], computed in the compute dtype (as torch
+    autocast's bf16 logits) and cast to `dtype` (float32 by default; None keeps the compute
+    dtype, which is what the PyTorch reference's forward returns: float32 logits are the
+    same values, cast).
 
     No float32 matmul output (preferred_element_type) here: its backward runs float32
     matmuls, which made a bf16 training step of the small model ~25% slower on an H100.
     The slice to V fuses with the bias add and cast (benchmarks/results/cpu_hlo_checks.md).
     """
-    return self.linear(h)[..., :self.vocab_size].astype(jnp.float32)
+    logits = self.linear(h)[..., :self.vocab_size]
+    return logits if dtype is None else logits.astype(dtype)
 
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     """Float32 logits [B, L, V]: `project(features(x, c))`."""
@@ -218,18 +221,22 @@ class DIT(nnx.Module):
     return (self.padded_vocab_size - self.vocab_size) * (2 * self.hidden_size + 1)
 
   def __call__(self, x: jax.Array, sigma: jax.Array, *,
-               dropout_key: Optional[jax.Array] = None) -> jax.Array:
-    """Float32 logits [B, L, V] for ids [B, L] (or probabilities [B, L, V]) and sigma [B].
+               dropout_key: Optional[jax.Array] = None,
+               logits_dtype=jnp.float32) -> jax.Array:
+    """Logits [B, L, V] for ids [B, L] (or probabilities [B, L, V]) and sigma [B]: float32,
+    or `logits_dtype=None` for the compute dtype's (bf16 under model.dtype bfloat16: half the
+    bytes written, the same values before the cast; what torch autocast returns).
 
     dropout_key=None is evaluation (no dropout); a PRNG key enables residual dropout.
     Equal to `project(features(x, sigma))`.
     """
-    return self.project(self.features(x, sigma, dropout_key=dropout_key))
+    return self.project(self.features(x, sigma, dropout_key=dropout_key), logits_dtype)
 
-  def project(self, h: jax.Array) -> jax.Array:
-    """Float32 logits [..., V] of output features h [..., d] (the output projection only), so
-    that a loss can take the logits a chunk of positions at a time (mdlm.chunked_log_prob_of)."""
-    return self.output_layer.project(h)
+  def project(self, h: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """Logits [..., V] of output features h [..., d] (the output projection only), so that a
+    loss can take the logits a chunk of positions at a time (mdlm.chunked_log_prob_of).
+    Float32 by default; `dtype=None` keeps the compute dtype."""
+    return self.output_layer.project(h, dtype)
 
   def features(self, x: jax.Array, sigma: jax.Array, *,
                dropout_key: Optional[jax.Array] = None) -> jax.Array:

@@ -273,9 +273,13 @@ def _nan_to_num(tree):
 
 
 def _nonfinite(tree) -> jax.Array:
-  """Number of NaN/Inf entries (float32, a finite metric so the loop's NaN stop does not fire
-  on what nan_to_num repairs)."""
-  return sum(jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves(tree)).astype(jnp.float32)
+  """Number of leaves holding a NaN/Inf entry (float32, a finite metric so the loop's NaN stop
+  does not fire on what nan_to_num repairs). A leaf's sum is NaN/Inf iff it holds one (or
+  overflows float32). Not an int count of entries: with train.microbatches > 1 some gradient
+  leaves become compile-time constants after the accumulation scan, and XLA constant-folded
+  the int sum(~isfinite) over those [V, d] leaves: 49 of the 70 s that the DiT-small DiDi
+  step took to compile on a CPU (20 s now, one block, k = 2)."""
+  return sum((~jnp.isfinite(jnp.sum(x))).astype(jnp.float32) for x in jax.tree.leaves(tree))
 
 
 def discriminator_update(disc, disc_net, tx, labels, sides, key: rng.RowKey, smoothing: float,

@@ -15,9 +15,12 @@ CONFIG = ["--config=configs/mdlm_owt.py", "--set", "data.tokenizer=demo-bpe-2048
 def test_train_throughput_smoke(tmp_path):
   # one device: the steps' XLA compilation (most of this test) is not 8-way SPMD
   rows = train_throughput.main(["--smoke", *CONFIG, "--devices", "1", "--out", str(tmp_path)])
-  teacher, idlm, didi, fwd = rows
-  assert [r["kind"] for r in rows] == ["train", "train", "train", "fwd"]
-  assert [r.get("objective") for r in rows] == ["teacher", "idlm", "didi", None]
+  teacher, idlm, didi, fwd32, fwd = rows
+  assert [r["kind"] for r in rows] == ["train", "train", "train", "fwd", "fwd"]
+  assert [r.get("objective") for r in rows] == ["teacher", "idlm", "didi", None, None]
+  # the forward returning float32 logits, then the compute dtype's (float32 at :smoke)
+  assert [fwd32["logits"], fwd["logits"]] == ["float32", "compute"]
+  assert fwd32["logits_dtype"] == fwd["logits_dtype"] == "float32"
   assert teacher["remat"] == "none" and teacher["loss_chunk"] == 0
   # MFU = (6 N + 12 n_layers L d) tokens / step time / peak: NaN on a CPU (no peak known)
   assert math.isnan(teacher["mfu"]) and teacher["n_params"] > 0
@@ -36,7 +39,7 @@ def test_train_throughput_smoke(tmp_path):
   assert idlm["compiled_mem"]["args_gib"] > teacher["compiled_mem"]["args_gib"]
   written = [json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.read_text()
              .splitlines()]
-  assert len(written) == 4 and {"device", "jax", "date", "command"} <= set(written[0])
+  assert len(written) == 5 and {"device", "jax", "date", "command"} <= set(written[0])
   assert written[0]["command"].startswith("python benchmarks/train_throughput.py --smoke")
   assert written[0]["command"].count("--devices 1") == 1
   text = next(tmp_path.glob("*.md")).read_text()
@@ -51,6 +54,24 @@ def test_train_throughput_perf_flags_smoke():
                                 "--mode=train", "--loss-chunk", "8", "--remat", "block"])
   assert len(rows) == 1 and rows[0]["loss_chunk"] == 8 and rows[0]["remat"] == "block"
   assert rows[0]["step_ms_median"] > 0 and rows[0]["x_teacher_step"] == 1.0
+
+
+def test_train_throughput_microbatches_and_torch_rows(tmp_path):
+  """A per-objective train.microbatches, and the PyTorch reference's rows read from a file
+  (gpu_campaign runs the reference before JAX takes the GPU) with each row's ratio to them."""
+  ref = [{"framework": "torch+compile", "kind": "train", "tokens_per_s": 1000.0},
+         {"framework": "torch+compile", "kind": "fwd", "call_ms_median": 2.0}]
+  (tmp_path / "torch.json").write_text(json.dumps(ref))
+  rows = train_throughput.main(["--smoke", *CONFIG, "--devices", "1", "--objectives=teacher",
+                                "--microbatches", "teacher=2", "--fwd-logits=compute",
+                                "--torch-rows", str(tmp_path / "torch.json")])
+  train, fwd = rows[:2]
+  assert train["microbatches"] == 2 and fwd["logits"] == "compute"
+  assert train["x_torch_tokens_per_s"] == pytest.approx(train["tokens_per_s"] / 1000.0)
+  assert fwd["x_torch_latency"] == pytest.approx(fwd["call_ms_median"] / 2.0)
+  assert rows[2:] == ref
+  with pytest.raises(SystemExit, match="--microbatches"):
+    train_throughput.parse_microbatches("teacher=0")
 
 
 @pytest.mark.slow

@@ -54,3 +54,76 @@ def test_smoke_runs_every_section(tmp_path):
       importlib.util.find_spec("torch") is None)
   assert any(r.get("kind") == "train" and r.get("objective") == "didi" for r in rows)
   assert any(r.get("stage") == "IDLM student" for r in rows)
+
+
+def test_targets_table_takes_the_best_variant_and_torch_ratios():
+  from benchmarks import train_throughput
+  rows = [{"section": "throughput", "framework": "torch+compile", "kind": "train",
+           "tokens_per_s": 100.0},
+          {"section": "throughput", "framework": "torch+compile", "kind": "fwd",
+           "call_ms_median": 50.0},
+          {"section": "throughput", "variant": "default", "framework": "idlm_jax",
+           "kind": "train", "objective": "teacher", "tokens_per_s": 110.0,
+           "x_teacher_step": 1.0},
+          {"section": "attention", "variant": "attention=cudnn", "framework": "idlm_jax",
+           "kind": "train", "objective": "teacher", "tokens_per_s": 125.0},
+          {"section": "throughput", "variant": "default", "framework": "idlm_jax",
+           "kind": "fwd", "logits": "compute", "call_ms_median": 45.0},
+          {"section": "throughput", "variant": "default", "framework": "idlm_jax",
+           "kind": "fwd", "logits": "float32", "call_ms_median": 40.0},  # not the like row
+          {"section": "throughput", "variant": "default", "framework": "idlm_jax",
+           "kind": "train", "objective": "idlm", "x_teacher_step": 3.5}]
+  train_throughput.add_torch_ratios(rows)
+  assert rows[2]["x_torch_tokens_per_s"] == pytest.approx(1.1)
+  assert rows[4]["x_torch_latency"] == pytest.approx(0.9)
+  lines = gpu_campaign.targets_markdown(rows).splitlines()
+  teacher = next(l for l in lines if l.startswith("| teacher step"))
+  assert "1.250 | attention=cudnn (attention) | yes" in teacher
+  assert "0.900 | default (throughput) | no" in next(l for l in lines if l.startswith("| forward"))
+  assert next(l for l in lines if l.startswith("| IDLM")).endswith("| 3.500 | default "
+                                                                   "(throughput) | no |")
+  assert "| DiDi step (G=4) / teacher step | <= 6.0 | not measured |" in "\n".join(lines)
+
+
+def _module_level_imports(path: pathlib.Path) -> set:
+  """Top-level names of the modules a file imports outside functions (absolute imports)."""
+  import ast
+  tree = ast.parse(path.read_text())
+  inner = {id(s) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+           for s in ast.walk(f)}
+  names = set()
+  for node in ast.walk(tree):
+    if id(node) in inner:
+      continue
+    if isinstance(node, ast.Import):
+      names |= {a.name.split(".")[0] for a in node.names}
+    elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+      names.add(node.module.split(".")[0])
+  return names
+
+
+def test_every_module_level_import_is_on_the_device_or_carried():
+  """The device image lacks some of the package's requirements (grain did, 2026-12-06): the
+  campaign's first call would die at `import`. Every third-party module imported at module
+  level by idlm_jax/ or benchmarks/ must be in the image or among the carried wheels."""
+  import sys
+  files = [*ROOT.joinpath("idlm_jax").rglob("*.py"), *ROOT.joinpath("benchmarks").glob("*.py")]
+  first_party = {"idlm_jax", "benchmarks", "configs", "tests"}
+  third = set()
+  for f in files:
+    third |= _module_level_imports(f) - set(sys.stdlib_module_names) - first_party
+  carried = {w.split("==")[0].lower().replace("_", "-") for w in campaign_carry.WHEELS}
+  available = {d.lower().replace("_", "-") for d in campaign_carry.DEVICE_IMAGE} | carried
+  missing = {m for m in third
+             if campaign_carry.DISTRIBUTION.get(m, m).lower().replace("_", "-") not in available}
+  assert "grain" in third and not missing, missing
+
+
+def test_planned_microbatches_from_the_committed_plans():
+  # no memory limit known (a CPU): nothing asked; an H200's ~128 GiB (92% of 139): DiDi in
+  # one pass; an H100's ~72 GiB: two; a 16 GB chip: more for both steps
+  assert gpu_campaign.planned_microbatches(None) == ""
+  assert gpu_campaign.planned_microbatches(128.0) == ""
+  assert gpu_campaign.planned_microbatches(72.0) == "didi=2"
+  small = dict(item.split("=") for item in gpu_campaign.planned_microbatches(16.0).split(","))
+  assert int(small["didi"]) >= 8 and int(small["idlm"]) >= 2

@@ -1,6 +1,7 @@
-"""Performance options of the DIT (issue #10): vocabulary padding and block rematerialisation.
+"""Performance options of the DIT (issue #10): vocabulary padding, block rematerialisation and
+logits in the compute dtype.
 
-Both must leave the model's function unchanged: same logits (exactly V of them), same
+Each must leave the model's function unchanged: same logits (exactly V of them), same
 gradients, same PyTorch state dict.
 """
 
@@ -132,3 +133,14 @@ def test_bad_remat_and_config_validation():
                                ["model.vocab_pad_multiple=0", "model.remat=block"])
   assert cfg.model.vocab_pad_multiple == 0 and cfg.model.remat == "block"
   assert TINY["vocab_size"] == 37
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_compute_dtype_logits_are_the_float32_logits_before_the_cast(dtype):
+  model = make(dtype=dtype, vocab_pad_multiple=PAD)
+  randomize(model)
+  ids, sigma = inputs()
+  full = model(ids, sigma)
+  raw = model(ids, sigma, logits_dtype=None)
+  assert full.dtype == jnp.float32 and raw.dtype == dtype and raw.shape == full.shape
+  np.testing.assert_array_equal(np.asarray(raw.astype(jnp.float32)), np.asarray(full))

@@ -325,3 +325,11 @@ def test_didi_configs_load_with_reference_settings():
   assert demo.objective == "didi" and demo.distill.teacher == "demo"
   assert demo.data.tokenizer == "demo-bpe-2048" and demo.model.dropout == 0.0
   assert demo.eval.sampling_steps == "16,8,4" and demo.distill.report_teacher_steps
+
+
+def test_nonfinite_counts_the_leaves_holding_nan_or_inf():
+  from idlm_jax.objectives import didi
+  tree = {"a": jnp.array([1.0, jnp.nan]), "b": jnp.array([[jnp.inf, -jnp.inf]]),
+          "c": jnp.zeros((3, 2)), "d": jnp.array([-jnp.inf, 2.0])}
+  assert float(jax.jit(didi._nonfinite)(tree)) == 3.0
+  assert float(didi._nonfinite({"c": jnp.ones(4)})) == 0.0

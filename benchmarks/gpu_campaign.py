@@ -28,8 +28,11 @@ Part 2 (quality on real text, benchmarks/campaign_carry.py prepares the data):
               Each stage trains for a fixed number of minutes (train.max_minutes), so the
               part fits its budget whatever the GPU's speed.
 
-Every section checks the time left (--budget-s, from the start of the script) against its
-estimate before it starts and is skipped with a row saying so; rows are appended to
+On a device the driver never initialises the GPU: the PyTorch reference runs first, then
+every section runs in a python process of its own (`--isolate`, default on unless
+--smoke), so that each finds the whole card free (JAX keeps what it preallocates until its
+process ends). Every section checks the time left (--budget-s, from the start of the script)
+against its estimate before it starts and is skipped with a row saying so; rows are appended to
 <out>/gpu_campaign_<device>_<date>.jsonl as soon as they exist and <out>/..md is regenerated
 after every section, so a call that runs out of time still returns what it measured.
 `--smoke` runs every section on a CPU with tiny shapes (tests/benchmarks/test_gpu_campaign.py).
@@ -80,14 +83,25 @@ TEXT_STEPS = dict(teacher_steps="1024,256,64,16", student_steps="16,8,4")
 # ------------------------------------------------------------------ output
 
 class Recorder:
-  """Appends rows (with the run info) to the campaign's JSONL and rewrites its Markdown."""
+  """Appends rows (with the run info) to the campaign's JSONL and rewrites its Markdown.
 
-  def __init__(self, out: str, info: dict):
+  `resume=True` (a section's own process) starts from the rows already in the file, so that
+  its ratios find the PyTorch rows and its Markdown holds every section; `reload()` rereads
+  the file after such a process has appended to it."""
+
+  def __init__(self, out: str, info: dict, stem: str = "", resume: bool = False):
     self.info, self.rows = info, []
-    self.stem = common.file_stem("gpu_campaign", info)
+    self.stem = stem or common.file_stem("gpu_campaign", info)
     self.dir = pathlib.Path(out)
     self.dir.mkdir(parents=True, exist_ok=True)
     self.jsonl, self.md = self.dir / f"{self.stem}.jsonl", self.dir / f"{self.stem}.md"
+    if resume:
+      self.reload()
+
+  def reload(self) -> None:
+    self.rows = read_rows(self.jsonl)
+    if self.rows:
+      self.md.write_text(markdown(self.rows, self.info))
 
   def add(self, section: str, rows: list) -> None:
     # ratios to the PyTorch reference's rows of this call (the throughput section runs it
@@ -101,8 +115,16 @@ class Recorder:
     self.md.write_text(markdown(self.rows, self.info))
 
 
+def read_rows(path: pathlib.Path) -> list:
+  """The rows of a campaign JSONL (none when it does not exist)."""
+  if not path.is_file():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def markdown(rows: list, info: dict) -> str:
-  """The campaign's tables from its rows (also `python benchmarks/gpu_campaign.py --table`)."""
+  """The campaign's tables from its rows (also `python benchmarks/gpu_campaign.py
+  --table=<jsonl>`)."""
   text = common.header_markdown("GPU campaign (issue #16)", info)
   speed = [r for r in rows if r.get("kind") in ("train", "fwd")]
   if speed:
@@ -569,6 +591,13 @@ def parse_args(argv=None):
   ap.add_argument("--budget-s", type=float, default=420.0, help="wall-clock budget")
   ap.add_argument("--steps", type=int, default=20, help="timed steps per throughput row")
   ap.add_argument("--smoke", action="store_true", help="every section, tiny shapes, CPU")
+  ap.add_argument("--child", action="store_true",
+                  help="internal: one section's own process (see run_section_process)")
+  ap.add_argument("--stem", default="", help="internal: the parent's JSONL/Markdown stem")
+  ap.add_argument("--info", default="{}", help="internal: the parent's run info (JSON)")
+  ap.add_argument("--isolate", choices=["auto", "yes", "no"], default="auto",
+                  help="each section in a process of its own (auto: yes unless --smoke)")
+  ap.add_argument("--table", default="", help="only regenerate <jsonl>'s Markdown beside it")
   ap.add_argument("--microbatches", default="auto",
                   help="train_throughput --microbatches for the throughput section, e.g. "
                   "didi=2; auto: from the device's memory and the committed plans "
@@ -577,29 +606,74 @@ def parse_args(argv=None):
   return ap.parse_args(argv)
 
 
+def device_info(argv) -> dict:
+  """run_info from a short process of its own: this one never initialises the GPU (JAX keeps
+  what it preallocates until the process ends), so that each section's process, the PyTorch
+  reference and the XLA-flag variants find the whole card free."""
+  code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from benchmarks import common; "
+          "print('INFO ' + json.dumps(common.run_info(sys.argv[2], json.loads(sys.argv[3]))))")
+  out = subprocess.run([sys.executable, "-c", code, str(ROOT), __file__,
+                        json.dumps(list(argv))], capture_output=True, text=True, check=True)
+  return json.loads(next(l for l in out.stdout.splitlines() if l.startswith("INFO "))[5:])
+
+
+def run_section_process(args, name: str, deadline: float, rec: Recorder) -> None:
+  """One section in a fresh python process (`--child`), appending to the same JSONL; killed
+  at the deadline (an error row says so). Its output streams to this process's."""
+  cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), f"--part={args.part}",
+         f"--sections={name}", f"--out={args.out}", f"--work={args.work}",
+         f"--carry={args.carry}", f"--budget-s={max(deadline - time.time(), 1):.0f}",
+         f"--steps={args.steps}", f"--microbatches={args.microbatches}", "--child",
+         f"--stem={rec.stem}", f"--info={json.dumps(rec.info)}"] + (
+             ["--smoke"] if args.smoke else [])
+  try:
+    proc = subprocess.run(cmd, cwd=str(ROOT), timeout=max(deadline - time.time() + 20, 10))
+    error = f"section process exited with {proc.returncode}" if proc.returncode else None
+  except subprocess.TimeoutExpired:
+    error = "section process killed at the budget's end"
+  rec.reload()
+  if error:
+    rec.add(name, [{"error": error}])
+
+
 def main(argv=None) -> list:
   args = parse_args(argv)
+  if args.table:
+    path = pathlib.Path(args.table)
+    rows = read_rows(path)
+    path.with_suffix(".md").write_text(markdown(rows, rows[0] if rows else {}))
+    return rows
   start = time.time()
   deadline = start + args.budget_s
   pathlib.Path(args.work).mkdir(parents=True, exist_ok=True)
   sections = PARTS["1"] + PARTS["2"] if args.part == "all" else PARTS[args.part]
   if args.sections:
     sections = [s for s in sections if s in args.sections.split(",")]
-  if "throughput" in sections:
-    torch_first(args)  # before run_info's first device call
-  info = common.run_info(__file__, argv)
-  rec = Recorder(args.out, info)
+  # on a device, every section but xla_flags (which only starts processes) runs in a process
+  # of its own and this one never touches the GPU; --smoke runs them all here
+  isolate = not args.child and (args.isolate == "yes" or
+                                (args.isolate == "auto" and not args.smoke))
+  if "throughput" in sections and not args.child:
+    torch_first(args)
+  argv = sys.argv[1:] if argv is None else argv
+  if args.child:  # the driver's: every row names the command that was run
+    info = json.loads(args.info)
+  else:
+    info = device_info(argv) if isolate else common.run_info(__file__, argv)
+  rec = Recorder(args.out, info, args.stem, resume=args.child)
   print(f"campaign part {args.part}: {', '.join(sections)}; budget {args.budget_s:.0f} s; "
         f"device {info['device']}", flush=True)
   for name in sections:
-    need = 0 if args.smoke else ESTIMATE_S[name]
+    need = 0 if args.smoke or args.child else ESTIMATE_S[name]  # a child: checked before
     if time.time() + need > deadline:
       rec.add(name, [{"skipped": f"budget: {deadline - time.time():.0f} s left, needs ~{need}"}])
       continue
     t0 = time.time()
     fn = globals()[f"section_{name}"]
     try:
-      if name in ("xla_flags", "text"):
+      if isolate and name != "xla_flags":
+        run_section_process(args, name, deadline, rec)
+      elif name in ("xla_flags", "text"):
         fn(args, rec, deadline)
       else:
         fn(args, rec)

@@ -127,3 +127,21 @@ def test_planned_microbatches_from_the_committed_plans():
   assert gpu_campaign.planned_microbatches(72.0) == "didi=2"
   small = dict(item.split("=") for item in gpu_campaign.planned_microbatches(16.0).split(","))
   assert int(small["didi"]) >= 8 and int(small["idlm"]) >= 2
+
+
+def test_a_section_in_its_own_process_appends_to_the_same_files(tmp_path):
+  """On a device each section runs in a fresh process (the driver never holds GPU memory);
+  its rows land in the driver's JSONL, and the Markdown regenerates from the file."""
+  out = tmp_path / "out"
+  rows = gpu_campaign.main(["--part=1", "--sections=profile", "--smoke", "--isolate=yes",
+                            f"--out={out}", f"--work={tmp_path / 'work'}",
+                            f"--carry={tmp_path / 'carry'}"])
+  assert [r["section"] for r in rows] == ["profile"] and "error" not in rows[0]
+  assert rows[0]["device_ms_per_step"] > 0 and rows[0]["device"] == "cpu"
+  jsonl = next(out.glob("gpu_campaign_cpu_*.jsonl"))
+  assert gpu_campaign.read_rows(jsonl) == rows
+  md = jsonl.with_suffix(".md")
+  first = md.read_text()
+  md.unlink()
+  gpu_campaign.main([f"--table={jsonl}"])
+  assert md.read_text() == first and "## Profile" in first

@@ -491,6 +491,10 @@ TABLES = {
          "temp_gib": "temp GiB"},
         {"total_gib": lambda r: r["compiled_mem"]["total_gib"],
          "temp_gib": lambda r: r["compiled_mem"]["temp_gib"]}),
+    "step_flops": lambda: speed_rows(
+        "step_flops_cpu_2026-12-06.jsonl", ["step", "L", "B", "tflop", "x_teacher"],
+        {"step": "train step", "tflop": "TFLOP per step", "x_teacher": "x teacher step"},
+        {"tflop": lambda r: r["flops"] / 1e12}),
     "input_throughput": lambda: input_rows("input_throughput_cpu2_2026-12-05.jsonl"),
     "h100_train": lambda: speed_rows(
         "h100_2026-11-22.jsonl",

@@ -119,3 +119,22 @@ def test_dllm_r2_rows_shipped(tmp_path):
   assert 2.0 <= threshold["nfe"] <= 32.0 and threshold["options"]["threshold"] == 0.9
   for r in (steps2, threshold):
     assert 0.0 <= r["accuracy"] <= 1.0 and r["model"] == "t" and r["tokens_per_s"] > 0
+
+
+def test_step_flops_depth_model(monkeypatch):
+  """rest + n x per-block, and the DiDi discriminator's frozen and trained blocks apart."""
+  from benchmarks import step_flops
+  probes = {(): (10.0, 2.0), ("distill.didi.unfreeze_blocks=0",): (10.0, 3.0),
+            ("distill.didi.unfreeze_blocks=2",): (10.0, 5.0)}
+  monkeypatch.setattr(step_flops, "depth_probe", lambda name, L, B, extra=(), config="":
+                      probes[tuple(extra)])
+  assert step_flops.full_step("teacher", 8, 2, n_blocks=12)["flops"] == 10.0 + 12 * 2.0
+  didi = step_flops.full_step("didi", 8, 2, n_blocks=12, unfreeze=4)
+  assert didi["flops"] == 10.0 + 8 * 3.0 + 4 * 5.0 and didi["unfreeze_blocks"] == 4
+
+
+def test_step_flops_compiles_a_step():
+  from benchmarks import step_flops
+  small = step_flops.step_flops("teacher", 32, 4, ["model.n_blocks=1"], "configs/mdlm_owt.py:smoke")
+  large = step_flops.step_flops("teacher", 32, 8, ["model.n_blocks=1"], "configs/mdlm_owt.py:smoke")
+  assert 0 < small < large

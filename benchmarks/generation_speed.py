@@ -116,7 +116,9 @@ def parse_args(argv=None):
   ap.add_argument("--teacher-steps", type=int, default=1024)
   ap.add_argument("--student-steps", default="4,8,16,32")
   ap.add_argument("--reps", type=int, default=3, help="timed runs per row")
-  ap.add_argument("--warmup", type=int, default=1, help="untimed runs, compilation included")
+  ap.add_argument("--warmup", type=int, default=1,
+                  help="untimed runs per sampler (compiled ahead of time); 0 times the first "
+                  "run (common.timed)")
   ap.add_argument("--precision", default="float64", choices=["float64", "exact32", "float32"])
   ap.add_argument("--vocab-pad", type=int, default=None, help="model.vocab_pad_multiple")
   ap.add_argument("--smoke", action="store_true", help="tiny shapes on any device")

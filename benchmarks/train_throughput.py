@@ -419,7 +419,13 @@ def main(argv=None) -> list:
     add_ratios(rows)
   if args.mode in ("fwd", "both"):
     for logits in [v.strip() for v in args.fwd_logits.split(",") if v.strip()]:
-      rows.append(bench_fwd(cfg, args.fwd_L, args.fwd_B, args.steps, args.warmup, logits))
+      try:
+        rows.append(bench_fwd(cfg, args.fwd_L, args.fwd_B, args.steps, args.warmup, logits))
+      except Exception as e:  # noqa: BLE001  (as the train steps: record, go on)
+        if args.smoke:
+          raise
+        rows.append(dict(kind="fwd", L=args.fwd_L, B=args.fwd_B, logits=logits,
+                         error=f"{type(e).__name__}: {str(e)[:400]}"))
   for r in rows:
     r.update(framework="idlm_jax", device=info["device"], version=jax.__version__,
              dtype=cfg.model.dtype, vocab_pad_multiple=cfg.model.vocab_pad_multiple,

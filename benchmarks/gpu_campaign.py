@@ -463,25 +463,13 @@ def section_generation(args, rec: Recorder) -> None:
 
 # ------------------------------------------------------------------ part 2
 
-FIXED_MTIME_NS = 1_700_000_000_000_000_000  # corpus files get this mtime on both machines
-TEXT_DIR = pathlib.Path("/tmp/idlm_campaign/text")  # fixed path: the token cache's key
-
-
-def place_text(carry: pathlib.Path, dest: pathlib.Path = TEXT_DIR) -> pathlib.Path:
-  """Copy the carried passage files to the fixed path with the fixed mtime, so the token
-  cache built by campaign_carry.py (keyed by path, size and mtime) is hit on the device."""
+def text_dir_of(carry: pathlib.Path) -> pathlib.Path:
+  """The carried passage files (campaign_carry.py); the device tokenizes them."""
   src = carry / "text"
   if not src.is_dir():
     raise FileNotFoundError(f"{src}: build the carry folder first "
                             "(python benchmarks/campaign_carry.py)")
-  for part in ("teacher", "evaluator"):
-    (dest / part).mkdir(parents=True, exist_ok=True)
-    for f in sorted((src / part).iterdir()):
-      target = dest / part / f.name
-      if not target.exists() or target.stat().st_size != f.stat().st_size:
-        shutil.copyfile(f, target)
-      os.utime(target, ns=(FIXED_MTIME_NS, FIXED_MTIME_NS))
-  return dest
+  return src
 
 
 def text_configs(smoke: bool, text_dir: pathlib.Path, cache_dir: str, minutes: dict) -> dict:
@@ -549,8 +537,8 @@ def run_stage(spec: str, overrides: list, workdir: pathlib.Path):
 def section_text(args, rec: Recorder, deadline: float) -> None:
   """Teacher, evaluator, IDLM, report (see the module docstring)."""
   carry = pathlib.Path(args.carry)
-  text_dir = place_text(carry, pathlib.Path(args.work) / "text" if args.smoke else TEXT_DIR)
-  cache = str(carry / "tokcache")
+  text_dir = text_dir_of(carry)
+  cache = str(pathlib.Path(args.work) / "tokcache")
   left = (deadline - time.time()) / 60
   # minutes per stage: the report (7 cells x 256 samples in batches of 64, one sampler
   # compile per cell; the 1024-step teacher cell alone ~4 x 1024 float64 draws of 64 x 256 x

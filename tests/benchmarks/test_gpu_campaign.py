@@ -43,7 +43,7 @@ def test_summarise_trace_sums_device_events_per_step(tmp_path):
 def test_smoke_runs_every_section(tmp_path):
   carry = tmp_path / "carry"
   campaign_carry.main([f"--out={carry}", f"--corpora={ROOT / 'idlm_jax/data/assets/corpora'}",
-                       "--max-passages=100", "--no-wheels", "--no-tokenize"])
+                       "--max-passages=100", "--no-wheels"])
   rows = gpu_campaign.main(["--part=all", "--smoke", f"--out={tmp_path / 'out'}",
                             f"--work={tmp_path / 'work'}", f"--carry={carry}"])
   sections = {r["section"] for r in rows}

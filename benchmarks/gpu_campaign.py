@@ -553,11 +553,14 @@ def section_text(args, rec: Recorder, deadline: float) -> None:
   work = pathlib.Path(args.work)
   rec.add("text", [{"plan_minutes": minutes, "configs": {k: list(v) for k, v in cfgs.items()}}])
   t0 = time.time()
+  out = pathlib.Path(args.out)
   teacher = run_stage(*cfgs["teacher"], work / "teacher")
   rec.add("text", [stage_row("teacher (MDLM)", teacher, t0)])
+  copy_text_outputs(work, out)  # after every stage: a process killed later keeps these
   t0 = time.time()
   ar = run_stage(*cfgs["ar"], work / "ar")
   rec.add("text", [stage_row("evaluator (AR)", ar, t0, "NLL")])
+  copy_text_outputs(work, out)
   spec, ar_overrides = cfgs["ar"]
   card = export.export_evaluator(config_lib.load_config(spec, ar_overrides), str(work / "ar"),
                                  str(work / "evaluator"), "gpu_campaign.py text")
@@ -569,7 +572,7 @@ def section_text(args, rec: Recorder, deadline: float) -> None:
   student = run_stage(spec, overrides, work / "idlm")
   rec.add("text", [stage_row("IDLM student", student, t0)])
   rec.add("text", report_rows(student.results.get("report", {})))
-  copy_text_outputs(work, pathlib.Path(args.out))
+  copy_text_outputs(work, out)
 
 
 def stage_row(name: str, run, t0: float, metric: str = "NELBO") -> dict:

@@ -184,6 +184,7 @@ def markdown(rows: list, info: dict) -> str:
     text += (f"\n- {r['stage']}: {r.get('params', 0) / 1e6:.1f}M parameters, "
              f"{r.get('steps')} steps in {r.get('minutes', 0):.1f} min, validation "
              f"{r.get('val_metric', 'NELBO')} {common.fmt(r.get('val_nelbo'), 4)} nats/token")
+  text += memory_markdown(rows)
   skipped = [r for r in rows if "skipped" in r or "error" in r]
   if skipped:
     text += "\n\n## Skipped or failed\n\n"
@@ -259,6 +260,39 @@ def torch_first(args) -> pathlib.Path:
 # device (benchmarks/plan.py, remat none; docs/scaling.md)
 CAMPAIGN_PLANS = {name: ROOT / "benchmarks" / "results" / "plans" / f"campaign_{name}_b32_1gpu.json"
                   for name in ("idlm", "didi")}
+
+
+def planned_gib(name: str, B: int, microbatches: int):
+  """The committed plan's GiB for `name`'s step at B rows in `microbatches` passes (None
+  without a plan)."""
+  path = CAMPAIGN_PLANS.get(name)
+  if path is None or not path.is_file():
+    return None
+  plan = json.loads(path.read_text())
+  st = next(st for st in plan["settings"] if st["remat"] == "none")
+  return st["gib_fixed"] + B // max(microbatches, 1) * st["gib_per_row"]
+
+
+def memory_markdown(rows: list) -> str:
+  """The planner checked on the device: each distillation step's planned GiB (CPU compile,
+  calibrated on the 2026-11-22 teacher step) against the device's measured peak."""
+  out = []
+  for r in rows:
+    if (r.get("framework") == "idlm_jax" and r.get("kind") == "train"
+        and r.get("peak_mem_gib") and r.get("section") == "throughput"):
+      plan = planned_gib(r.get("objective"), r.get("B", 0), r.get("microbatches", 1))
+      if plan is not None:
+        out.append(f"| {r['objective']} | {r['B']} | {r.get('microbatches', 1)} | {plan:.1f} | "
+                   f"{r['peak_mem_gib']:.1f} | {r['peak_mem_gib'] / plan:.2f} |")
+  if not out:
+    return ""
+  return ("\n## Memory: plan vs device\n\nPlanned: `benchmarks/results/plans/campaign_*_b32_"
+          "1gpu.json` (XLA:CPU compiles, temporaries x the H100 calibration); measured: the "
+          "device's peak bytes in use in the throughput process so far (the teacher, IDLM and DiDi "
+          "steps run in that order, each planned larger than the last, so each row's peak is its "
+          "own step's).\n\n| step | B | microbatches | "
+          "planned GiB | peak GiB | measured / planned |\n|---|---|---|---|---|---|\n"
+          + "\n".join(out) + "\n")
 
 
 def planned_microbatches(memory_gib, B: int = 32, headroom: float = 0.2) -> str:

@@ -147,3 +147,15 @@ def test_a_section_in_its_own_process_appends_to_the_same_files(tmp_path):
   md.unlink()
   gpu_campaign.main([f"--table={jsonl}"])
   assert md.read_text() == first and "## Profile" in first
+
+
+def test_memory_table_compares_the_plan_with_the_device_peak():
+  rows = [{"section": "throughput", "framework": "idlm_jax", "kind": "train",
+           "objective": "didi", "B": 32, "microbatches": 2, "peak_mem_gib": 50.0},
+          {"section": "throughput", "framework": "idlm_jax", "kind": "train",
+           "objective": "teacher", "B": 32, "peak_mem_gib": 25.0}]  # no plan: no row
+  text = gpu_campaign.memory_markdown(rows)
+  plan = gpu_campaign.planned_gib("didi", 32, 2)
+  assert 50 < plan < 60  # 6.05 + 16 x 3.147
+  assert f"| didi | 32 | 2 | {plan:.1f} | 50.0 | {50.0 / plan:.2f} |" in text
+  assert "| teacher |" not in text and gpu_campaign.memory_markdown([]) == ""

@@ -179,7 +179,7 @@ def markdown(rows: list, info: dict) -> str:
       text += (f"| {r['role']} | {r.get('steps', '-')} | {common.fmt(r.get('gen_ppl'), 2)} | "
                f"{common.fmt(r.get('entropy'), 3)} | {common.fmt(r.get('distinct_4'), 3)} | "
                f"{r.get('num_samples', '-')} |\n")
-  stages = [r for r in rows if r.get("section") == "text" and "stage" in r]
+  stages = [r for r in rows if r.get("section") == "text" and "params" in r]
   for r in stages:
     text += (f"\n- {r['stage']}: {r.get('params', 0) / 1e6:.1f}M parameters, "
              f"{r.get('steps')} steps in {r.get('minutes', 0):.1f} min, validation "
@@ -610,22 +610,23 @@ def section_text(args, rec: Recorder, deadline: float) -> None:
 
 
 def stage_row(name: str, run, t0: float, metric: str = "NELBO") -> dict:
-  """One training stage: parameters, steps, minutes, validation bound."""
+  """One training stage: parameters, steps, minutes, validation bound, the last logged
+  training metrics (the full history stays in the stage's metrics.jsonl)."""
   res = run.results
   train = res.get("train", {})
   val = res.get("val", {})
-
+  history = train.get("history") or [[None, {}]]
   return dict(stage=name, params=models.count_params(run.state.params),
-              steps=train.get("steps", train.get("last_step")), minutes=(time.time() - t0) / 60,
-              val_nelbo=val.get("nelbo"), val_metric=metric, train=train)
+              steps=train.get("final_step"), minutes=(time.time() - t0) / 60,
+              val_nelbo=val.get("nelbo"), val_metric=metric, last_train=history[-1][1])
 
 
 def report_rows(report: dict) -> list:
-  """The distillation report's cells as rows (role, steps, metrics)."""
-  rows = []
-  for cell in report.get("rows", report.get("cells", [])):
-    rows.append({"role": cell.get("role", cell.get("name")), **cell})
-  return rows or [{"report": report}]
+  """The distillation report's cells as rows: `role` the sampler (or the held-out data
+  row), `num_samples` the samples scored; the report's metrics as they are."""
+  rows = [{"role": cell.get("sampler"), "num_samples": cell.get("gen_scored"), **cell}
+          for cell in report.get("rows", [])]
+  return rows or [{"error": f"no report rows: {sorted(report)}"}]
 
 
 def copy_text_outputs(work: pathlib.Path, out: pathlib.Path) -> None:

@@ -54,6 +54,13 @@ def test_smoke_runs_every_section(tmp_path):
       importlib.util.find_spec("torch") is None)
   assert any(r.get("kind") == "train" and r.get("objective") == "didi" for r in rows)
   assert any(r.get("stage") == "IDLM student" for r in rows)
+  stages = [r for r in rows if r.get("section") == "text" and "params" in r]
+  assert [r["stage"] for r in stages] == ["teacher (MDLM)", "evaluator (AR)", "IDLM student"]
+  assert all(r["steps"] > 0 and r["val_nelbo"] > 0 for r in stages)
+  quality = [r for r in rows if r.get("section") == "text" and "gen_ppl" in r]
+  roles = {r["role"] for r in quality}
+  assert "data (held-out validation rows)" in roles and "idlm student ancestral" in roles
+  assert all(r["num_samples"] > 0 for r in quality)
 
 
 def test_targets_table_takes_the_best_variant_and_torch_ratios():

@@ -339,6 +339,18 @@ def plans(names) -> str:
   return caption + "\n\n" + "\n".join(out) + "\n"
 
 
+def authors_parity(name: str) -> str:
+  """benchmarks/parity/authors_parity_errors.py: each converted output's largest absolute
+  difference from the official code's."""
+  data = _load(name)
+  out = ["| family | output | max abs. error | official values up to |", "|---|---|---|---|"]
+  for r in data["rows"]:
+    out.append(f"| {r['family']} | {r['output']} | {r['max_abs_error']:.1e} | "
+               f"{r['max_abs_value']:.2f} |")
+  return (f"Raw: `benchmarks/results/{name}` ({data['device']}, jax {data['jax']}, float32)."
+          "\n\n" + "\n".join(out) + "\n")
+
+
 def config_fields() -> str:
   """Every config field (path, default, allowed values, meaning) from the declarations."""
   out = ["| field | default | allowed | meaning |", "|---|---|---|---|"]
@@ -368,6 +380,7 @@ TABLES = {
     "paper_plans": lambda: plans(["idlm_mdlm_owt_8x80gb", "didi_mdlm_owt_8x80gb",
                                   "duo_lm1b_8x80gb", "idlm_mdlm_owt_v5e16",
                                   "didi_mdlm_owt_v5e16", "duo_lm1b_v5e16"]),
+    "authors_parity": lambda: authors_parity("authors_parity.json"),
     "campaign_plans": lambda: plans(["campaign_idlm_b32_1gpu", "campaign_didi_b32_1gpu"]),
     "dllm_r2": lambda: dllm_r2("dllm_r2_reasoning.jsonl"),
     "idlm_reasoning_steps": lambda: accuracy_vs_steps("idlm_reasoning_steps.jsonl"),

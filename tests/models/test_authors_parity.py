@@ -9,56 +9,25 @@ Discriminator and must give the official outputs to 1e-4. Vocabulary 40 = `symbo
 = id 39, the official absorbing state V - 1); d=16, 2 heads, 2 blocks, cond 8.
 """
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from idlm_jax import config as config_lib
 from idlm_jax import convert as convert_cli
-from idlm_jax import models
 from idlm_jax.diffusion import sedd
-from idlm_jax.models import discriminator as disc_lib
 from idlm_jax.models import layers
 from idlm_jax.models import readers as conv
 from idlm_jax.train import loop
 
-DATA = pathlib.Path(__file__).parent / "data"
+from benchmarks.parity import authors_parity_errors as parity
+
+DATA = parity.DATA
 TOL = dict(rtol=1e-4, atol=1e-4)
-TINY = ["data.synthetic.vocab_size=36", "data.synthetic.num_states=36",
-        "data.tokenizer='symbols-36'", "model.hidden_size=16",
-        "model.n_blocks=2", "model.n_heads=2", "model.cond_dim=8", "model.mlp_ratio=4",
-        "model.time_conditioning=True", "ckpt.async_save=False", "log.tensorboard=False"]
-
-
-def _config(path="configs/synthetic_mdlm.py", *overrides):
-  """The tiny model in `path`'s config (mode 'sample': a distillation config in mode 'train'
-  would need its teacher)."""
-  return config_lib.load_config(path, TINY + ["mode='sample'"] + list(overrides))
-
-
-def _npz(name):
-  return dict(np.load(DATA / name / "parity.npz"))
-
-
-def _dit(cfg, params):
-  abstract = nnx.eval_shape(lambda: models.build_model(cfg.model, 40, nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract, nnx.Param)
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-  return nnx.merge(graphdef, state)
-
-
-def _disc(cfg, params):
-  graphdef, state = disc_lib.abstract(cfg.model, 40)
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-  return nnx.merge(graphdef, state)
-
-
-def _logits(cfg, params, f):
-  return np.asarray(_dit(cfg, params)(jnp.asarray(f["ids"]), jnp.asarray(f["sigma"])))
+# the fixtures' tiny model and its helpers, shared with the measurement that writes
+# docs/converting.md's table (benchmarks/parity/authors_parity_errors.py)
+_config, _npz, _dit, _disc, _logits = (parity.tiny_config, parity.fixture, parity.dit,
+                                       parity.disc, parity.logits)
 
 
 def test_sedd_matches_the_official_sedd_forward():
@@ -219,3 +188,16 @@ def test_a_discriminator_that_does_not_fit_is_one_clear_error(tmp_path):
       in msg
   assert "unexpected key 'output_layer.extra'" in msg
   assert "\n" not in convert_cli.one_line(e.value)
+
+
+def test_committed_error_table_is_this_conversion():
+  """benchmarks/results/authors_parity.json (docs/converting.md's table) holds every output
+  that parity.outputs() compares, each within float32 noise of a fresh conversion."""
+  import json
+  committed = json.loads((parity.ROOT / "benchmarks/results/authors_parity.json").read_text())
+  fresh = {(fam, name): np.abs(ours - official).max()
+           for fam, name, ours, official in parity.outputs()}
+  rows = {(r["family"], r["output"]): r["max_abs_error"] for r in committed["rows"]}
+  assert set(rows) == set(fresh)
+  for key, err in fresh.items():
+    assert err <= 1e-5 and rows[key] <= 1e-5 and abs(rows[key] - err) <= 2e-6, key

@@ -58,6 +58,13 @@ def device_peak_gib() -> Optional[float]:
   return None if peak is None else peak / 2**30
 
 
+def device_limit_gib() -> Optional[float]:
+  """The allocator's limit on device 0 in GiB (None where JAX has no stats: CPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  return None if limit is None else limit / 2**30
+
+
 def compiled_memory(compiled) -> dict:
   """XLA's static memory plan of a compiled executable, in GiB (works on every backend).
 

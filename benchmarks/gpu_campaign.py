@@ -305,21 +305,12 @@ def planned_microbatches(memory_gib, B: int = 32, headroom: float = 0.2) -> str:
   if not memory_gib:
     return ""
   out = []
-  for name, path in CAMPAIGN_PLANS.items():
-    plan = json.loads(path.read_text())
-    best = next(st for st in plan["settings"] if st["remat"] == "none")
-    k = next((k for k in range(1, B + 1) if B % k == 0 and
-              best["gib_fixed"] + B // k * best["gib_per_row"] <= (1 - headroom) * memory_gib),
-             B)
+  for name in CAMPAIGN_PLANS:
+    k = next((k for k in range(1, B + 1)
+              if B % k == 0 and planned_gib(name, B, k) <= (1 - headroom) * memory_gib), B)
     if k > 1:
       out.append(f"{name}={k}")
   return ",".join(out)
-
-
-def device_memory_gib():
-  """The allocator's limit on device 0 in GiB, None where JAX reports none (CPU)."""
-  stats = jax.devices()[0].memory_stats() or {}
-  return stats["bytes_limit"] / 2**30 if "bytes_limit" in stats else None
 
 
 def section_throughput(args, rec: Recorder) -> None:
@@ -335,7 +326,7 @@ def section_throughput(args, rec: Recorder) -> None:
     rec.add("throughput", [dict(r, variant="torch smoke") for r in torch_smoke(ref)])
   elif torch_rows.is_file():
     extra = ["--torch-rows", str(torch_rows)]
-  micro = (planned_microbatches(device_memory_gib()) if args.microbatches == "auto"
+  micro = (planned_microbatches(common.device_limit_gib()) if args.microbatches == "auto"
            else args.microbatches)
   extra += ["--microbatches", micro] if micro else []
   rows = train_throughput.main(throughput_argv(args, *extra))

@@ -576,6 +576,19 @@ PAPER_PLANS = (
                                   "--set=train.global_batch_size=32", "--devices=1",
                                   "--memory_gb=78", "--meshes=fsdp", "--remats=none"])
       for o in ("idlm", "didi")),
+    # the campaign's real-text stages (gpu_campaign.text_configs: DiT 384 x 8 / GPT-2 384 x 8,
+    # GPT-2 vocabulary, L=256, bf16) on one device with JAX's usable 72 GiB
+    *((f"campaign_text_{name}_1gpu",
+       [f"--config={spec}", "--set=data.tokenizer=gpt2", "--set=data.seq_len=256",
+        "--set=model.hidden_size=384", "--set=model.n_blocks=8", "--set=model.n_heads=6",
+        "--set=model.dtype=bfloat16", *extra, f"--set=train.global_batch_size={batch}",
+        "--devices=1", "--memory_gb=72", "--meshes=fsdp", "--remats=none"])
+      for name, spec, batch, extra in (
+          ("teacher", "configs/demo_teacher.py", 256, ["--set=model.cond_dim=128"]),
+          ("idlm", "configs/demo_teacher.py", 128,
+           ["--set=model.cond_dim=128", "--set=objective=idlm",
+            "--set=distill.teacher=random-init", "--set=distill.fake_steps=1"]),
+          ("ar", "configs/ar_embedded.py", 256, ["--set=model.n_positions=256"]))),
     # LLaDA-8B (issue #18): bf16 inference at L=512 for global batches 1..8 and full
     # fine-tuning (SFT shapes: L=512), on one 80 GB accelerator and on a v5e-16 slice (FSDP).
     # The "tpu:" targets compile deviceless for TPU and need the libtpu package (not a project

@@ -381,7 +381,9 @@ TABLES = {
                                   "duo_lm1b_8x80gb", "idlm_mdlm_owt_v5e16",
                                   "didi_mdlm_owt_v5e16", "duo_lm1b_v5e16"]),
     "authors_parity": lambda: authors_parity("authors_parity.json"),
-    "campaign_plans": lambda: plans(["campaign_idlm_b32_1gpu", "campaign_didi_b32_1gpu"]),
+    "campaign_plans": lambda: plans(["campaign_idlm_b32_1gpu", "campaign_didi_b32_1gpu",
+                                     "campaign_text_teacher_1gpu", "campaign_text_idlm_1gpu",
+                                     "campaign_text_ar_1gpu"]),
     "dllm_r2": lambda: dllm_r2("dllm_r2_reasoning.jsonl"),
     "idlm_reasoning_steps": lambda: accuracy_vs_steps("idlm_reasoning_steps.jsonl"),
     # the demo (configs/demo.py, seed 0) with the teacher at 1024 steps from its temperature

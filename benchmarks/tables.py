@@ -339,6 +339,49 @@ def plans(names) -> str:
   return caption + "\n\n" + "\n".join(out) + "\n"
 
 
+def _target(p: dict) -> str:
+  """A plan's compiler and devices: "XLA:CPU, 1 x 80 GiB", "deviceless TPU v5e 4x4, 16 x 16 GiB"."""
+  t = p["target"]
+  where = "XLA:CPU" if t == "cpu" else "deviceless " + t.replace("tpu:", "TPU ").replace(":", " ")
+  return f"{where}, {p['devices']} x {p['memory_gib']:g} GiB"
+
+
+def llada_plans(names, checks: str) -> str:
+  """LLaDA-8B memory plans (benchmarks/plan.py --llada JSON): the inference forward per batch,
+  the fine-tuning settings (persistent bytes, one row, the per-row slope, rows that fit), and
+  the full-depth compiles that check the extrapolation."""
+  infer = ["| plan | compiler, devices | bf16 forward, GiB per device at batch " +
+           "b |", "|---|---|---|"]
+  sft = ["| plan | compiler, devices | params + moments | remat | persistent GiB | GiB at 1 "
+         "row | + GiB per row | rows per device that fit |", "|" + "---|" * 8]
+  for name in names:
+    p = _load(f"plans/{name}.json")
+    if p["mode"] == "forward_batches":
+      bs = p["batches"]
+      gib = " / ".join(f"{b['calibrated_gib']:.1f}" for b in bs)
+      if p["temp_scale"] != 1.0:
+        gib += " (raw " + " / ".join(f"{b['total_gib']:.1f}" for b in bs) + ")"
+      infer.append(f"| {name} | {_target(p)} | b = {' / '.join(str(b['batch']) for b in bs)}: "
+                   f"{gib} |")
+      continue
+    for st in p["settings"]:
+      sft.append(f"| {name} | {_target(p)} | {st['param_dtype']} | {st['remat']} | "
+                 f"{st['persistent_gib']:.1f} | {st['gib_1row']:.1f} | "
+                 f"{st['gib_per_row']:+.2f} | {st['max_rows'] or 'none'} |")
+  full = ["| full-depth check | layers | rows per device | global batch | GiB per device | "
+          "compile (s) |", "|---|---|---|---|---|---|"]
+  for name, c in _load(f"plans/{checks}").items():
+    full.append(f"| {name} | {c['n_layers']} | {c['rows']} | {c['global_batch']} | "
+                f"{c['total_gib']:.1f} | {c['compile_s']:.0f} |")
+  first = _load(f"plans/{names[0]}.json")
+  caption = (f"Raw: `benchmarks/results/plans/<plan>.json` and `{checks}` "
+             f"(`python -m benchmarks.plan --paper=llada8b`, jax {first['jax']}; XLA:CPU GiB "
+             f"have their temporaries x {first['temp_scale']:.3f} from the H100 calibration, "
+             f"raw in brackets; a fine-tuning plan fits rows within {1 - first.get('headroom', 0.1):.0%} "
+             f"of the memory).")
+  return "\n\n".join([caption, "\n".join(infer), "\n".join(sft), "\n".join(full)]) + "\n"
+
+
 def authors_parity(name: str) -> str:
   """benchmarks/parity/authors_parity_errors.py: each converted output's largest absolute
   difference from the official code's."""
@@ -381,6 +424,11 @@ TABLES = {
                                   "duo_lm1b_8x80gb", "idlm_mdlm_owt_v5e16",
                                   "didi_mdlm_owt_v5e16", "duo_lm1b_v5e16"]),
     "authors_parity": lambda: authors_parity("authors_parity.json"),
+    "llada8b_plans": lambda: llada_plans(
+        ["llada8b_infer_L512_1x80gb_cpu", "llada8b_infer_L512_1x80gb_tpuv5p",
+         "llada8b_infer_L512_v5e16", "llada8b_sft_L512_1x80gb_cpu",
+         "llada8b_sft_L512_1x80gb_tpuv5p", "llada8b_sft_L512_v5e16"],
+        "llada8b_sft_L512_fulldepth_checks.json"),
     "campaign_plans": lambda: plans(["campaign_idlm_b32_1gpu", "campaign_didi_b32_1gpu",
                                      "campaign_text_teacher_1gpu", "campaign_text_idlm_1gpu",
                                      "campaign_text_ar_1gpu"]),

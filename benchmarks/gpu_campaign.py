@@ -264,13 +264,18 @@ CAMPAIGN_PLANS = {name: ROOT / "benchmarks" / "results" / "plans" / f"campaign_{
 
 def planned_gib(name: str, B: int, microbatches: int):
   """The committed plan's GiB for `name`'s step at B rows in `microbatches` passes (None
-  without a plan)."""
+  without a plan): its full-depth compile (`--check`) at that row count when it has one, else
+  the extrapolation from the 1-2 block probes."""
   path = CAMPAIGN_PLANS.get(name)
   if path is None or not path.is_file():
     return None
   plan = json.loads(path.read_text())
+  rows = B // max(microbatches, 1)
+  check = plan["chosen"].get("check")
+  if check and plan["chosen"]["remat"] == "none" and plan["chosen"]["rows_per_device"] == rows:
+    return check["calibrated_gib"]
   st = next(st for st in plan["settings"] if st["remat"] == "none")
-  return st["gib_fixed"] + B // max(microbatches, 1) * st["gib_per_row"]
+  return st["gib_fixed"] + rows * st["gib_per_row"]
 
 
 def memory_markdown(rows: list) -> str:
@@ -298,10 +303,12 @@ def memory_markdown(rows: list) -> str:
 def planned_microbatches(memory_gib, B: int = 32, headroom: float = 0.2) -> str:
   """train_throughput's --microbatches for a device of `memory_gib` (None: no limit known, as
   on a CPU): for each planned step, the fewest microbatches k (k divides B) whose planned
-  memory fixed + (B / k) x per-row fits (1 - headroom) of it; 20% headroom because the plans
-  are CPU compiles calibrated on one GPU measurement (docs/scaling.md: +-30%). The DiDi step
-  at B=32 plans at ~107 GiB in one pass: k = 2 on an H100 (73 GiB usable) and on an H200
-  (128), where one pass would leave 7%."""
+  memory (`planned_gib`: the full-depth compile at the plan's chosen rows, else the
+  extrapolation) fits (1 - headroom) of it; 20% headroom because the plans are CPU compiles
+  calibrated on one GPU measurement (docs/scaling.md), and a step that still runs out of
+  memory is measured again at 2k (train_throughput.bench_with_fallback). The DiDi step at
+  B=32 extrapolates to ~122 GiB in one pass and compiles to 57 GiB at k = 2: k = 2 on an
+  H100 (73 GiB usable) and on an H200 (128); the IDLM step compiles to 57 GiB in one pass."""
   if not memory_gib:
     return ""
   out = []

@@ -319,19 +319,22 @@ def shipped_evals(runs) -> str:
 
 def plans(names) -> str:
   """Memory plans (benchmarks/plan.py JSON) of DiT train steps: the chosen setting per plan,
-  its calibrated fixed and per-row GiB per device, rows per device and microbatches."""
+  its calibrated fixed and per-row GiB per device (the 1-2 block probes' extrapolation), rows
+  per device and microbatches, the extrapolated GiB there and the full-depth compile's."""
   out = ["| plan | objective, L, global batch | devices | chosen setting | fixed + per row "
-         "(GiB) | rows per device | microbatches | GiB per device |", "|" + "---|" * 8]
+         "(GiB) | rows per device | microbatches | GiB per device, extrapolated | GiB per "
+         "device, full-depth compile |", "|" + "---|" * 9]
   for name in names:
     p = _load(f"plans/{name}.json")
     c = p["chosen"]
     s = next(s for s in p["settings"] if (s["remat"], s["mesh"]) == (c["remat"], c["mesh"]))
     rows = c["rows_per_device"]
+    check = f"{c['check']['calibrated_gib']:.1f}" if c.get("check") else "–"
     out.append(f"| {name} | {p['objective']}, {p['seq_len']}, {p['global_batch']} | "
                f"{p['devices']} x {p['memory_gib']:g} GiB | remat {c['remat']}, {c['mesh']} | "
                f"{s['gib_fixed']:.2f} + {s['gib_per_row']:.3f} | {rows or 'none fits'} | "
                f"{c['microbatches'] or '-'} | "
-               f"{s['gib_fixed'] + s['gib_per_row'] * rows:.1f} |")
+               f"{s['gib_fixed'] + s['gib_per_row'] * rows:.1f} | {check} |")
   first = _load(f"plans/{names[0]}.json")
   caption = (f"Raw: `benchmarks/results/plans/<plan>.json` (`{first['command'].split(' --name')[0]}`"
              f" and the other `--paper` entries; XLA:CPU compiles, jax {first['jax']}, "

@@ -35,6 +35,7 @@ With --torch-ref, the PyTorch reference runs first, in its own process, on the s
 """
 
 import argparse
+import gc
 import json
 import pathlib
 import subprocess
@@ -378,6 +379,39 @@ def parse_microbatches(text: str) -> dict:
   return out
 
 
+def bench_with_fallback(name: str, spec: str, args, devices) -> list:
+  """bench_objective's row for `name`; a failure becomes an error row (the section's other
+  rows survive), and an out-of-memory one is retried with twice the microbatches while they
+  divide B (the plans are estimates: docs/scaling.md), each failed try kept as a row."""
+  rows, extra = [], []
+  while True:
+    cfg = config_lib.load_config(spec, objective_overrides(name, args) + extra)
+    k = cfg.train.microbatches
+    try:
+      rows.append(bench_objective(name, cfg, args.L, args.B, args.steps, args.warmup, devices))
+    except Exception as e:  # noqa: BLE001  (out of memory on a device: record, go on)
+      if args.smoke:
+        raise
+      rows.append(dict(kind="train", objective=name, L=args.L, B=args.B, microbatches=k,
+                       error=f"{type(e).__name__}: {str(e)[:400]}"))
+      print(f"{name}: FAILED at {k} microbatch(es): {rows[-1]['error'][:200]}", flush=True)
+      if retry_with_more_microbatches(rows[-1]["error"], args.B, k):
+        extra = [f"train.microbatches={2 * k}"]
+        gc.collect()  # the failed try's buffers
+        continue
+      return rows
+    print(f"{name}: {rows[-1]['step_ms_median']:.1f} ms/step, "
+          f"{rows[-1]['batches_per_step']} batch(es)/step, {k} microbatch(es)", flush=True)
+    return rows
+
+
+def retry_with_more_microbatches(error: str, B: int, k: int) -> bool:
+  """Whether a step that failed with `error` at k microbatches runs again at 2k: XLA ran out
+  of memory (compiling or running) and 2k divides B."""
+  oom = "RESOURCE_EXHAUSTED" in error or "out of memory" in error.lower()
+  return oom and B % (2 * k) == 0
+
+
 def main(argv=None) -> list:
   """Run the benchmark; returns the result rows (also printed, and written if asked)."""
   args = parse_args(argv)
@@ -400,22 +434,9 @@ def main(argv=None) -> list:
         f"vocab_pad={cfg.model.vocab_pad_multiple} remat={cfg.model.remat}", flush=True)
   rows = []
   if args.mode in ("train", "both"):
+    devices = jax.devices()[:args.devices] if args.devices else None
     for name in objectives:
-      ocfg = cfg if name == "teacher" else config_lib.load_config(
-          spec, objective_overrides(name, args))
-      try:
-        rows.append(bench_objective(name, ocfg, args.L, args.B, args.steps, args.warmup,
-                                    jax.devices()[:args.devices] if args.devices else None))
-      except Exception as e:  # noqa: BLE001  (out of memory on a device: record, go on)
-        if args.smoke:
-          raise
-        rows.append(dict(kind="train", objective=name, L=args.L, B=args.B,
-                         error=f"{type(e).__name__}: {str(e)[:400]}"))
-        print(f"{name}: FAILED {rows[-1]['error'][:200]}", flush=True)
-        continue
-      print(f"{name}: {rows[-1]['step_ms_median']:.1f} ms/step, "
-            f"{rows[-1]['batches_per_step']} batch(es)/step, "
-            f"{ocfg.train.microbatches} microbatch(es)", flush=True)
+      rows += bench_with_fallback(name, spec, args, devices)
     add_ratios(rows)
   if args.mode in ("fwd", "both"):
     for logits in [v.strip() for v in args.fwd_logits.split(",") if v.strip()]:

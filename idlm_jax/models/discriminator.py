@@ -115,17 +115,39 @@ class Discriminator(nnx.Module):
                dropout_key: Optional[jax.Array] = None) -> jax.Array:
     """Logits [B, L] for ids [B, L] or probability vectors [B, L, V] (RGAS differentiates
     through these), as DIT.__call__ up to the last block."""
+    return self.logits_from(self.hidden(x, sigma, dropout_key=dropout_key), sigma,
+                            start=len(self.blocks), dropout_key=dropout_key)
+
+  def hidden(self, x: jax.Array, sigma: jax.Array, *, blocks: Optional[int] = None,
+             dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    """The residual stream [B, L, d] after the embedding and the first `blocks` blocks (all
+    by default). `logits_from(hidden(x, blocks=j), start=j)` is `__call__(x)`, bit for bit:
+    DiDi's reward reuses the frozen blocks' output of the discriminator update."""
+    blocks = len(self.blocks) if blocks is None else blocks
+    h = layers.constrain(self.vocab_embed(x, self.dtype))
+    return self._run(h, sigma, 0, blocks, dropout_key)
+
+  def logits_from(self, h: jax.Array, sigma: jax.Array, *, start: int,
+                  dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    """Logits [B, L] of the residual stream h [B, L, d] entering block `start`: the blocks
+    from `start` on, then the head."""
+    return self.head(self._run(h, sigma, start, len(self.blocks), dropout_key))
+
+  def _run(self, h, sigma, start: int, stop: int, dropout_key) -> jax.Array:
+    """Blocks start..stop-1 on h; block i's dropout key is the i-th of dropout_key's split
+    into one per block, whichever part of the trunk runs."""
+    if start == stop:
+      return h
     if not self.time_conditioning:
       sigma = jnp.zeros_like(sigma)
-    h = layers.constrain(self.vocab_embed(x, self.dtype))
     c = nnx.silu(self.sigma_map(sigma))
     rope = layers.rope_cos_sin(h.shape[1], self.hidden_size // self.n_heads, dit.ROPE_BASE)
     keys = [None] * len(self.blocks)
     if dropout_key is not None and self.dropout > 0.0:
       keys = list(rng.split(dropout_key, len(self.blocks)))
-    for block, key in zip(self.blocks, keys):
-      h = layers.constrain(block(h, c, rope, dropout_key=key))
-    return self.head(h)
+    for i in range(start, stop):
+      h = layers.constrain(self.blocks[i](h, c, rope, dropout_key=keys[i]))
+    return h
 
 
 def build(model_cfg, vocab_size: int, rngs: nnx.Rngs) -> Discriminator:

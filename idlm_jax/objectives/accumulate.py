@@ -61,16 +61,25 @@ def rows(j, k: int, m: int) -> jax.Array:
 def sum_over(fn: Callable, xs):
   """sum_j fn(x_j) over the leading axis of the pytree xs, one j after the other (lax.scan;
   a single j is a plain call). fn's outputs must be additive."""
+  return sum_and_stack(lambda x: (fn(x), ()), xs)[0]
+
+
+def sum_and_stack(fn: Callable, xs):
+  """(sum_j a_j, [b_0, ..., b_{k-1}]) for fn(x_j) = (a_j, b_j) over the leading axis of the
+  pytree xs, one j after the other (lax.scan; a single j is a plain call): a is additive, b's
+  leaves are stacked along a new leading axis of size k."""
   n = batch_size(xs)
   if n == 1:
-    return fn(jax.tree.map(lambda x: x[0], xs))
+    total, each = fn(jax.tree.map(lambda x: x[0], xs))
+    return total, jax.tree.map(lambda v: v[None], each)
 
   def body(carry, x):
-    return jax.tree.map(jnp.add, carry, fn(x)), None
+    total, each = fn(x)
+    return jax.tree.map(jnp.add, carry, total), each
 
-  shapes = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], xs))
+  shapes = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], xs))[0]
   init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  return jax.lax.scan(body, init, xs)[0]
+  return jax.lax.scan(body, init, xs)
 
 
 def scan_microbatches(fn: Callable, batch, key: jax.Array, k: int):

@@ -56,6 +56,31 @@ def test_train_throughput_perf_flags_smoke():
   assert rows[0]["step_ms_median"] > 0 and rows[0]["x_teacher_step"] == 1.0
 
 
+def test_a_step_out_of_memory_runs_again_with_twice_the_microbatches(monkeypatch):
+  """On a device a step that runs out of memory is kept as an error row and measured again
+  at 2k microbatches (while 2k divides B); any other failure is one error row."""
+  tried = []
+
+  def bench(name, cfg, *_):
+    tried.append(cfg.train.microbatches)
+    if cfg.train.microbatches < 4:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB")
+    return dict(kind="train", objective=name, microbatches=cfg.train.microbatches,
+                step_ms_median=1.0, batches_per_step=1)
+
+  monkeypatch.setattr(train_throughput, "bench_objective", bench)
+  args = train_throughput.parse_args([*CONFIG, "--B", "8"])
+  rows = train_throughput.bench_with_fallback("didi", "configs/mdlm_owt.py:smoke", args, None)
+  assert tried == [1, 2, 4] and [r["microbatches"] for r in rows] == [1, 2, 4]
+  assert ["error" in r for r in rows] == [True, True, False]
+  assert not train_throughput.retry_with_more_microbatches("RESOURCE_EXHAUSTED", 8, 8)
+  assert not train_throughput.retry_with_more_microbatches("ValueError: shapes", 8, 1)
+  monkeypatch.setattr(train_throughput, "bench_objective",
+                      lambda *_: (_ for _ in ()).throw(ValueError("a bug")))
+  rows = train_throughput.bench_with_fallback("idlm", "configs/mdlm_owt.py:smoke", args, None)
+  assert len(rows) == 1 and rows[0]["error"] == "ValueError: a bug"
+
+
 def test_train_throughput_microbatches_and_torch_rows(tmp_path):
   """A per-objective train.microbatches, and the PyTorch reference's rows read from a file
   (gpu_campaign runs the reference before JAX takes the GPU) with each row's ratio to them."""

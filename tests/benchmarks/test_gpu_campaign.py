@@ -127,11 +127,11 @@ def test_every_module_level_import_is_on_the_device_or_carried():
 
 
 def test_planned_microbatches_from_the_committed_plans():
-  # no memory limit known (a CPU): nothing asked; 150 GiB: DiDi in one pass (107 GiB
-  # planned, 20% headroom); an H200's ~128 GiB (92% of 139) and an H100's ~73: two; a 16 GB
-  # chip: more for both steps
+  # no memory limit known (a CPU): nothing asked; 160 GiB: DiDi in one pass (122 GiB
+  # extrapolated, 20% headroom); an H200's ~128 GiB (92% of 139) and an H100's ~73: two (57
+  # GiB, the full-depth compile), IDLM in one (57 GiB, ditto); a 16 GB chip: more for both
   assert gpu_campaign.planned_microbatches(None) == ""
-  assert gpu_campaign.planned_microbatches(150.0) == ""
+  assert gpu_campaign.planned_microbatches(160.0) == ""
   assert gpu_campaign.planned_microbatches(128.0) == "didi=2"
   assert gpu_campaign.planned_microbatches(73.0) == "didi=2"
   small = dict(item.split("=") for item in gpu_campaign.planned_microbatches(16.0).split(","))
@@ -163,6 +163,10 @@ def test_memory_table_compares_the_plan_with_the_device_peak():
            "objective": "teacher", "B": 32, "peak_mem_gib": 25.0}]  # no plan: no row
   text = gpu_campaign.memory_markdown(rows)
   plan = gpu_campaign.planned_gib("didi", 32, 2)
-  assert 50 < plan < 60  # 6.05 + 16 x 3.147
+  committed = json.loads(gpu_campaign.CAMPAIGN_PLANS["didi"].read_text())
+  assert committed["chosen"]["rows_per_device"] == 16  # its full-depth compile's rows
+  assert plan == committed["chosen"]["check"]["calibrated_gib"] and 50 < plan < 60
+  st = committed["settings"][0]  # other row counts: the 1-2 block probes' extrapolation
+  assert gpu_campaign.planned_gib("didi", 32, 4) == st["gib_fixed"] + 8 * st["gib_per_row"]
   assert f"| didi | 32 | 2 | {plan:.1f} | 50.0 | {50.0 / plan:.2f} |" in text
   assert "| teacher |" not in text and gpu_campaign.memory_markdown([]) == ""

@@ -54,3 +54,31 @@ def test_a_non_positive_per_row_slope_is_reported_not_read_as_a_row_count():
       settings=[dict(param_dtype="float32", remat="block", mesh="fsdp", persistent_gib=89.6,
                      gib_1row=93.4, cpu_gib_1row=93.4, **bad)]))
   assert "fit invalid" in text and "| 256 |" not in text
+
+
+def test_a_check_over_the_budget_steps_down_to_rows_that_fit(monkeypatch):
+  """--check compiles the chosen rows at full depth; when that is over the budget (the 1-2
+  block probes underestimated it, as for the IDLM step) the next smaller row count is
+  compiled, and the chosen rows are the ones that fit."""
+  spec, overrides = "configs/mdlm_owt.py:smoke", ["train.global_batch_size=16"]
+  depth = plan.config_lib.load_config(spec, overrides).model.n_blocks
+  compiled = []
+
+  def fake_memory(spec, ov, mesh, devices, rows):
+    probe = next((int(o.split("=")[1]) for o in ov if o.startswith("model.n_blocks=")), None)
+    temp = probe * rows if probe else 2.0 * depth * rows  # full depth: twice the extrapolation
+    compiled.append((probe, rows))
+    return dict(args_gib=0.0, out_gib=0.0, alias_gib=0.0, temp_gib=float(temp),
+                total_gib=float(temp), batches_per_step=1, compile_s=0.0)
+
+  monkeypatch.setattr(plan, "objective_step_memory", fake_memory)
+  monkeypatch.setattr(plan, "n_params", lambda *_: 1)
+  budget = 10.0 * depth  # 90% of the memory: the extrapolation fits 8 rows, the check 4
+  p = plan.plan_objective(spec, overrides, jax.devices()[:1], budget / 0.9, 1.0, 0.1,
+                          remats=("none",), meshes=("fsdp",), check=True, log=lambda *_: None)
+  assert p["settings"][0]["max_rows"] == 8
+  assert compiled[-2:] == [(None, 8), (None, 4)]
+  c = p["chosen"]
+  assert c["rows_per_device"] == 4 and c["microbatches"] == 4 and c["check"]["rows"] == 4
+  assert c["check"]["calibrated_gib"] == 8.0 * depth and c["check"]["predicted_gib"] == 4 * depth
+  assert "Check compile of the chosen setting (4 rows/device)" in plan.markdown(p | {"name": "x", "target": "cpu"})

@@ -9,15 +9,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from idlm_jax import config as config_lib
 from idlm_jax import main
+from idlm_jax import rng as rng_lib
 from idlm_jax.decoding import ancestral as samplers, rgas
 from idlm_jax.diffusion import mdlm
 from idlm_jax.diffusion.categorical import x64_scope
 from idlm_jax.diffusion.schedules import LogLinear
 from idlm_jax.models import discriminator as disc_lib
 from idlm_jax.objectives import didi
+from idlm_jax.objectives.state import init_net
 from idlm_jax.train import loop
 
 
@@ -145,6 +148,75 @@ def test_spectral_norm_power_iteration_converges_to_top_singular_value():
   for name in params:
     np.testing.assert_array_equal(moved[name]["kernel"], params[name]["kernel"])
     assert not np.allclose(moved[name]["sn_u"], params[name]["sn_u"]) or name == "linear_2"
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_discriminator_split_at_any_block_is_the_whole_forward(dropout):
+  """logits_from(hidden(x, blocks=j), start=j) = the discriminator, bit for bit, at every j
+  (ids and probability inputs, eval and train mode: block i keeps its dropout draw), so the
+  DiDi reward may reuse the frozen blocks' output of the discriminator update."""
+  model = disc_lib.Discriminator(vocab_size=11, hidden_size=16, n_blocks=3, n_heads=2,
+                                 cond_dim=8, dropout=dropout, time_conditioning=True,
+                                 rngs=nnx.Rngs(params=0))
+  rng = np.random.default_rng(3)
+  graphdef, state = nnx.split(model)  # adaLN starts at zero (identity blocks): perturb it all
+  model = nnx.merge(graphdef, jax.tree.map(
+      lambda w: w + 0.3 * jnp.asarray(rng.normal(size=w.shape), w.dtype), state))
+  ids = jnp.asarray(rng.integers(0, 11, size=(2, 6)), jnp.int32)
+  probs = jax.nn.softmax(jnp.asarray(rng.normal(size=(2, 6, 11)), jnp.float32))
+  sigma = jnp.asarray([0.3, 1.7])
+  for x in (ids, probs):
+    for key in (None, jax.random.key(4)):
+      whole = jax.jit(lambda x, key: model(x, sigma, dropout_key=key))(x, key)
+      for j in range(4):
+        split = jax.jit(lambda x, key, j=j: model.logits_from(
+            model.hidden(x, sigma, blocks=j, dropout_key=key), sigma, start=j,
+            dropout_key=key))(x, key)
+        np.testing.assert_array_equal(split, whole)
+  train = model(ids, sigma, dropout_key=jax.random.key(4))
+  assert (dropout > 0) == bool(jnp.any(train != model(ids, sigma)))
+
+
+def test_discriminator_update_with_its_frozen_blocks_run_once():
+  """frozen_blocks = j: the same update as every block inside the loss (no dropout), over one
+  or two microbatches, and the kept fake-side hidden states give the updated discriminator's
+  logits on z_fake (the rewards)."""
+  v, length, rows, blocks, unfreeze = 9, 6, 4, 3, 1
+  config = config_lib.load_config("configs/didi_synthetic.py:smoke", ["distill.didi.disc_lr=0.1"])
+  model = disc_lib.Discriminator(vocab_size=v, hidden_size=16, n_blocks=blocks, n_heads=2,
+                                 cond_dim=8, time_conditioning=False, rngs=nnx.Rngs(params=0))
+  rng = np.random.default_rng(5)
+  graphdef, state = nnx.split(model, nnx.Param)
+  params = jax.tree.map(lambda w: w + 0.3 * jnp.asarray(rng.normal(size=w.shape), w.dtype),
+                        nnx.to_pure_dict(state))
+  disc_net = lambda p: nnx.merge(graphdef, nnx.State(p))  # noqa: E731
+  labels = disc_lib.trainable_labels(params, unfreeze)
+  tx = didi.disc_optimizer(config, labels)
+  z_real, z_fake = (jnp.asarray(rng.integers(0, v, size=(rows, length)), jnp.int32)
+                    for _ in range(2))
+  m_real, m_fake = (jnp.asarray(rng.random((rows, length)) < 0.5, jnp.float32)
+                    for _ in range(2))
+  sigma = jnp.asarray(rng.random(rows) + 0.1, jnp.float32)
+  key = jax.random.key(6)
+
+  def update(k, frozen_blocks):
+    side = jax.tree.map(lambda x: x.reshape(k, rows // k, *x.shape[1:]),
+                        (z_real, m_real, z_fake, m_fake, sigma))
+    row_key = rng_lib.row_key(key, jnp.arange(rows).reshape(k, -1), rows)
+    return didi.discriminator_update(init_net(params, tx), disc_net, tx, labels, side,
+                                     row_key, 0.1, True, frozen_blocks)
+
+  whole, metrics, none = jax.jit(update, static_argnums=(0, 1))(1, None)
+  assert none is None and float(metrics["disc_grad_norm"]) > 0
+  for k in (1, 2):
+    new, m, h_fake = jax.jit(update, static_argnums=(0, 1))(k, blocks - unfreeze)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 (new.params, m), (whole.params, metrics))
+    assert h_fake.shape == (k, rows // k, length, 16)
+    updated = disc_net(new.params)
+    np.testing.assert_allclose(
+        updated.logits_from(h_fake.reshape(rows, length, 16), sigma, start=blocks - unfreeze),
+        updated(z_fake, sigma), rtol=1e-5, atol=1e-6)
 
 
 def _toy_disc(a, c):

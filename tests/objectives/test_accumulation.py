@@ -55,9 +55,12 @@ CASES = {
     "idlm": (SYN, ["objective='idlm'", "model.dropout=0.1", *TEACHER]),
     "didi": ("configs/didi_synthetic.py:smoke", ["model.dropout=0.1", "distill.didi.group_size=2",
                                                  "distill.didi.disc_lr=1.0", *TEACHER]),
-    # no dropout: the first rollout step runs on one row for all (shared_first), G = 4
+    # no dropout: the first rollout step runs on one row for all (shared_first), G = 4, and
+    # the discriminator's frozen block (unfreeze_blocks=0: the one block of :smoke) runs once
+    # for its update and the rewards (frozen_blocks)
     "didi_shared": ("configs/didi_synthetic.py:smoke", ["model.dropout=0.0",
                                                         "distill.didi.group_size=4",
+                                                        "distill.didi.unfreeze_blocks=0",
                                                         "distill.didi.disc_lr=1.0", *TEACHER]),
     "sdtt": (SYN, ["objective='sdtt'", "model.dropout=0.1", *TEACHER]),
     "dcd": (DUO, ["objective='dcd'", "model.dropout=0.1", *TEACHER]),

@@ -264,16 +264,18 @@ CAMPAIGN_PLANS = {name: ROOT / "benchmarks" / "results" / "plans" / f"campaign_{
 
 def planned_gib(name: str, B: int, microbatches: int):
   """The committed plan's GiB for `name`'s step at B rows in `microbatches` passes (None
-  without a plan): its full-depth compile (`--check`) at that row count when it has one, else
+  without a plan): a full-depth compile (`--check`) at that row count when it has one, else
   the extrapolation from the 1-2 block probes."""
   path = CAMPAIGN_PLANS.get(name)
   if path is None or not path.is_file():
     return None
   plan = json.loads(path.read_text())
-  rows = B // max(microbatches, 1)
-  check = plan["chosen"].get("check")
-  if check and plan["chosen"]["remat"] == "none" and plan["chosen"]["rows_per_device"] == rows:
-    return check["calibrated_gib"]
+  rows, chosen = B // max(microbatches, 1), plan["chosen"]
+  if chosen["remat"] == "none":
+    compiles = chosen.get("checks") or ([chosen["check"]] if chosen.get("check") else [])
+    hit = [c for c in compiles if c.get("rows", chosen["rows_per_device"]) == rows]
+    if hit:
+      return hit[0]["calibrated_gib"]
   st = next(st for st in plan["settings"] if st["remat"] == "none")
   return st["gib_fixed"] + rows * st["gib_per_row"]
 

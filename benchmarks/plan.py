@@ -24,8 +24,9 @@ in the depth for a stack of identical blocks, so each (remat, mesh) setting is c
 and 2 blocks x 1 and 2 rows per device and the bilinear fit predicts the full model at every
 row count. That extrapolation can be far off (the IDLM step: 0.55x its full-depth
 compile), so `--check` compiles the chosen setting at full depth (5-100 s each on 2 cores
-for the committed plans) and steps down to fewer rows until the full-depth compile fits;
-every committed DiT plan has it (docs/scaling.md).
+for the committed plans) and takes the largest rows whose full-depth compile fits,
+searching down or up from the extrapolation's choice; every committed DiT plan has it
+(docs/scaling.md).
 
 CPU-compiled memory approximates GPU/TPU memory: XLA:CPU fuses differently and may keep
 float32 copies of bfloat16 matmul operands; `--calibrate` compiles the one step measured on an
@@ -264,10 +265,10 @@ def plan_objective(spec: str, overrides: list, devices, memory_gib: float, temp_
   checks the depth extrapolation against one). The largest rows per device that fits
   `memory_gib x (1 - headroom)` (calibrated) is chosen; the search stops at the first
   setting that holds the global batch's whole share of a device (no accumulation needed).
-  `check`: compile the chosen setting at full depth too, and if that is over the budget the
-  next smaller row count, until one fits (the chosen rows are then the compiled ones; the
-  1-2 block probes' extrapolation was 0.55x the full-depth compile of the IDLM step at
-  DiT small, B=32, and 1.11x the DiDi step's). Returns the plan (JSON-able)."""
+  `check`: the chosen setting's rows become the largest whose full-depth compile fits
+  (`full_depth_search`, from the extrapolation's choice; the 1-2 block probes' extrapolation
+  was 0.55x the full-depth compile of the IDLM step at DiT small, B=32, and 1.11x the DiDi
+  step's). Returns the plan (JSON-able)."""
   cfg = config_lib.load_config(spec, list(overrides))
   accumulation = microbatch_field(cfg)
   n = len(devices)
@@ -308,20 +309,16 @@ def plan_objective(spec: str, overrides: list, devices, memory_gib: float, temp_
                      "data-parallel mesh needs more than one device; use fsdp)")
   order = {"none": 0, "block": 1}
   best = max(settings, key=lambda s: (s["max_rows"], -order[s["remat"]], s["mesh"] == "fsdp"))
-  chk, rows = None, best["max_rows"]
+  chk, rows, checks = None, best["max_rows"], []
   if check and rows:
-    # full depth at the chosen rows; over the budget, the next smaller row count, and so on
-    ov = list(overrides) + [f"model.remat={best['remat']}"]
-    for rows in [r for r in candidates if r <= best["max_rows"]]:
-      chk = dict(objective_step_memory(spec, ov, best["mesh"], devices, rows), rows=rows)
-      chk["calibrated_gib"] = calibrated(chk, temp_scale)
-      chk["predicted_gib"] = best["gib_fixed"] + best["gib_per_row"] * rows
-      log(f"  check {best['remat']} {best['mesh']} rows/device {rows}: calibrated "
-          f"{chk['calibrated_gib']:.2f} GiB (predicted {chk['predicted_gib']:.2f})")
-      if chk["calibrated_gib"] <= budget:
-        break
-    else:
-      rows = 0
+    rows, checks = full_depth_search(
+        lambda r: objective_step_memory(spec, list(overrides) + [f"model.remat={best['remat']}"],
+                                        best["mesh"], devices, r),
+        candidates, rows, budget, temp_scale,
+        lambda r: best["gib_fixed"] + best["gib_per_row"] * r,
+        lambda r, c: log(f"  check {best['remat']} {best['mesh']} rows/device {r}: calibrated "
+                         f"{c['calibrated_gib']:.2f} GiB (predicted {c['predicted_gib']:.2f})"))
+    chk = next((c for c in checks if c["rows"] == rows), checks[-1])
   gb = cfg.train.global_batch_size
   return dict(config=spec, overrides=list(overrides), objective=cfg.objective,
               devices=n, device_kind=devices[0].device_kind, memory_gib=memory_gib,
@@ -331,7 +328,36 @@ def plan_objective(spec: str, overrides: list, devices, memory_gib: float, temp_
               n_params=n_params(spec, overrides), n_blocks=depth, settings=settings,
               chosen=dict(remat=best["remat"], mesh=best["mesh"], rows_per_device=rows,
                           microbatches=(gb // (rows * n)) if rows else None,
-                          per_step_batch=rows * n, check=chk))
+                          per_step_batch=rows * n, check=chk, checks=checks))
+
+
+def full_depth_search(compile_rows, candidates: list, start: int, budget: float,
+                      temp_scale: float, predicted, log=lambda r, c: None):
+  """(rows, compiles): the largest of `candidates` (largest first) whose full-depth compile
+  (`compile_rows(r)` -> memory row) fits `budget` once calibrated, searched from the
+  extrapolation's choice `start`: down while over the budget, up while the next larger one
+  fits (rows 0: none does). Every compile is kept, with its rows, calibrated and
+  extrapolated (`predicted(r)`) GiB."""
+  compiles = []
+
+  def fits(i):
+    r = candidates[i]
+    c = dict(compile_rows(r), rows=r)
+    c.update(calibrated_gib=calibrated(c, temp_scale), predicted_gib=predicted(r))
+    compiles.append(c)
+    log(r, c)
+    return c["calibrated_gib"] <= budget
+
+  i = candidates.index(start)
+  if fits(i):
+    while i > 0 and fits(i - 1):
+      i -= 1
+    return candidates[i], compiles
+  while i + 1 < len(candidates):
+    i += 1
+    if fits(i):
+      return candidates[i], compiles
+  return 0, compiles
 
 
 # ------------------------------------------------------------------ LLaDA-8B
@@ -506,6 +532,10 @@ def markdown(plan: dict) -> str:
              f"{chk['temp_gib']:.2f} (CPU), aliased {chk['alias_gib']:.2f}, total "
              f"{chk['total_gib']:.2f} GiB on CPU -> {chk['calibrated_gib']:.2f} GiB "
              f"calibrated (affine prediction {chk['predicted_gib']:.2f}).\n")
+  if len(c.get("checks", [])) > 1:
+    text += ("Full-depth compiles searched (rows/device: calibrated GiB): " + ", ".join(
+        f"{k['rows']}: {k['calibrated_gib']:.2f}" for k in c["checks"]) +
+        f"; budget {plan['memory_gib'] * (1 - plan['headroom']):.1f}.\n")
   return text
 
 

@@ -81,4 +81,22 @@ def test_a_check_over_the_budget_steps_down_to_rows_that_fit(monkeypatch):
   c = p["chosen"]
   assert c["rows_per_device"] == 4 and c["microbatches"] == 4 and c["check"]["rows"] == 4
   assert c["check"]["calibrated_gib"] == 8.0 * depth and c["check"]["predicted_gib"] == 4 * depth
-  assert "Check compile of the chosen setting (4 rows/device)" in plan.markdown(p | {"name": "x", "target": "cpu"})
+  text = plan.markdown(p | {"name": "x", "target": "cpu"})
+  assert "Check compile of the chosen setting (4 rows/device)" in text
+  assert f"searched (rows/device: calibrated GiB): 8: {16.0 * depth:.2f}, 4: " in text
+
+
+def test_full_depth_search_goes_down_while_over_and_up_while_under():
+  cands = [16, 8, 4, 2, 1]
+  for start, fit_max, want, tried in ((4, 8, 8, [4, 8, 16]), (8, 2, 2, [8, 4, 2]),
+                                      (16, 16, 16, [16]), (2, 0, 0, [2, 1])):
+    seen = []
+
+    def compile_rows(r):
+      seen.append(r)
+      return dict(args_gib=0.0, out_gib=0.0, alias_gib=0.0, temp_gib=float(r))
+
+    rows, compiles = plan.full_depth_search(compile_rows, cands, start, float(fit_max) + 0.5,
+                                            1.0, lambda r: r / 2)
+    assert (rows, seen) == (want, tried)
+    assert [c["rows"] for c in compiles] == tried and compiles[0]["predicted_gib"] == start / 2

@@ -65,6 +65,11 @@ def device_limit_gib() -> Optional[float]:
   return None if limit is None else limit / 2**30
 
 
+def out_of_memory(error: str) -> bool:
+  """Whether an error's text is XLA running out of device memory (compiling or running)."""
+  return "RESOURCE_EXHAUSTED" in error or "out of memory" in error.lower()
+
+
 def compiled_memory(compiled) -> dict:
   """XLA's static memory plan of a compiled executable, in GiB (works on every backend).
 

@@ -488,7 +488,7 @@ def section_generation(args, rec: Recorder) -> None:
   except Exception as e:  # noqa: BLE001
     # 64 x 1024 x 50258 classes: the float64 draw's temporaries are 4x those of the largest
     # draw measured on a GPU (B=16, L=1024, h100.md); out of memory, 16 rows at a time
-    if args.smoke or "RESOURCE_EXHAUSTED" not in str(e):
+    if args.smoke or not common.out_of_memory(str(e)):
       raise
     rec.add("generation", [{"error": f"B=64: {type(e).__name__}: {str(e)[:300]}"}])
     rows = generation_speed.main([a if a != "64" else "16" for a in argv])

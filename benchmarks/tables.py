@@ -353,8 +353,8 @@ def llada_plans(names, checks: str) -> str:
   """LLaDA-8B memory plans (benchmarks/plan.py --llada JSON): the inference forward per batch,
   the fine-tuning settings (persistent bytes, one row, the per-row slope, rows that fit), and
   the full-depth compiles that check the extrapolation."""
-  infer = ["| plan | compiler, devices | bf16 forward, GiB per device at batch " +
-           "b |", "|---|---|---|"]
+  infer = ["| plan | compiler, devices | bf16 forward, GiB per device at batch b |",
+           "|---|---|---|"]
   sft = ["| plan | compiler, devices | params + moments | remat | persistent GiB | GiB at 1 "
          "row | + GiB per row | rows per device that fit |", "|" + "---|" * 8]
   for name in names:

@@ -408,8 +408,7 @@ def bench_with_fallback(name: str, spec: str, args, devices) -> list:
 def retry_with_more_microbatches(error: str, B: int, k: int) -> bool:
   """Whether a step that failed with `error` at k microbatches runs again at 2k: XLA ran out
   of memory (compiling or running) and 2k divides B."""
-  oom = "RESOURCE_EXHAUSTED" in error or "out of memory" in error.lower()
-  return oom and B % (2 * k) == 0
+  return common.out_of_memory(error) and B % (2 * k) == 0
 
 
 def main(argv=None) -> list:

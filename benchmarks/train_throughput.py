@@ -17,7 +17,7 @@ distill.fake_steps + 1 batches per step) and DiDi-Instruct (discriminator + stud
 on B real rows x distill.didi.group_size rollouts; 1 batch per step), with random-init
 networks, each row with its step time over the teacher step's (`x_teacher_step`; the issue's
 target for IDLM is <= 3.2) and tokens/s over the data tokens a step consumes.
-`--loss-chunk N` sets the teacher's model.loss_chunk (chunked cross-entropy).
+`--loss-chunk N` sets model.loss_chunk (chunked loss) of the teacher and IDLM steps.
 The forward is timed twice (`--fwd-logits`): returning float32 logits (the library's default)
 and returning them in the compute dtype (bf16), as the PyTorch reference's forward does; with
 --torch-ref every row gets its ratio to the reference's like row (`add_torch_ratios`).
@@ -348,8 +348,9 @@ def parse_args(argv=None):
 
 def objective_overrides(name: str, args) -> list:
   """Config overrides of one benchmarked train step: the objective, no dropout (as the PyTorch
-  reference), the user's --set, then the performance flags. Distillation steps never chunk
-  the loss (model.loss_chunk is MDLM-pretraining only) and name a teacher they never load."""
+  reference), the user's --set, then the performance flags. The DiDi step never chunks the
+  loss (model.loss_chunk is MDLM pretraining's and IDLM-MDLM's); distillation steps name a
+  teacher they never load."""
   objective = {"teacher": "diffusion", "idlm": "idlm", "didi": "didi"}[name]
   out = [f"objective={objective}", "model.dropout=0.0"]
   if name != "teacher":
@@ -359,7 +360,7 @@ def objective_overrides(name: str, args) -> list:
     out.append(f"model.vocab_pad_multiple={args.vocab_pad}")
   if args.remat is not None:
     out.append(f"model.remat={args.remat}")
-  if name != "teacher":
+  if name == "didi":
     out.append("model.loss_chunk=0")
   elif args.loss_chunk is not None:
     out.append(f"model.loss_chunk={args.loss_chunk}")

@@ -78,8 +78,15 @@ def _search(cum: jax.Array, x: jax.Array, mass: jax.Array) -> jax.Array:
   return jnp.minimum(idx, last)
 
 
+def inverse_cdf_words(key: jax.Array, rows) -> jax.Array:
+  """The uint32 words [2, *rows] one `inverse_cdf` draw over rows `rows` consumes; a slice of
+  them along a row axis draws that slice of the rows (chunked losses, diffusion/chunks.py)."""
+  return rng.bits(key, (2, *rows), jnp.uint32, row_axis=1)
+
+
 def inverse_cdf(key: jax.Array, log_probs: jax.Array, block: int = ICDF_BLOCK) -> jax.Array:
-  """One draw per row of `log_probs` [..., V] by a two-level inverse CDF -> int32 [...].
+  """One draw per row of `log_probs` [..., V] by a two-level inverse CDF -> int32 [...]:
+  `inverse_cdf_from_words(inverse_cdf_words(key, rows), log_probs)`.
 
   p = exp(log_probs - max) in float32, padded with zeros to blocks of `block` classes; the
   block j is drawn with u1 * sum(p) against the cumulative block masses, then the class inside
@@ -89,6 +96,12 @@ def inverse_cdf(key: jax.Array, log_probs: jax.Array, block: int = ICDF_BLOCK) -
   block to ~1e-7 relative. Classes with zero probability (log-prob -inf) are never drawn.
   Cost: one pass over [..., V] and a [..., block] gather, 2 random words per row.
   """
+  return inverse_cdf_from_words(inverse_cdf_words(key, log_probs.shape[:-1]), log_probs, block)
+
+
+def inverse_cdf_from_words(words: jax.Array, log_probs: jax.Array,
+                           block: int = ICDF_BLOCK) -> jax.Array:
+  """`inverse_cdf` with its random words [2, ...] given."""
   lp = log_probs.astype(jnp.float32)
   *rows, V = lp.shape
   nb = -(-V // block)
@@ -96,7 +109,6 @@ def inverse_cdf(key: jax.Array, log_probs: jax.Array, block: int = ICDF_BLOCK) -
   p = jnp.pad(p, [(0, 0)] * len(rows) + [(0, nb * block - V)]).reshape(*rows, nb, block)
   mass = p.sum(-1)  # [..., nb]
   cum = jnp.cumsum(mass, axis=-1)
-  words = rng.bits(key, (2, *rows), jnp.uint32, row_axis=1)
   u1, u2 = ((words >> 8).astype(jnp.float32) * 2.0**-24)  # [0, 1) on a 2^-24 grid
   j = _search(cum, u1 * cum[..., -1], mass)
   inner = jnp.take_along_axis(p, j[..., None, None], axis=-2)[..., 0, :]  # [..., block]

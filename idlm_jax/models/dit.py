@@ -238,6 +238,13 @@ class DIT(nnx.Module):
     Float32 by default; `dtype=None` keeps the compute dtype."""
     return self.output_layer.project(h, dtype)
 
+  def head(self):
+    """(project, params): `project(params, h) == self.project(h)`, a pure function of the
+    output layer's own parameters (diffusion/chunks.chunk_sum takes their gradient chunk by
+    chunk)."""
+    graphdef, params = nnx.split(self.output_layer)
+    return (lambda p, h: nnx.merge(graphdef, p).project(h)), params
+
   def features(self, x: jax.Array, sigma: jax.Array, *,
                dropout_key: Optional[jax.Array] = None) -> jax.Array:
     """The output projection's input [B, L, d] (compute dtype): every layer but the last

@@ -312,6 +312,15 @@ def _run_layer(layer: DecoderLayer, x, rope, mask, key):
   return layer(x, rope, mask, dropout_key=key)
 
 
+
+def _project(head, h: jax.Array, vocab: int) -> jax.Array:
+  """Float32 logits [..., vocab] of h: `head` is the tied nnx.Embed (h E^T) or the lm_head."""
+  if isinstance(head, nnx.Embed):
+    logits = jnp.matmul(h, head.embedding[...].astype(h.dtype).T)
+  else:
+    logits = head(h)
+  return logits[..., :vocab].astype(jnp.float32)
+
 class DLLM(nnx.Module):
   """LLaDA / Dream decoder: logits = DLLM(ids) [B, L, V] (see the module docstring).
 
@@ -413,11 +422,16 @@ class DLLM(nnx.Module):
 
   def project(self, h: jax.Array) -> jax.Array:
     """Float32 logits [..., V] of head inputs h [..., d] (the output projection only)."""
-    if self.config.tie_embeddings:
-      logits = jnp.matmul(h, self.embed.embedding[...].astype(h.dtype).T)
-    else:
-      logits = self.lm_head(h)
-    return logits[..., :self.vocab_size].astype(jnp.float32)
+    return _project(self.embed if self.config.tie_embeddings else self.lm_head, h,
+                    self.vocab_size)
+
+  def head(self):
+    """(project, params): `project(params, h) == self.project(h)`, a pure function of the
+    output projection's own parameters (the tied embedding or lm_head;
+    diffusion/chunks.chunk_sum takes their gradient chunk by chunk)."""
+    graphdef, params = nnx.split(self.embed if self.config.tie_embeddings else self.lm_head)
+    vocab = self.vocab_size
+    return (lambda p, h: _project(nnx.merge(graphdef, p), h, vocab)), params
 
   def forward_with_cache(self, x: jax.Array, *, attention_mask: Optional[jax.Array] = None,
                          positions: Optional[jax.Array] = None):

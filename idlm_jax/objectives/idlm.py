@@ -43,7 +43,8 @@ from idlm_jax.diffusion.processes.base import Renoised
 from idlm_jax.fields import ConfigError, Field
 from idlm_jax.models import dllm
 from idlm_jax.objectives import accumulate
-from idlm_jax.objectives.base import Context, Objective, ObjectiveSpec, register
+from idlm_jax.objectives.base import (Context, Objective, ObjectiveSpec, chunk_error,
+                                      register)
 from idlm_jax.objectives.state import apply_gradients
 
 FIELDS = {
@@ -77,9 +78,13 @@ def loss_weights(batch: dict) -> jax.Array:
 
 def _per_token(per_position: jax.Array, batch: dict):
   """(mean over the loss positions, their count): the normalisation of every teacher loss."""
-  valid = loss_weights(batch)
-  tokens = valid.sum()
-  return (per_position * valid).sum() / jnp.maximum(tokens, 1.0), tokens
+  return _mean((per_position * loss_weights(batch)).sum(), batch)
+
+
+def _mean(total: jax.Array, batch: dict):
+  """(total / the number of loss positions, that number)."""
+  tokens = loss_weights(batch).sum()
+  return total / jnp.maximum(tokens, 1.0), tokens
 
 
 def conditional(model, batch: dict):
@@ -91,6 +96,16 @@ def conditional(model, batch: dict):
   mask = batch["attention_mask"]
   return lambda x, sigma=None, dropout_key=None: model(x, sigma, dropout_key=dropout_key,
                                                          attention_mask=mask)
+
+
+def features(model, batch: dict):
+  """`model.features` as the chunked pieces call it, features(x, sigma, dropout_key), with the
+  key padding mask of prompted LLaDA rows as in `conditional`."""
+  kwargs = {}
+  if "prompt_mask" in batch and isinstance(model, dllm.DLLM):
+    kwargs = {"attention_mask": batch["attention_mask"]}
+  return lambda x, sigma, dropout_key=None: model.features(x, sigma, dropout_key=dropout_key,
+                                                           **kwargs)
 
 
 def clamp_prompt(r: Renoised, batch: dict) -> Renoised:
@@ -116,10 +131,25 @@ def student_sample(proc: InverseParts, net, student_params, batch: dict, k_stude
   return G, clamp_prompt(proc.renoise(G, k_renoise), batch)
 
 
+def chunked_student_sample(proc: InverseParts, student, batch: dict, k_student: jax.Array,
+                           k_renoise: jax.Array, dropout_key=None):
+  """`student_sample` over position chunks (proc.chunked): (x_t, h, head, r), the student's
+  noised input, output features and head, and the re-noised sample (prompt clamped)."""
+  x_t, h = proc.chunked.student(features(student, batch), batch, k_student, dropout_key)
+  head = student.head()
+  return x_t, h, head, clamp_prompt(proc.chunked.renoise(head, x_t, h, k_renoise), batch)
+
+
 def fake_loss(proc: InverseParts, net, fake_params, student_params, batch: dict, key: jax.Array):
   """L(f, sg G): the teacher's loss of the fake model on re-noised student outputs, with the
   student frozen (no dropout) and the fake in train mode. -> (loss, tokens)."""
   k_s, k_r, k_d = rng.split(key, 3)
+  if proc.chunked is not None:
+    student, fake = net(jax.lax.stop_gradient(student_params)), net(fake_params)
+    x_t, h, head, r = chunked_student_sample(proc, student, batch, k_s, k_r)
+    h_fake = features(fake, batch)(r.net_in, r.sigma, k_d)
+    return _mean(proc.chunked.fake_loss(head, x_t, h, fake.head(), h_fake, r,
+                                        loss_weights(batch)), batch)
   G, r = jax.tree.map(jax.lax.stop_gradient,
                       student_sample(proc, net, student_params, batch, k_s, k_r))
   out = proc.output(_with_dropout(conditional(net(fake_params), batch), k_d), r)
@@ -131,6 +161,13 @@ def inverse_loss(proc: InverseParts, net, student_params, fake_params, teacher_p
   """L(f*, G) - L(f, G) on one batch (student in train mode; teacher and fake frozen: only
   student_params is differentiated). -> (loss, tokens)."""
   k_s, k_r, k_d = rng.split(key, 3)
+  if proc.chunked is not None:
+    x_t, h, head, r = chunked_student_sample(proc, net(student_params), batch, k_s, k_r, k_d)
+    teacher, fake = net(teacher_params), net(fake_params)
+    h_teacher = features(teacher, batch)(r.net_in, r.sigma)
+    h_fake = features(fake, batch)(r.net_in, r.sigma)
+    return _mean(proc.chunked.inverse_loss(head, x_t, h, teacher.head(), h_teacher, fake.head(),
+                                           h_fake, r, loss_weights(batch)), batch)
   G, r = student_sample(proc, net, student_params, batch, k_s, k_r, k_d)
   out_teacher = proc.output(conditional(net(teacher_params), batch), r)
   out_fake = proc.output(conditional(net(fake_params), batch), r)
@@ -207,8 +244,12 @@ def _with_dropout(model, dropout_key):
 
 def validate(config) -> None:
   """IDLM-SEDD is absorbing (the paper's); the relaxation ablations are IDLM-MDLM's; prompted
-  rows (data.source "reasoning") are clamped by IDLM-MDLM only."""
+  rows (data.source "reasoning") are clamped by IDLM-MDLM only; the chunked loss
+  (model.loss_chunk) is IDLM-MDLM's with the paper's relaxation and inverse-CDF draws."""
   d, f = config.distill, config.diffusion
+  if config.model.loss_chunk > 0 and (f.algo != "mdlm" or d.relaxation != "simplex"
+                                      or d.train_draw != "inverse_cdf"):
+    raise chunk_error(config)
   if config.data.source == "reasoning" and f.algo != "mdlm":
     raise ConfigError(f"config.diffusion.algo: IDLM on prompted rows (data.source "
                       f"'reasoning') clamps prompts for 'mdlm' teachers only, got {f.algo!r}")
@@ -221,4 +262,5 @@ def validate(config) -> None:
 
 
 SPEC = register(ObjectiveSpec("idlm", make, "IDLM inverse distillation", fields=FIELDS,
-                              validate=validate, teacher=True, prompted=True))
+                              validate=validate, teacher=True, prompted=True,
+                              chunked_loss=True))

@@ -38,7 +38,7 @@ def make(ctx: Context) -> Objective:
 
 
 def validate(config) -> None:
-  """model.loss_chunk > 0 is implemented for the MDLM teacher loss only."""
+  """model.loss_chunk > 0 is implemented for the MDLM teacher loss only (of the teachers)."""
   if config.model.loss_chunk > 0 and config.diffusion.algo != "mdlm":
     raise chunk_error(config)
 

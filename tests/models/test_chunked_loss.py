@@ -106,7 +106,7 @@ def test_loss_chunk_config_validation():
   with pytest.raises(config_lib.ConfigError, match="model.loss_chunk"):
     config_lib.load_config("configs/demo_teacher.py:smoke", ["model.loss_chunk=-1"])
   with pytest.raises(config_lib.ConfigError, match="model.loss_chunk.*MDLM"):
-    config_lib.load_config("configs/idlm_mdlm_owt.py:smoke",
+    config_lib.load_config("configs/sdtt_mdlm_owt.py:smoke",
                            ["model.loss_chunk=16", "distill.teacher=demo"])
   with pytest.raises(config_lib.ConfigError, match="model.loss_chunk.*'udlm'"):
     config_lib.load_config("configs/demo_teacher.py:smoke",

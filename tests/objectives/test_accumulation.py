@@ -53,6 +53,9 @@ CASES = {
                             "diffusion.curriculum_end=10"]),
     "ar": ("configs/ar_embedded.py:smoke", ["model.dropout=0.1"]),
     "idlm": (SYN, ["objective='idlm'", "model.dropout=0.1", *TEACHER]),
+    # the losses over chunks of 24 positions (L = 64: the last chunk padded)
+    "idlm_chunked": (SYN, ["objective='idlm'", "model.dropout=0.1", "model.loss_chunk=24",
+                           *TEACHER]),
     "didi": ("configs/didi_synthetic.py:smoke", ["model.dropout=0.1", "distill.didi.group_size=2",
                                                  "distill.didi.disc_lr=1.0", *TEACHER]),
     # no dropout: the first rollout step runs on one row for all (shared_first), G = 4, and

@@ -1,6 +1,7 @@
 """IDLM on prompted rows (objectives/idlm.py "Prompted rows"): the prompt is clamped in the
 student's input, in the re-noised sample teacher and fake score, and gets no loss."""
 
+import dataclasses
 import functools
 
 import jax
@@ -13,6 +14,7 @@ from idlm_jax import config as config_lib
 from idlm_jax import models
 from idlm_jax.data import reasoning, tokenizers
 from idlm_jax.diffusion import processes
+from idlm_jax.models import dllm
 from idlm_jax.objectives import idlm
 from idlm_jax.train import state as state_lib
 
@@ -121,3 +123,33 @@ def test_objectives_without_prompt_clamping_refuse_prompted_rows(objective):
   with pytest.raises(config_lib.ConfigError, match="does not handle prompted rows.*idlm"):
     config_lib.validate(config_lib.load_config("configs/idlm_reasoning.py",
                                                [f"objective='{objective}'"]))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_chunked_losses_equal_unchunked_on_the_llada_decoder(setup, tie):
+  """model.loss_chunk on prompted LLaDA rows (key padding mask, clamped prompt): both losses
+  and the gradients through the head (`DLLM.head`: lm_head, or the tied embedding) as
+  unchunked."""
+  _, _, batch, _, tok = setup
+  overrides = ["model.hidden_size=32", "model.n_blocks=1", "model.n_heads=2"]
+  config = config_lib.load_config(SPEC, overrides)
+  layout = dataclasses.replace(models.llada_config(config.model, tok.model_vocab_size),
+                               tie_embeddings=tie)
+  nets = []
+  for seed in range(3):
+    graphdef, params = state_lib.split_params(dllm.DLLM(layout, rngs=nnx.Rngs(params=seed)))
+    nets.append(jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(seed), x.shape),
+                             params))
+  net, (student, fake, teacher) = functools.partial(nnx.merge, graphdef), nets
+  chunked = config_lib.load_config(SPEC, overrides + ["model.loss_chunk=24"])
+  for fn, args in ((idlm.inverse_loss, (student, fake, teacher)), (idlm.fake_loss, (fake, student))):
+    out = []
+    for c in (config, chunked):
+      proc = idlm.parts(c, processes.get(c, vocab_size=tok.model_vocab_size, mask_id=tok.mask_id))
+      out.append(jax.value_and_grad(functools.partial(fn, proc, net), has_aux=True)(
+          *args, batch, jax.random.key(6)))
+    (v0, _), g0 = out[0]
+    (v1, _), g1 = out[1]
+    np.testing.assert_allclose(float(v1), float(v0), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

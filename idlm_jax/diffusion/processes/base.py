@@ -43,11 +43,36 @@ class InverseParts(NamedTuple):
   output(model, r) -> [B, L, V]: the network's log-output at r (log-probs or log-scores).
   fake_loss(out, r, G) -> [B, L]: the teacher's training loss with soft target G.
   inverse_loss(out_teacher, out_fake, r, G) -> [B, L]: L(f*, G) - L(f, G) per position.
+  chunked: a ChunkedInverse where the family takes IDLM's losses over position chunks
+    (model.loss_chunk > 0), else None.
   """
 
   student: Callable
   renoise: Callable
   output: Callable
+  fake_loss: Callable
+  inverse_loss: Callable
+  chunked: Any = None
+
+
+class ChunkedInverse(NamedTuple):
+  """IDLM's pieces with no [B, L, V] tensor live beyond one chunk of positions
+  (model.loss_chunk; diffusion/chunks.py). A network enters as its output features h [B, L, d]
+  and its `head` = (project, params) (DIT.head): logits = project(params, h).
+
+  student(features, batch, key, dropout_key) -> (x_t, h): the student's noised input and its
+    output features; features(x, sigma, dropout_key) is the network's `features`.
+  renoise(head, x_t, h, key) -> Renoised: the re-noised sample of the student's G, drawn one
+    chunk at a time (no gradient), equal to `InverseParts.renoise(G, key)`.
+  fake_loss(student_head, x_t, h, fake_head, h_fake, r, weights) -> sum over positions of
+    weights * `InverseParts.fake_loss`, differentiable w.r.t. the fake's head params and h_fake.
+  inverse_loss(student_head, x_t, h, teacher_head, h_teacher, fake_head, h_fake, r, weights)
+    -> sum of weights * `InverseParts.inverse_loss`, differentiable w.r.t. the student's head
+    params and h.
+  """
+
+  student: Callable
+  renoise: Callable
   fake_loss: Callable
   inverse_loss: Callable
 

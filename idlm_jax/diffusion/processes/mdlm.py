@@ -7,8 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from idlm_jax import rng
-from idlm_jax.diffusion import mdlm, relax, sedd
-from idlm_jax.diffusion.processes.base import InverseParts, Process, Renoised, valid_weights
+from idlm_jax.diffusion import categorical, chunks, mdlm, relax, sedd
+from idlm_jax.diffusion.processes.base import (ChunkedInverse, InverseParts, Process, Renoised,
+                                               valid_weights)
 from idlm_jax.diffusion.schedules import get_schedule, sample_t, student_t
 
 
@@ -82,17 +83,22 @@ class MDLM(Process):
 
   # ---------------------------------------------------------------- IDLM (§2.2, §3.4)
 
-  def student_x0(self, model, batch, key, dropout_key, grid: int = 0):
-    """G: the SUBS x_theta of noised real data (one-hot where unmasked) [B, L, V]. Prompted
-    rows (`prompt_mask` 1) keep their prompt unmasked (clamped), so G is one-hot there.
-    grid: the input times (schedules.student_t)."""
+  def student_input(self, batch, key, grid: int = 0):
+    """(x_t, sigma_t): the student's noised real data, prompt of prompted rows (`prompt_mask`
+    1) unmasked; grid: the input times (schedules.student_t)."""
     x0 = batch["input_ids"]
     k_t, k_x = rng.split(key)
     t = student_t(k_t, x0.shape[0], self.schedule.eps, grid)
     xt = self.q_xt(k_x, x0, t)
     if "prompt_mask" in batch:
       xt = jnp.where(batch["prompt_mask"] > 0, x0, xt)
-    logits = model(xt, self.schedule.sigma(t), dropout_key=dropout_key)
+    return xt, self.schedule.sigma(t)
+
+  def student_x0(self, model, batch, key, dropout_key, grid: int = 0):
+    """G: the SUBS x_theta of noised real data (one-hot where unmasked) [B, L, V]. Prompted
+    rows keep their prompt unmasked (clamped), so G is one-hot there."""
+    xt, sigma = self.student_input(batch, key, grid)
+    logits = model(xt, sigma, dropout_key=dropout_key)
     return relax.simplex(mdlm.subs_log_probs(logits, xt, self.mask_id))
 
   def inverse_parts(self, relaxation: str = "simplex", relax_tau: float = 0.1,
@@ -106,11 +112,14 @@ class MDLM(Process):
     del unused
     schedule, mask_id = self.schedule, self.mask_id
 
-    def renoise(G, key):
+    def renoise_time(key, n):
       k_t, k_x = rng.split(key)
-      t = sample_t(k_t, G.shape[0], schedule.eps, True)
+      t = sample_t(k_t, n, schedule.eps, True)
       alpha = schedule.alpha(t)
-      weight = mdlm.nelbo_weight(alpha, schedule.dalpha(t))
+      return k_x, t, alpha, mdlm.nelbo_weight(alpha, schedule.dalpha(t))
+
+    def renoise(G, key):
+      k_x, t, alpha, weight = renoise_time(key, G.shape[0])
       if relaxation == "simplex":
         xt = relax.mdlm_hard_sample(k_x, G, alpha, mask_id, draw)
         return Renoised(xt, xt, schedule.sigma(t), weight)
@@ -135,4 +144,64 @@ class MDLM(Process):
       return fake_loss(log_teacher, r, G) - fake_loss(log_fake, r, G)  # pathwise ablations
 
     student = functools.partial(self.student_x0, grid=student_grid)
-    return InverseParts(student, renoise, output, fake_loss, inverse_loss)
+    chunked = None
+    if self.loss_chunk > 0:
+      if relaxation != "simplex" or draw != "inverse_cdf":
+        raise ValueError("the chunked IDLM-MDLM loss needs relaxation 'simplex' and draw "
+                         f"'inverse_cdf', got {relaxation!r}, {draw!r}")
+      chunked = self._chunked_inverse(renoise_time, student_grid)
+    return InverseParts(student, renoise, output, fake_loss, inverse_loss, chunked)
+
+  def _chunked_inverse(self, renoise_time, student_grid: int) -> ChunkedInverse:
+    """IDLM-MDLM ("simplex", inverse-CDF draws) over chunks of `loss_chunk` positions: the
+    same values as the pieces above (ChunkedInverse), no [B, L, V] tensor beyond a chunk.
+    The student's G is computed twice per loss (the draw of x_t2 needs all of it before the
+    teacher and fake run): one extra output projection of the student, 2 B L d V FLOPs."""
+    schedule, mask_id, chunk = self.schedule, self.mask_id, self.loss_chunk
+
+    def student(features, batch, key, dropout_key):
+      xt, sigma = self.student_input(batch, key, student_grid)
+      return xt, features(xt, sigma, dropout_key)
+
+    def G_of(head, params, h, xt):  # the student's soft x0 on a chunk [B, c, V]
+      return relax.simplex(mdlm.subs_log_probs(head[0](params, h), xt, mask_id))
+
+    def renoise(head, xt, h, key):
+      k_x, t, alpha, weight = renoise_time(key, xt.shape[0])
+      words = jnp.moveaxis(categorical.inverse_cdf_words(k_x, xt.shape), 0, -1)  # [B, L, 2]
+
+      def draw(pp, params):
+        h_c, xt_c, words_c = pp
+        log_q = relax.mdlm_q_log_probs(G_of(head, params, h_c, xt_c), alpha, mask_id)
+        return categorical.inverse_cdf_from_words(jnp.moveaxis(words_c, -1, 0), log_q)
+
+      x2 = chunks.chunk_map(draw, jax.lax.stop_gradient((h, xt, words)),
+                            jax.lax.stop_gradient(head[1]), chunk)
+      return Renoised(x2, x2, schedule.sigma(t), weight)
+
+    def fake_loss(s_head, xt, h, f_head, h_fake, r, weights):
+      def fn(f_params, h_f, pp, shared):
+        h_s, xt_c, x2, w = pp
+        G = G_of(s_head, shared[0], h_s, xt_c)
+        log_f = mdlm.subs_log_probs(f_head[0](f_params, h_f), x2, mask_id)
+        masked = (x2 == mask_id).astype(jnp.float32)
+        return jnp.sum(w * relax.soft_label_nll(log_f, G, shared[1][:, None] * masked))
+
+      pp = jax.lax.stop_gradient((h, xt, r.tokens, weights))
+      shared = jax.lax.stop_gradient((s_head[1], r.weight))
+      return chunks.chunk_sum(fn, f_head[1], h_fake, pp, shared, chunk)
+
+    def inverse_loss(s_head, xt, h, t_head, h_teacher, f_head, h_fake, r, weights):
+      def fn(s_params, h_s, pp, shared):
+        xt_c, h_t, h_f, x2, w = pp
+        t_params, f_params, weight = shared
+        log_t = mdlm.subs_log_probs(t_head[0](t_params, h_t), x2, mask_id)
+        log_f = mdlm.subs_log_probs(f_head[0](f_params, h_f), x2, mask_id)
+        G = G_of(s_head, s_params, h_s, xt_c)
+        return jnp.sum(w * relax.mdlm_inverse_token_loss(G, log_t, log_f, x2, weight, mask_id))
+
+      pp = jax.lax.stop_gradient((xt, h_teacher, h_fake, r.tokens, weights))
+      shared = jax.lax.stop_gradient((t_head[1], f_head[1], r.weight))
+      return chunks.chunk_sum(fn, s_head[1], h, pp, shared, chunk)
+
+    return ChunkedInverse(student, renoise, fake_loss, inverse_loss)

@@ -15,6 +15,9 @@ Part 1 (speed, random weights):
   attention   the teacher step and forward with model.attention="xla" (the default, "auto",
               is cuDNN flash attention on a GPU in bf16: the throughput rows).
   xla_flags   the teacher step and forward in a fresh process per XLA_FLAGS variant.
+  loss_chunk  the teacher and IDLM steps with model.loss_chunk=128 (no [B, L, V] tensor beyond
+              128 positions; diffusion/chunks.py): the memory it saves on the device and
+              what its extra output projections cost.
   profile     a jax.profiler trace of 3 teacher steps, summarised: device time per op
               category and the top ops (the trace itself stays on the device).
   generation  64 x 1024 tokens: the teacher sampler at 1024 steps (cache on) vs 16 and 4
@@ -78,8 +81,8 @@ XLA_FLAG_VARIANTS = {
 # seconds each section needs on an H100/H200 (compiles included), from the H100 run of
 # 2026-11-22 (teacher step 98 ms, forward 63 ms, first step 23 s) scaled by FLOPs
 ESTIMATE_S = {"throughput": 170, "attention": 45, "xla_flags": 40, "profile": 40,
-              "generation": 160, "text": 300}
-PARTS = {"1": ("throughput", "profile", "generation", "attention", "xla_flags"),
+              "generation": 160, "loss_chunk": 70, "text": 300}
+PARTS = {"1": ("throughput", "profile", "generation", "attention", "xla_flags", "loss_chunk"),
          "2": ("text",)}
 REPORT_MIN = 3.0  # minutes kept for part 2's distillation report
 TEXT_STEPS = dict(teacher_steps="1024,256,64,16", student_steps="16,8,4")
@@ -256,18 +259,31 @@ def torch_first(args) -> pathlib.Path:
   return path
 
 
-# the committed memory plans of the campaign's distillation steps at L=1024, B=32 on one
-# device (benchmarks/plan.py, remat none; docs/scaling.md)
-CAMPAIGN_PLANS = {name: ROOT / "benchmarks" / "results" / "plans" / f"campaign_{name}_b32_1gpu.json"
-                  for name in ("idlm", "didi")}
+LOSS_CHUNK = 128  # model.loss_chunk of the loss_chunk section
+
+
+def plan_path(name: str) -> pathlib.Path:
+  """The committed memory plan of a campaign step at L=1024, B=32 on one device
+  (benchmarks/plan.py, remat none; docs/scaling.md): name "idlm", "didi", "idlm_chunk128"."""
+  return ROOT / "benchmarks" / "results" / "plans" / f"campaign_{name}_b32_1gpu.json"
+
+
+# the distillation steps whose microbatches --microbatches=auto plans
+CAMPAIGN_PLANS = {name: plan_path(name) for name in ("idlm", "didi")}
+
+
+def plan_name(row: dict) -> str:
+  """The plan of a measured train row: its objective, with _chunk<N> under model.loss_chunk."""
+  chunk = row.get("loss_chunk") or 0
+  return f"{row.get('objective')}_chunk{chunk}" if chunk else str(row.get("objective"))
 
 
 def planned_gib(name: str, B: int, microbatches: int):
   """The committed plan's GiB for `name`'s step at B rows in `microbatches` passes (None
   without a plan): a full-depth compile (`--check`) at that row count when it has one, else
   the extrapolation from the 1-2 block probes."""
-  path = CAMPAIGN_PLANS.get(name)
-  if path is None or not path.is_file():
+  path = plan_path(name)
+  if not path.is_file():
     return None
   plan = json.loads(path.read_text())
   rows, chosen = B // max(microbatches, 1), plan["chosen"]
@@ -286,18 +302,19 @@ def memory_markdown(rows: list) -> str:
   out = []
   for r in rows:
     if (r.get("framework") == "idlm_jax" and r.get("kind") == "train"
-        and r.get("peak_mem_gib") and r.get("section") == "throughput"):
-      plan = planned_gib(r.get("objective"), r.get("B", 0), r.get("microbatches", 1))
+        and r.get("peak_mem_gib") and r.get("section") in ("throughput", "loss_chunk")):
+      plan = planned_gib(plan_name(r), r.get("B", 0), r.get("microbatches", 1))
       if plan is not None:
-        out.append(f"| {r['objective']} | {r['B']} | {r.get('microbatches', 1)} | {plan:.1f} | "
+        out.append(f"| {plan_name(r)} | {r['B']} | {r.get('microbatches', 1)} | {plan:.1f} | "
                    f"{r['peak_mem_gib']:.1f} | {r['peak_mem_gib'] / plan:.2f} |")
   if not out:
     return ""
   return ("\n## Memory: plan vs device\n\nPlanned: `benchmarks/results/plans/campaign_*_b32_"
           "1gpu.json` (XLA:CPU compiles, temporaries x the H100 calibration); measured: the "
-          "device's peak bytes in use in the throughput process so far (the teacher, IDLM and DiDi "
-          "steps run in that order, each planned larger than the last, so each row's peak is its "
-          "own step's).\n\n| step | B | microbatches | "
+          "device's peak bytes in use in the section's process so far (the teacher, IDLM and "
+          "DiDi steps run in that order, each planned larger than the last, so each row's peak "
+          "is its own step's; the loss_chunk section's process runs its teacher and IDLM "
+          "steps).\n\n| step | B | microbatches | "
           "planned GiB | peak GiB | measured / planned |\n|---|---|---|---|---|---|\n"
           + "\n".join(out) + "\n")
 
@@ -375,6 +392,17 @@ def section_attention(args, rec: Recorder) -> None:
     for r in rows:
       r["variant"] = f"attention={kind}"
     rec.add("attention", rows)
+
+
+def section_loss_chunk(args, rec: Recorder) -> None:
+  """The teacher and IDLM steps with model.loss_chunk=LOSS_CHUNK, in one pass (its plan:
+  campaign_idlm_chunk128_b32_1gpu.json): the device's peak memory and the step times, against
+  the throughput section's unchunked rows."""
+  rows = train_throughput.main(throughput_argv(
+      args, "--objectives=teacher,idlm", "--mode", "train", "--loss-chunk", str(LOSS_CHUNK)))
+  for r in rows:
+    r["variant"] = f"loss_chunk={LOSS_CHUNK}"
+  rec.add("loss_chunk", rows)
 
 
 def section_xla_flags(args, rec: Recorder, deadline: float) -> None:

@@ -601,6 +601,10 @@ def base_overrides(spec: str) -> list:
 PAPER_PLANS = (
     ("idlm_mdlm_owt_8x80gb", ["--config=configs/idlm_mdlm_owt.py", "--devices=8",
                               "--memory_gb=80", "--check"]),
+    # the IDLM losses over chunks of 128 positions (model.loss_chunk; diffusion/chunks.py)
+    ("idlm_mdlm_owt_chunk128_8x80gb", ["--config=configs/idlm_mdlm_owt.py",
+                                       "--set=model.loss_chunk=128", "--devices=8",
+                                       "--memory_gb=80", "--check"]),
     ("didi_mdlm_owt_8x80gb", ["--config=configs/didi_mdlm_owt.py", "--devices=8",
                               "--memory_gb=80", "--check"]),
     ("duo_lm1b_8x80gb", ["--config=configs/duo_lm1b.py", "--devices=8", "--memory_gb=80",
@@ -620,6 +624,12 @@ PAPER_PLANS = (
                                   "--memory_gb=78", "--meshes=fsdp", "--remats=none",
                                   "--check"])
       for o in ("idlm", "didi")),
+    ("campaign_idlm_chunk128_b32_1gpu", ["--config=configs/mdlm_owt.py", "--set=objective=idlm",
+                                         "--set=distill.teacher=random-init",
+                                         "--set=model.dropout=0.0", "--set=model.loss_chunk=128",
+                                         "--set=train.global_batch_size=32", "--devices=1",
+                                         "--memory_gb=78", "--meshes=fsdp", "--remats=none",
+                                         "--check"]),
     # the campaign's real-text stages (gpu_campaign.text_configs: DiT 384 x 8 / GPT-2 384 x 8,
     # GPT-2 vocabulary, L=256, bf16) on one device with JAX's usable 72 GiB
     *((f"campaign_text_{name}_1gpu",

@@ -423,7 +423,8 @@ def _demo_students(files) -> str:
 
 TABLES = {
     "config_fields": config_fields,
-    "paper_plans": lambda: plans(["idlm_mdlm_owt_8x80gb", "didi_mdlm_owt_8x80gb",
+    "paper_plans": lambda: plans(["idlm_mdlm_owt_8x80gb", "idlm_mdlm_owt_chunk128_8x80gb",
+                                  "didi_mdlm_owt_8x80gb",
                                   "duo_lm1b_8x80gb", "idlm_mdlm_owt_v5e16",
                                   "didi_mdlm_owt_v5e16", "duo_lm1b_v5e16"]),
     "authors_parity": lambda: authors_parity("authors_parity.json"),
@@ -432,7 +433,8 @@ TABLES = {
          "llada8b_infer_L512_v5e16", "llada8b_sft_L512_1x80gb_cpu",
          "llada8b_sft_L512_1x80gb_tpuv5p", "llada8b_sft_L512_v5e16"],
         "llada8b_sft_L512_fulldepth_checks.json"),
-    "campaign_plans": lambda: plans(["campaign_idlm_b32_1gpu", "campaign_didi_b32_1gpu",
+    "campaign_plans": lambda: plans(["campaign_idlm_b32_1gpu", "campaign_idlm_chunk128_b32_1gpu",
+                                     "campaign_didi_b32_1gpu",
                                      "campaign_text_teacher_1gpu", "campaign_text_idlm_1gpu",
                                      "campaign_text_ar_1gpu"]),
     "dllm_r2": lambda: dllm_r2("dllm_r2_reasoning.jsonl"),

@@ -47,7 +47,11 @@ def test_smoke_runs_every_section(tmp_path):
   rows = gpu_campaign.main(["--part=all", "--smoke", f"--out={tmp_path / 'out'}",
                             f"--work={tmp_path / 'work'}", f"--carry={carry}"])
   sections = {r["section"] for r in rows}
-  assert sections >= {"throughput", "attention", "profile", "generation", "xla_flags", "text"}
+  assert sections >= {"throughput", "attention", "profile", "generation", "xla_flags",
+                      "loss_chunk", "text"}
+  chunked = [r for r in rows if r["section"] == "loss_chunk" and r.get("kind") == "train"]
+  assert {r["objective"] for r in chunked} == {"teacher", "idlm"}
+  assert all(r["loss_chunk"] == gpu_campaign.LOSS_CHUNK for r in chunked)
   assert not [r for r in rows if "error" in r]
   torch_rows = [r for r in rows if r.get("variant") == "torch smoke"]  # skipped without PyTorch
   assert torch_rows and all("skipped" in r for r in torch_rows) == (
@@ -160,7 +164,9 @@ def test_memory_table_compares_the_plan_with_the_device_peak():
   rows = [{"section": "throughput", "framework": "idlm_jax", "kind": "train",
            "objective": "didi", "B": 32, "microbatches": 2, "peak_mem_gib": 50.0},
           {"section": "throughput", "framework": "idlm_jax", "kind": "train",
-           "objective": "teacher", "B": 32, "peak_mem_gib": 25.0}]  # no plan: no row
+           "objective": "teacher", "B": 32, "peak_mem_gib": 25.0},  # no plan: no row
+          {"section": "loss_chunk", "framework": "idlm_jax", "kind": "train",
+           "objective": "idlm", "loss_chunk": 128, "B": 32, "peak_mem_gib": 40.0}]
   text = gpu_campaign.memory_markdown(rows)
   plan = gpu_campaign.planned_gib("didi", 32, 2)
   committed = json.loads(gpu_campaign.CAMPAIGN_PLANS["didi"].read_text())
@@ -170,3 +176,6 @@ def test_memory_table_compares_the_plan_with_the_device_peak():
   assert gpu_campaign.planned_gib("didi", 32, 4) == st["gib_fixed"] + 8 * st["gib_per_row"]
   assert f"| didi | 32 | 2 | {plan:.1f} | 50.0 | {50.0 / plan:.2f} |" in text
   assert "| teacher |" not in text and gpu_campaign.memory_markdown([]) == ""
+  chunked = gpu_campaign.planned_gib("idlm_chunk128", 32, 1)  # its own committed plan
+  assert chunked < gpu_campaign.planned_gib("idlm", 32, 1)
+  assert f"| idlm_chunk128 | 32 | 1 | {chunked:.1f} | 40.0 |" in text

@@ -13,7 +13,9 @@ For the real MDLM train step and the sampler's forward at a small DiT shape:
      temp memory of the train step (the full [B, L, V] float32 logits must disappear).
 Timings are CPU timings (labelled so); GPU numbers come from train_throughput.py.
 Section 4's measured numbers (--skip-vocab --skip-remat --loss-chunks 0,64,16) are in
-benchmarks/results/distill_step_cpu.md: temp 0.68 -> 0.34 GiB (chunk 32) -> 0.23 GiB (16).
+benchmarks/results/distill_step_cpu.md: temp 0.68 -> 0.34 GiB (chunk 32) -> 0.23 GiB (16), with
+the rematerialised chunks of then; the chunks that take their gradient in the forward pass:
+benchmarks/results/loss_chunk_cpu_2026-12-07.md (0.28 GiB at chunk 32).
 """
 
 import argparse

@@ -11,11 +11,11 @@ caller's per-position weights must be 0 there, which `split` guarantees for weig
       sum over chunks of the scalar fn(params, h_c, per_position_c, shared), differentiable
       w.r.t. `params` and `h` with the gradient taken in the forward pass, chunk by chunk.
 
-Why the gradient is taken in the forward pass: a `jax.checkpoint`ed `lax.map` (as
-mdlm.chunked_log_prob_of) recomputes each chunk's whole forward in the backward pass. For
-IDLM that is the output projection of three networks (each 2 B L d V FLOPs, ~9% of a DiT-small
-teacher step at V = 50k): the teacher's and the fake's projections would run twice only to
-rebuild the residual of the student's gradient. `chunk_sum` instead computes each chunk's
+Why the gradient is taken in the forward pass: a `jax.checkpoint`ed `lax.map` (what the MDLM
+teacher's chunked loss did before) recomputes each chunk's whole forward in the backward pass:
+one more output projection (2 B L d V FLOPs, ~9% of a DiT-small teacher step at V = 50k) for
+the teacher, and for IDLM the projections of three networks, the teacher's and the fake's run
+twice only to rebuild the residual of the student's gradient. `chunk_sum` instead computes each chunk's
 value and its gradient w.r.t. (params, h_c) with `jax.value_and_grad` inside one `lax.scan`,
 keeps the [B, L, d] gradient of h and the summed gradient of params (the output layer's, not
 [B, L, V]), and its custom VJP scales them by the incoming cotangent. The result is the

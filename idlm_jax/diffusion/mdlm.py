@@ -4,8 +4,6 @@ Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models"; see
 reference/teachers.md §1.1-1.3.
 """
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
@@ -44,37 +42,6 @@ def subs_log_prob_of(logits: jax.Array, xt: jax.Array, x0: jax.Array, mask_id: i
   lse = jax.nn.logsumexp(jnp.where(vocab == mask_id, -jnp.inf, logits), axis=-1)
   picked = jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0]
   return jnp.where(xt == mask_id, picked - lse, 0.0)
-
-
-def chunked_log_prob_of(project: Callable, h: jax.Array, xt: jax.Array, x0: jax.Array,
-                        mask_id: int, chunk: int) -> jax.Array:
-  """`subs_log_prob_of(project(h), xt, x0, mask_id)` [B, L], `chunk` positions at a time.
-
-  `project` maps output features h [B, L, d] to float32 logits [..., V] (DIT.project). Each
-  chunk of `chunk` sequence positions (all B rows) runs as one `lax.map` iteration whose body
-  is `jax.checkpoint`ed: the forward keeps only the [B, chunk] results, and the backward
-  recomputes one chunk's logits at a time, so no full [B, L, V] logits (or their cotangent)
-  are ever live. L need not be a multiple of `chunk`: the last chunk is zero-padded and the
-  padding sliced off (it gets no gradient). chunk <= 0 or >= L: the unchunked computation.
-  """
-  L = h.shape[1]
-  if chunk <= 0 or chunk >= L:
-    return subs_log_prob_of(project(h), xt, x0, mask_id)
-  n = -(-L // chunk)
-  pad = n * chunk - L
-
-  def split(a):  # [B, L, ...] -> [n, B, chunk, ...], positions padded to n * chunk
-    a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-    a = a.reshape(a.shape[0], n, chunk, *a.shape[2:])
-    return jnp.moveaxis(a, 1, 0)
-
-  @jax.checkpoint
-  def body(args):
-    h_c, xt_c, x0_c = args
-    return subs_log_prob_of(project(h_c), xt_c, x0_c, mask_id)
-
-  out = jax.lax.map(body, (split(h), split(xt), split(x0)))  # [n, B, chunk]
-  return jnp.moveaxis(out, 0, 1).reshape(h.shape[0], n * chunk)[:, :L]
 
 
 def nelbo_weight(alpha_t: jax.Array, dalpha_t: jax.Array) -> jax.Array:

@@ -54,11 +54,11 @@ FIELDS = {
                          'compute; "none": keep them.', choices=("none", "block")),
     "model.loss_chunk": Field(
         0, "> 0: the loss takes the output projection, log-softmax and SUBS loss this many "
-        "sequence positions at a time, so no full [B, L, V] float32 tensor is ever live; same "
-        'loss and gradients. 0 = off. diffusion.algo "mdlm" with objective "diffusion" '
-        '(rematerialised chunks) or "idlm" (distill.relaxation "simplex", train_draw '
-        '"inverse_cdf"; gradients taken chunk by chunk in the forward pass, one extra output '
-        "projection of the student per loss; diffusion/chunks.py).",
+        "sequence positions at a time, its gradient taken chunk by chunk in the forward pass "
+        "(diffusion/chunks.py), so no full [B, L, V] float32 tensor is ever live; same loss "
+        'and gradients. 0 = off. diffusion.algo "mdlm" with objective "diffusion" (no extra '
+        'FLOPs) or "idlm" (distill.relaxation "simplex", train_draw "inverse_cdf"; one more '
+        "output projection of the student per loss).",
         check=F.non_negative_or_off("0: off")),
     "model.n_positions": Field(1024, 'model.name "gpt2": learned positions.', check=F.positive),
     "model.n_kv_heads": Field(0, 'model.name "llada": key/value heads (grouped-query '

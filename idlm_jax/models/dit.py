@@ -234,7 +234,7 @@ class DIT(nnx.Module):
 
   def project(self, h: jax.Array, dtype=jnp.float32) -> jax.Array:
     """Logits [..., V] of output features h [..., d] (the output projection only), so that a
-    loss can take the logits a chunk of positions at a time (mdlm.chunked_log_prob_of).
+    loss can take the logits a chunk of positions at a time (diffusion/chunks.py).
     Float32 by default; `dtype=None` keeps the compute dtype."""
     return self.output_layer.project(h, dtype)
 

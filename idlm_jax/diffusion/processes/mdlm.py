@@ -20,8 +20,9 @@ def _tokens_masked(r: Renoised, mask_id: int) -> jax.Array:
 class MDLM(Process):
   """Absorbing ([MASK]) process with the SUBS parameterization and the log-linear schedule.
 
-  loss_chunk > 0 (model.loss_chunk): the loss takes the output projection and log-softmax that
-  many positions at a time (mdlm.chunked_log_prob_of; the model must have features/project).
+  loss_chunk > 0 (model.loss_chunk): the losses (the teacher's NELBO, IDLM's) take the output
+  projection and log-softmax that many positions at a time, their gradients taken chunk by
+  chunk in the forward pass (diffusion/chunks.chunk_sum; the model must have features/head).
   """
 
   name = "mdlm"
@@ -59,12 +60,20 @@ class MDLM(Process):
     xt = mdlm.q_xt(k_mask, x0, alpha, mask_id)
     drop = k_drop if train else None
     if self.loss_chunk > 0:
+      project, head = model.head()
+
+      def chunk_nelbo(head, h, pp, shared):
+        xt_c, x0_c, valid_c = pp
+        log_p = mdlm.subs_log_prob_of(project(head, h), xt_c, x0_c, mask_id)
+        return jnp.sum(mdlm.nelbo_per_token(log_p, *shared) * valid_c)
+
       h = model.features(xt, s.sigma(t), dropout_key=drop)
-      log_p = mdlm.chunked_log_prob_of(model.project, h, xt, x0, mask_id, self.loss_chunk)
+      nelbo_sum = chunks.chunk_sum(chunk_nelbo, head, h, (xt, x0, valid),
+                                   jax.lax.stop_gradient((alpha, dalpha)), self.loss_chunk)
     else:
       log_p = mdlm.subs_log_prob_of(model(xt, s.sigma(t), dropout_key=drop), xt, x0, mask_id)
-    nelbo = mdlm.nelbo_per_token(log_p, alpha, dalpha) * valid
-    return {"nelbo_sum": nelbo.sum(), "tokens": valid.sum()}
+      nelbo_sum = (mdlm.nelbo_per_token(log_p, alpha, dalpha) * valid).sum()
+    return {"nelbo_sum": nelbo_sum, "tokens": valid.sum()}
 
   def log_probs_fn(self, model, dropout_key=None):
     s, mask_id = self.schedule, self.mask_id

@@ -46,6 +46,7 @@ TEACHER = ["distill.teacher='demo'"]  # validated only: the frozen teacher is ma
 # objective -> (config, overrides); dropout > 0 wherever the model has dropout in the step
 CASES = {
     "diffusion": (SYN, ["model.dropout=0.1"]),
+    "diffusion_chunked": (SYN, ["model.dropout=0.1", "model.loss_chunk=24"]),  # L = 64
     "diffusion_sedd": (SYN, ["model.dropout=0.1", "diffusion.algo='sedd'",
                              "diffusion.parameterization='score'",
                              "model.time_conditioning=True", "sample.sampler='analytic'"]),

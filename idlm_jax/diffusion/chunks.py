@@ -80,7 +80,8 @@ def chunk_sum(fn: Callable, params: Any, h: jax.Array, per_position: Any, shared
   """sum_c fn(params, h_c, per_position_c, shared) over the position chunks c -> scalar.
 
   fn(params, h_c [B, chunk, ...], per_position_c, shared) -> scalar must give 0 (and a zero
-  gradient) on padded positions. forward: one `lax.scan` over the chunks that also takes each
+  gradient) on padded positions, and may close over functions and constants but not over
+  traced arrays (pass those in `per_position` or `shared`). forward: one `lax.scan` over the chunks that also takes each
   chunk's gradient w.r.t. (params, h_c); gradient: those, times the cotangent. `per_position`
   and `shared` get zero cotangents (hold no differentiated value there: stop_gradient them).
   """

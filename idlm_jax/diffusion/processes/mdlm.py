@@ -172,8 +172,8 @@ class MDLM(Process):
       xt, sigma = self.student_input(batch, key, student_grid)
       return xt, features(xt, sigma, dropout_key)
 
-    def G_of(head, params, h, xt):  # the student's soft x0 on a chunk [B, c, V]
-      return relax.simplex(mdlm.subs_log_probs(head[0](params, h), xt, mask_id))
+    def G_of(project, params, h, xt):  # the student's soft x0 on a chunk [B, c, V]
+      return relax.simplex(mdlm.subs_log_probs(project(params, h), xt, mask_id))
 
     def renoise(head, xt, h, key):
       k_x, t, alpha, weight = renoise_time(key, xt.shape[0])
@@ -181,7 +181,7 @@ class MDLM(Process):
 
       def draw(pp, params):
         h_c, xt_c, words_c = pp
-        log_q = relax.mdlm_q_log_probs(G_of(head, params, h_c, xt_c), alpha, mask_id)
+        log_q = relax.mdlm_q_log_probs(G_of(head[0], params, h_c, xt_c), alpha, mask_id)
         return categorical.inverse_cdf_from_words(jnp.moveaxis(words_c, -1, 0), log_q)
 
       x2 = chunks.chunk_map(draw, jax.lax.stop_gradient((h, xt, words)),
@@ -189,10 +189,12 @@ class MDLM(Process):
       return Renoised(x2, x2, schedule.sigma(t), weight)
 
     def fake_loss(s_head, xt, h, f_head, h_fake, r, weights):
+      s_project, f_project = s_head[0], f_head[0]  # fn may close over functions, not arrays
+
       def fn(f_params, h_f, pp, shared):
         h_s, xt_c, x2, w = pp
-        G = G_of(s_head, shared[0], h_s, xt_c)
-        log_f = mdlm.subs_log_probs(f_head[0](f_params, h_f), x2, mask_id)
+        G = G_of(s_project, shared[0], h_s, xt_c)
+        log_f = mdlm.subs_log_probs(f_project(f_params, h_f), x2, mask_id)
         masked = (x2 == mask_id).astype(jnp.float32)
         return jnp.sum(w * relax.soft_label_nll(log_f, G, shared[1][:, None] * masked))
 
@@ -201,12 +203,14 @@ class MDLM(Process):
       return chunks.chunk_sum(fn, f_head[1], h_fake, pp, shared, chunk)
 
     def inverse_loss(s_head, xt, h, t_head, h_teacher, f_head, h_fake, r, weights):
+      s_project, t_project, f_project = s_head[0], t_head[0], f_head[0]
+
       def fn(s_params, h_s, pp, shared):
         xt_c, h_t, h_f, x2, w = pp
         t_params, f_params, weight = shared
-        log_t = mdlm.subs_log_probs(t_head[0](t_params, h_t), x2, mask_id)
-        log_f = mdlm.subs_log_probs(f_head[0](f_params, h_f), x2, mask_id)
-        G = G_of(s_head, s_params, h_s, xt_c)
+        log_t = mdlm.subs_log_probs(t_project(t_params, h_t), x2, mask_id)
+        log_f = mdlm.subs_log_probs(f_project(f_params, h_f), x2, mask_id)
+        G = G_of(s_project, s_params, h_s, xt_c)
         return jnp.sum(w * relax.mdlm_inverse_token_loss(G, log_t, log_f, x2, weight, mask_id))
 
       pp = jax.lax.stop_gradient((xt, h_teacher, h_fake, r.tokens, weights))

@@ -53,12 +53,12 @@ FIELDS = {
                          "backward pass (nnx.remat), less activation memory for ~1/3 more "
                          'compute; "none": keep them.', choices=("none", "block")),
     "model.loss_chunk": Field(
-        0, "> 0: the loss takes the output projection, log-softmax and SUBS loss this many "
+        0, "> 0: the loss takes the output projection, log-softmax and loss this many "
         "sequence positions at a time, its gradient taken chunk by chunk in the forward pass "
         "(diffusion/chunks.py), so no full [B, L, V] float32 tensor is ever live; same loss "
-        'and gradients. 0 = off. diffusion.algo "mdlm" with objective "diffusion" (no extra '
-        'FLOPs) or "idlm" (distill.relaxation "simplex", train_draw "inverse_cdf"; one more '
-        "output projection of the student per loss).",
+        'and gradients. 0 = off. Objective "diffusion" with diffusion.algo "mdlm" (no extra '
+        'FLOPs), or "idlm" with "mdlm" or absorbing "sedd" (distill.relaxation "simplex", '
+        'train_draw "inverse_cdf"; one more output projection of the student per loss).',
         check=F.non_negative_or_off("0: off")),
     "model.n_positions": Field(1024, 'model.name "gpt2": learned positions.', check=F.positive),
     "model.n_kv_heads": Field(0, 'model.name "llada": key/value heads (grouped-query '

@@ -133,11 +133,12 @@ def student_sample(proc: InverseParts, net, student_params, batch: dict, k_stude
 
 def chunked_student_sample(proc: InverseParts, student, batch: dict, k_student: jax.Array,
                            k_renoise: jax.Array, dropout_key=None):
-  """`student_sample` over position chunks (proc.chunked): (x_t, h, head, r), the student's
-  noised input, output features and head, and the re-noised sample (prompt clamped)."""
-  x_t, h = proc.chunked.student(features(student, batch), batch, k_student, dropout_key)
+  """`student_sample` over position chunks (proc.chunked): (st, head, r), the student's noised
+  input and output features (processes.chunked.Student), its head, and the re-noised sample
+  (prompt clamped)."""
+  st = proc.chunked.student(features(student, batch), batch, k_student, dropout_key)
   head = student.head()
-  return x_t, h, head, clamp_prompt(proc.chunked.renoise(head, x_t, h, k_renoise), batch)
+  return st, head, clamp_prompt(proc.chunked.renoise(head, st, k_renoise), batch)
 
 
 def fake_loss(proc: InverseParts, net, fake_params, student_params, batch: dict, key: jax.Array):
@@ -146,10 +147,10 @@ def fake_loss(proc: InverseParts, net, fake_params, student_params, batch: dict,
   k_s, k_r, k_d = rng.split(key, 3)
   if proc.chunked is not None:
     student, fake = net(jax.lax.stop_gradient(student_params)), net(fake_params)
-    x_t, h, head, r = chunked_student_sample(proc, student, batch, k_s, k_r)
+    st, head, r = chunked_student_sample(proc, student, batch, k_s, k_r)
     h_fake = features(fake, batch)(r.net_in, r.sigma, k_d)
-    return _mean(proc.chunked.fake_loss(head, x_t, h, fake.head(), h_fake, r,
-                                        loss_weights(batch)), batch)
+    return _mean(proc.chunked.fake_loss(head, st, fake.head(), h_fake, r, loss_weights(batch)),
+                 batch)
   G, r = jax.tree.map(jax.lax.stop_gradient,
                       student_sample(proc, net, student_params, batch, k_s, k_r))
   out = proc.output(_with_dropout(conditional(net(fake_params), batch), k_d), r)
@@ -162,11 +163,11 @@ def inverse_loss(proc: InverseParts, net, student_params, fake_params, teacher_p
   student_params is differentiated). -> (loss, tokens)."""
   k_s, k_r, k_d = rng.split(key, 3)
   if proc.chunked is not None:
-    x_t, h, head, r = chunked_student_sample(proc, net(student_params), batch, k_s, k_r, k_d)
+    st, head, r = chunked_student_sample(proc, net(student_params), batch, k_s, k_r, k_d)
     teacher, fake = net(teacher_params), net(fake_params)
     h_teacher = features(teacher, batch)(r.net_in, r.sigma)
     h_fake = features(fake, batch)(r.net_in, r.sigma)
-    return _mean(proc.chunked.inverse_loss(head, x_t, h, teacher.head(), h_teacher, fake.head(),
+    return _mean(proc.chunked.inverse_loss(head, st, teacher.head(), h_teacher, fake.head(),
                                            h_fake, r, loss_weights(batch)), batch)
   G, r = student_sample(proc, net, student_params, batch, k_s, k_r, k_d)
   out_teacher = proc.output(conditional(net(teacher_params), batch), r)
@@ -245,9 +246,10 @@ def _with_dropout(model, dropout_key):
 def validate(config) -> None:
   """IDLM-SEDD is absorbing (the paper's); the relaxation ablations are IDLM-MDLM's; prompted
   rows (data.source "reasoning") are clamped by IDLM-MDLM only; the chunked loss
-  (model.loss_chunk) is IDLM-MDLM's with the paper's relaxation and inverse-CDF draws."""
+  (model.loss_chunk) is IDLM-MDLM's and IDLM-SEDD's with the paper's relaxation and
+  inverse-CDF draws."""
   d, f = config.distill, config.diffusion
-  if config.model.loss_chunk > 0 and (f.algo != "mdlm" or d.relaxation != "simplex"
+  if config.model.loss_chunk > 0 and (f.algo not in ("mdlm", "sedd") or d.relaxation != "simplex"
                                       or d.train_draw != "inverse_cdf"):
     raise chunk_error(config)
   if config.data.source == "reasoning" and f.algo != "mdlm":

@@ -1,6 +1,7 @@
-"""IDLM-MDLM over position chunks (model.loss_chunk > 0, diffusion/chunks.py): the re-noised
-draw, both losses and their gradients equal the unchunked ones, so does a whole sharded train
-step (with and without gradient accumulation), and the compiled loss holds no [B, L, V] buffer."""
+"""IDLM-MDLM and IDLM-SEDD over position chunks (model.loss_chunk > 0, processes/chunked.py,
+diffusion/chunks.py): the re-noised draw, both losses and their gradients equal the unchunked
+ones, so does a whole sharded train step (with and without gradient accumulation), and the
+compiled loss holds no [B, L, V] buffer."""
 
 import functools
 
@@ -22,8 +23,8 @@ from tests.objectives.test_idlm import _batch, _config, _nets
 L = 12
 
 
-def _setup(tmp_path, extra=()):
-  config = _config("mdlm", tmp_path, extra)
+def _setup(tmp_path, extra=(), algo="mdlm"):
+  config = _config(algo, tmp_path, extra)
   graphdef, teacher, tok = _nets(config)
   _, fake, _ = _nets(config, seed=1)
   _, student, _ = _nets(config, seed=2)
@@ -45,19 +46,23 @@ def _prompted(batch, n=3):
   return {**batch, "prompt_mask": prompt}
 
 
-@pytest.mark.parametrize("loss,chunk,dropout,prompt", [
-    ("inverse", 5, 0.1, True),  # L = 12: the last chunk is padded
-    ("fake", 5, 0.1, True),
-    ("inverse", 12, 0.0, False),  # one chunk
-    ("fake", 40, 0.0, False),  # chunk > L: one padded chunk
+@pytest.mark.parametrize("algo,loss,chunk,dropout,prompt", [
+    ("mdlm", "inverse", 5, 0.1, True),  # L = 12: the last chunk is padded
+    ("mdlm", "fake", 5, 0.1, True),
+    ("mdlm", "inverse", 12, 0.0, False),  # one chunk
+    ("mdlm", "fake", 40, 0.0, False),  # chunk > L: one padded chunk
+    ("sedd", "inverse", 5, 0.1, False),  # absorbing SEDD: log-scores, score entropies
+    ("sedd", "fake", 5, 0.1, False),
 ])
-def test_chunked_losses_and_gradients_equal_unchunked(loss, chunk, dropout, prompt, tmp_path):
+def test_chunked_losses_and_gradients_equal_unchunked(algo, loss, chunk, dropout, prompt,
+                                                      tmp_path):
   config, net, (teacher, fake, student), tok, batch = _setup(
-      tmp_path, [f"model.dropout={dropout}"])
+      tmp_path, [f"model.dropout={dropout}"], algo)
   if prompt:
     batch = _prompted(batch)
   fn, args = {"inverse": (idlm.inverse_loss, (student, fake, teacher)),
               "fake": (idlm.fake_loss, (fake, student))}[loss]
+  assert _parts(config, tok, chunk).chunked is not None and _parts(config, tok, 0).chunked is None
   out = {}
   for c in (0, chunk):
     grad = jax.jit(jax.value_and_grad(functools.partial(fn, _parts(config, tok, c), net),
@@ -80,7 +85,7 @@ def test_chunked_draw_of_x_t2_equals_unchunked(tmp_path):
   proc, chunked = _parts(config, tok, 0), _parts(config, tok, 5)
   k_s, k_r = jax.random.key(4), jax.random.key(5)
   G, r = idlm.student_sample(proc, net, student, batch, k_s, k_r)
-  _, _, _, r_chunked = idlm.chunked_student_sample(chunked, net(student), batch, k_s, k_r)
+  _, _, r_chunked = idlm.chunked_student_sample(chunked, net(student), batch, k_s, k_r)
   np.testing.assert_array_equal(np.asarray(r_chunked.tokens), np.asarray(r.tokens))
   for a, b in zip(r_chunked[1:4], r[1:4]):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -157,8 +162,11 @@ def test_chunked_idlm_loss_cuts_compiled_temp_memory(which):
 def test_loss_chunk_config_validation_for_idlm():
   spec, base = "configs/idlm_mdlm_owt.py:smoke", ["model.loss_chunk=16", "distill.teacher=demo"]
   assert config_lib.load_config(spec, base).model.loss_chunk == 16
+  assert config_lib.load_config("configs/idlm_sedd_owt.py:smoke", base).model.loss_chunk == 16
   for bad in (["distill.relaxation='gumbel'"], ["distill.train_draw='exact32'"]):
     with pytest.raises(config_lib.ConfigError, match="model.loss_chunk.*IDLM-MDLM"):
       config_lib.load_config(spec, base + bad)
+  with pytest.raises(config_lib.ConfigError, match="model.loss_chunk.*'duo'"):
+    config_lib.load_config("configs/idlm_duo_owt.py:smoke", base)
   with pytest.raises(config_lib.ConfigError, match="model.loss_chunk.*'didi'"):
     config_lib.load_config("configs/didi_mdlm_owt.py:smoke", base)

@@ -57,18 +57,20 @@ class InverseParts(NamedTuple):
 
 class ChunkedInverse(NamedTuple):
   """IDLM's pieces with no [B, L, V] tensor live beyond one chunk of positions
-  (model.loss_chunk; diffusion/chunks.py). A network enters as its output features h [B, L, d]
-  and its `head` = (project, params) (DIT.head): logits = project(params, h).
+  (model.loss_chunk; processes/chunked.py, diffusion/chunks.py). A network enters as its
+  output features h [B, L, d] and its `head` = (project, params) (DIT.head): logits =
+  project(params, h).
 
-  student(features, batch, key, dropout_key) -> (x_t, h): the student's noised input and its
-    output features; features(x, sigma, dropout_key) is the network's `features`.
-  renoise(head, x_t, h, key) -> Renoised: the re-noised sample of the student's G, drawn one
+  student(features, batch, key, dropout_key) -> chunked.Student (x_t, sigma, h): the
+    student's noised input and output features; features(x, sigma, dropout_key) is the
+    network's `features`.
+  renoise(head, student, key) -> Renoised: the re-noised sample of the student's G, drawn one
     chunk at a time (no gradient), equal to `InverseParts.renoise(G, key)`.
-  fake_loss(student_head, x_t, h, fake_head, h_fake, r, weights) -> sum over positions of
+  fake_loss(student_head, student, fake_head, h_fake, r, weights) -> sum over positions of
     weights * `InverseParts.fake_loss`, differentiable w.r.t. the fake's head params and h_fake.
-  inverse_loss(student_head, x_t, h, teacher_head, h_teacher, fake_head, h_fake, r, weights)
+  inverse_loss(student_head, student, teacher_head, h_teacher, fake_head, h_fake, r, weights)
     -> sum of weights * `InverseParts.inverse_loss`, differentiable w.r.t. the student's head
-    params and h.
+    params and its features.
   """
 
   student: Callable
@@ -96,12 +98,13 @@ class Process:
   relaxations: tuple = ("simplex",)  # valid distill.relaxation values (IDLM)
 
   def __init__(self, schedule, *, mask_id: int, vocab_size: int, graph: str = "",
-               antithetic: bool = True):
+               antithetic: bool = True, loss_chunk: int = 0):
     self.schedule = schedule
     self.mask_id = mask_id
     self.vocab_size = vocab_size
     self.graph = graph or self.graphs[0]
     self.antithetic = antithetic
+    self.loss_chunk = loss_chunk  # model.loss_chunk: losses over chunks of positions (0: off)
 
   @classmethod
   def from_config(cls, config, *, vocab_size: int, mask_id: int) -> "Process":

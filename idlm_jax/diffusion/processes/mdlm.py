@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from idlm_jax import rng
-from idlm_jax.diffusion import categorical, chunks, mdlm, relax, sedd
-from idlm_jax.diffusion.processes.base import (ChunkedInverse, InverseParts, Process, Renoised,
-                                               valid_weights)
+from idlm_jax.diffusion import chunks, mdlm, relax, sedd
+from idlm_jax.diffusion.processes.base import InverseParts, Process, Renoised, valid_weights
+from idlm_jax.diffusion.processes.chunked import LogitMaps, hard_renoise
 from idlm_jax.diffusion.schedules import get_schedule, sample_t, student_t
 
 
@@ -31,11 +31,6 @@ class MDLM(Process):
   time_conditioned = None
   samplers = ("ancestral", "analytic", "euler", "r2", "rgas")
   relaxations = ("simplex", "gumbel", "straight_through")
-
-  def __init__(self, schedule, *, mask_id: int, vocab_size: int, antithetic: bool = True,
-               loss_chunk: int = 0):
-    super().__init__(schedule, mask_id=mask_id, vocab_size=vocab_size, antithetic=antithetic)
-    self.loss_chunk = loss_chunk
 
   @classmethod
   def from_config(cls, config, *, vocab_size: int, mask_id: int) -> "MDLM":
@@ -107,8 +102,21 @@ class MDLM(Process):
     """G: the SUBS x_theta of noised real data (one-hot where unmasked) [B, L, V]. Prompted
     rows keep their prompt unmasked (clamped), so G is one-hot there."""
     xt, sigma = self.student_input(batch, key, grid)
-    logits = model(xt, sigma, dropout_key=dropout_key)
+    return self._student_of(model(xt, sigma, dropout_key=dropout_key), xt, sigma)
+
+  def _student_of(self, logits, xt, sigma):
+    """G from the student's logits at x_t (chunked.LogitMaps.student)."""
+    del sigma
     return relax.simplex(mdlm.subs_log_probs(logits, xt, self.mask_id))
+
+  def renoise_time(self, key, n: int):
+    """(k_x, alpha, sigma, weight) of IDLM's re-noising at t2 ~ antithetic U[eps, 1] for n rows:
+    the key of the draw, alpha_t2, sigma_t2 and the NELBO weight lambda_t2 [n]."""
+    s = self.schedule
+    k_t, k_x = rng.split(key)
+    t = sample_t(k_t, n, s.eps, True)
+    alpha = s.alpha(t)
+    return k_x, alpha, s.sigma(t), mdlm.nelbo_weight(alpha, s.dalpha(t))
 
   def inverse_parts(self, relaxation: str = "simplex", relax_tau: float = 0.1,
                     draw: str = "inverse_cdf", student_grid: int = 0,
@@ -119,29 +127,26 @@ class MDLM(Process):
     hard x_t's categorical draw (distill.train_draw); `student_grid`: the student's input
     times (schedules.student_t)."""
     del unused
-    schedule, mask_id = self.schedule, self.mask_id
-
-    def renoise_time(key, n):
-      k_t, k_x = rng.split(key)
-      t = sample_t(k_t, n, schedule.eps, True)
-      alpha = schedule.alpha(t)
-      return k_x, t, alpha, mdlm.nelbo_weight(alpha, schedule.dalpha(t))
+    mask_id = self.mask_id
 
     def renoise(G, key):
-      k_x, t, alpha, weight = renoise_time(key, G.shape[0])
+      k_x, alpha, sigma, weight = self.renoise_time(key, G.shape[0])
       if relaxation == "simplex":
         xt = relax.mdlm_hard_sample(k_x, G, alpha, mask_id, draw)
-        return Renoised(xt, xt, schedule.sigma(t), weight)
+        return Renoised(xt, xt, sigma, weight)
       log_q = relax.mdlm_q_log_probs(G, alpha, mask_id)
       if relaxation == "gumbel":
         soft = relax.gumbel_softmax(k_x, log_q, relax_tau)
       else:
         soft = relax.straight_through(k_x, log_q, draw)
       tokens = jnp.argmax(jax.lax.stop_gradient(soft), axis=-1).astype(jnp.int32)
-      return Renoised(soft, tokens, schedule.sigma(t), weight)
+      return Renoised(soft, tokens, sigma, weight)
+
+    def output_of(logits, r):
+      return mdlm.subs_log_probs(logits, r.tokens, mask_id)
 
     def output(model, r):
-      return mdlm.subs_log_probs(model(r.net_in, r.sigma), r.tokens, mask_id)
+      return output_of(model(r.net_in, r.sigma), r)
 
     def fake_loss(log_f, r, G):
       return relax.soft_label_nll(log_f, G, r.weight[:, None] * _tokens_masked(r, mask_id))
@@ -158,63 +163,7 @@ class MDLM(Process):
       if relaxation != "simplex" or draw != "inverse_cdf":
         raise ValueError("the chunked IDLM-MDLM loss needs relaxation 'simplex' and draw "
                          f"'inverse_cdf', got {relaxation!r}, {draw!r}")
-      chunked = self._chunked_inverse(renoise_time, student_grid)
+      chunked = hard_renoise(LogitMaps(self._student_of, output_of), fake_loss, inverse_loss,
+                             functools.partial(self.student_input, grid=student_grid),
+                             self.renoise_time, mask_id, self.loss_chunk)
     return InverseParts(student, renoise, output, fake_loss, inverse_loss, chunked)
-
-  def _chunked_inverse(self, renoise_time, student_grid: int) -> ChunkedInverse:
-    """IDLM-MDLM ("simplex", inverse-CDF draws) over chunks of `loss_chunk` positions: the
-    same values as the pieces above (ChunkedInverse), no [B, L, V] tensor beyond a chunk.
-    The student's G is computed twice per loss (the draw of x_t2 needs all of it before the
-    teacher and fake run): one extra output projection of the student, 2 B L d V FLOPs."""
-    schedule, mask_id, chunk = self.schedule, self.mask_id, self.loss_chunk
-
-    def student(features, batch, key, dropout_key):
-      xt, sigma = self.student_input(batch, key, student_grid)
-      return xt, features(xt, sigma, dropout_key)
-
-    def G_of(project, params, h, xt):  # the student's soft x0 on a chunk [B, c, V]
-      return relax.simplex(mdlm.subs_log_probs(project(params, h), xt, mask_id))
-
-    def renoise(head, xt, h, key):
-      k_x, t, alpha, weight = renoise_time(key, xt.shape[0])
-      words = jnp.moveaxis(categorical.inverse_cdf_words(k_x, xt.shape), 0, -1)  # [B, L, 2]
-
-      def draw(pp, params):
-        h_c, xt_c, words_c = pp
-        log_q = relax.mdlm_q_log_probs(G_of(head[0], params, h_c, xt_c), alpha, mask_id)
-        return categorical.inverse_cdf_from_words(jnp.moveaxis(words_c, -1, 0), log_q)
-
-      x2 = chunks.chunk_map(draw, jax.lax.stop_gradient((h, xt, words)),
-                            jax.lax.stop_gradient(head[1]), chunk)
-      return Renoised(x2, x2, schedule.sigma(t), weight)
-
-    def fake_loss(s_head, xt, h, f_head, h_fake, r, weights):
-      s_project, f_project = s_head[0], f_head[0]  # fn may close over functions, not arrays
-
-      def fn(f_params, h_f, pp, shared):
-        h_s, xt_c, x2, w = pp
-        G = G_of(s_project, shared[0], h_s, xt_c)
-        log_f = mdlm.subs_log_probs(f_project(f_params, h_f), x2, mask_id)
-        masked = (x2 == mask_id).astype(jnp.float32)
-        return jnp.sum(w * relax.soft_label_nll(log_f, G, shared[1][:, None] * masked))
-
-      pp = jax.lax.stop_gradient((h, xt, r.tokens, weights))
-      shared = jax.lax.stop_gradient((s_head[1], r.weight))
-      return chunks.chunk_sum(fn, f_head[1], h_fake, pp, shared, chunk)
-
-    def inverse_loss(s_head, xt, h, t_head, h_teacher, f_head, h_fake, r, weights):
-      s_project, t_project, f_project = s_head[0], t_head[0], f_head[0]
-
-      def fn(s_params, h_s, pp, shared):
-        xt_c, h_t, h_f, x2, w = pp
-        t_params, f_params, weight = shared
-        log_t = mdlm.subs_log_probs(t_project(t_params, h_t), x2, mask_id)
-        log_f = mdlm.subs_log_probs(f_project(f_params, h_f), x2, mask_id)
-        G = G_of(s_project, s_params, h_s, xt_c)
-        return jnp.sum(w * relax.mdlm_inverse_token_loss(G, log_t, log_f, x2, weight, mask_id))
-
-      pp = jax.lax.stop_gradient((xt, h_teacher, h_fake, r.tokens, weights))
-      shared = jax.lax.stop_gradient((t_head[1], f_head[1], r.weight))
-      return chunks.chunk_sum(fn, s_head[1], h, pp, shared, chunk)
-
-    return ChunkedInverse(student, renoise, fake_loss, inverse_loss)

@@ -1,14 +1,17 @@
 """SEDD (Lou et al. 2024): score entropy on the absorbing or uniform graph (reference/
 teachers.md §3), and IDLM's pieces for absorbing SEDD (reference/idlm.md §2.5, App. A)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from idlm_jax import rng
 from idlm_jax.diffusion import mdlm, relax, sedd, uniform
 from idlm_jax.diffusion.processes.base import InverseParts, Process, valid_weights
+from idlm_jax.diffusion.processes.chunked import LogitMaps, hard_renoise
 from idlm_jax.diffusion.processes.mdlm import MDLM, _tokens_masked
-from idlm_jax.diffusion.schedules import get_schedule, sample_t, student_t
+from idlm_jax.diffusion.schedules import get_schedule, sample_t
 
 
 def soft_score_entropy(log_s: jax.Array, G: jax.Array, r_t: jax.Array, masked: jax.Array,
@@ -40,7 +43,7 @@ class SEDD(Process):
   def from_config(cls, config, *, vocab_size: int, mask_id: int) -> "SEDD":
     f = config.diffusion
     return cls(get_schedule(f.schedule, f.eps), mask_id=mask_id, vocab_size=vocab_size,
-               graph=f.process, antithetic=f.antithetic)
+               graph=f.process, antithetic=f.antithetic, loss_chunk=config.model.loss_chunk)
 
   def q_xt(self, key, x0, t):
     alpha = self.schedule.alpha(t)
@@ -83,21 +86,26 @@ class SEDD(Process):
     if self.graph != "absorbing":
       raise ValueError("idlm: SEDD teachers must be absorbing (the paper's IDLM-SEDD); got "
                        f"diffusion.process={self.graph!r}")
-    schedule, mask_id = self.schedule, self.mask_id
-    base = MDLM(schedule, mask_id=mask_id, vocab_size=self.vocab_size).inverse_parts(draw=draw)
+    mask_id = self.mask_id
+    # the student's input and the re-noising are MDLM's (alpha_t = e^-sigma_t)
+    mdlm_proc = MDLM(self.schedule, mask_id=mask_id, vocab_size=self.vocab_size)
+    base = mdlm_proc.inverse_parts(draw=draw)
+    student_input = functools.partial(mdlm_proc.student_input, grid=student_grid)
 
-    def student(model, batch, key, dropout_key):
-      x0 = batch["input_ids"]
-      k_t, k_x = rng.split(key)
-      t = student_t(k_t, x0.shape[0], schedule.eps, student_grid)
-      sigma = schedule.sigma(t)
-      xt = mdlm.q_xt(k_x, x0, schedule.alpha(t), mask_id)
-      log_s = sedd.log_score(model(xt, sigma, dropout_key=dropout_key), xt, sigma, "absorbing")
+    def student_of(logits, xt, sigma):
+      log_s = sedd.log_score(logits, xt, sigma, "absorbing")
       # p(x0 = y | x_t = mask) is proportional to s_y (y != mask): a SUBS distribution
       return relax.simplex(mdlm.subs_log_probs(log_s, xt, mask_id))
 
+    def student(model, batch, key, dropout_key):
+      xt, sigma = student_input(batch, key)
+      return student_of(model(xt, sigma, dropout_key=dropout_key), xt, sigma)
+
+    def output_of(logits, r):
+      return sedd.log_score(logits, r.tokens, r.sigma, "absorbing")
+
     def output(model, r):
-      return sedd.log_score(model(r.net_in, r.sigma), r.tokens, r.sigma, "absorbing")
+      return output_of(model(r.net_in, r.sigma), r)
 
     def weights(r):
       alpha = jnp.exp(-r.sigma)
@@ -118,4 +126,10 @@ class SEDD(Process):
                                              mask_id)
       return dsigma[:, None] * jax.lax.stop_gradient(total) + linear
 
-    return InverseParts(student, base.renoise, output, fake_loss, inverse_loss)
+    chunked = None
+    if self.loss_chunk > 0:
+      if draw != "inverse_cdf":
+        raise ValueError(f"the chunked IDLM-SEDD loss needs draw 'inverse_cdf', got {draw!r}")
+      chunked = hard_renoise(LogitMaps(student_of, output_of), fake_loss, inverse_loss,
+                             student_input, mdlm_proc.renoise_time, mask_id, self.loss_chunk)
+    return InverseParts(student, base.renoise, output, fake_loss, inverse_loss, chunked)

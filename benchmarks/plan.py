@@ -605,6 +605,8 @@ PAPER_PLANS = (
     ("idlm_mdlm_owt_chunk128_8x80gb", ["--config=configs/idlm_mdlm_owt.py",
                                        "--set=model.loss_chunk=128", "--devices=8",
                                        "--memory_gb=80", "--check"]),
+    ("idlm_duo_owt_8x80gb", ["--config=configs/idlm_duo_owt.py", "--devices=8",
+                             "--memory_gb=80", "--check"]),
     ("didi_mdlm_owt_8x80gb", ["--config=configs/didi_mdlm_owt.py", "--devices=8",
                               "--memory_gb=80", "--check"]),
     ("duo_lm1b_8x80gb", ["--config=configs/duo_lm1b.py", "--devices=8", "--memory_gb=80",

@@ -23,6 +23,8 @@ from idlm_jax.objectives import didi
 from idlm_jax.objectives.state import init_net
 from idlm_jax.train import loop
 
+from tests.objectives.conftest import check_sharded_resume
+
 
 # ------------------------------------------------------------------ pure maths
 
@@ -321,16 +323,8 @@ def test_step_is_pure_sharded_equal_and_resumes_exactly(teacher_dir, tmp_path):
       assert not mv or "sn_u" in name or "sn_v" in name, name
   assert any(jax.tree.leaves(moved))
   loop.train(one)  # 2 steps from the untouched state and data position
-  eight = _didi_run(teacher_dir, tmp_path / "eight", jax.devices())
-  assert eight.mesh.size == 8
-  loop.train(eight, until=1)  # stop at step 1 (checkpointed) ...
-  resumed = _didi_run(teacher_dir, tmp_path / "eight", jax.devices())
-  loop.train(resumed)  # ... and resume to 2 on 8 devices
-  for a, b in ((one.state.params, resumed.state.params),
-               (one.state.aux["disc"].params, resumed.state.aux["disc"].params),
-               (one.state.aux["disc"].opt_state, resumed.state.aux["disc"].opt_state)):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6), a, b)
-  assert int(resumed.state.step) == 2 and int(resumed.state.aux["disc"].step) == 2
+  check_sharded_resume(one, lambda: _didi_run(teacher_dir, tmp_path / "eight", jax.devices()),
+                       "disc", stop=1, total=2)
 
 
 def test_step_traces_with_block_remat(teacher_dir, tmp_path):

@@ -17,6 +17,8 @@ from idlm_jax.diffusion.schedules import LogLinear
 from idlm_jax.objectives import idlm
 from idlm_jax.train import loop, state as state_lib
 
+from tests.objectives.conftest import check_sharded_resume
+
 SYN = "configs/synthetic_mdlm.py:smoke"  # 24 symbols: Duo tables and V-sized loops stay tiny
 ALGOS = {
     "mdlm": [],
@@ -191,16 +193,8 @@ def test_state_starts_as_copies_of_the_teacher(teacher_dir, tmp_path):
 def test_sharded_step_equals_single_device_and_resume_is_exact(teacher_dir, tmp_path):
   one = _idlm_run(teacher_dir, tmp_path / "one", jax.devices()[:1])
   loop.train(one)
-  eight = _idlm_run(teacher_dir, tmp_path / "eight", jax.devices())
-  assert eight.mesh.size == 8
-  loop.train(eight, until=2)  # stop at step 2 (checkpointed) ...
-  resumed = _idlm_run(teacher_dir, tmp_path / "eight", jax.devices())
-  loop.train(resumed)  # ... and resume to 4 on 8 devices
-  for a, b in ((one.state.params, resumed.state.params),
-               (one.state.aux["fake"].params, resumed.state.aux["fake"].params),
-               (one.state.aux["fake"].opt_state, resumed.state.aux["fake"].opt_state)):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6), a, b)
-  assert int(resumed.state.step) == 4 and int(resumed.state.aux["fake"].step) == 4
+  check_sharded_resume(one, lambda: _idlm_run(teacher_dir, tmp_path / "eight", jax.devices()),
+                       "fake", stop=2, total=4)
 
 
 def test_teacher_mismatch_and_missing_teacher_are_clear_errors(teacher_dir, tmp_path):

@@ -15,10 +15,10 @@ Why the gradient is taken in the forward pass: a `jax.checkpoint`ed `lax.map` (w
 teacher's chunked loss did before) recomputes each chunk's whole forward in the backward pass:
 one more output projection (2 B L d V FLOPs, ~9% of a DiT-small teacher step at V = 50k) for
 the teacher, and for IDLM the projections of three networks, the teacher's and the fake's run
-twice only to rebuild the residual of the student's gradient. `chunk_sum` instead computes each chunk's
-value and its gradient w.r.t. (params, h_c) with `jax.value_and_grad` inside one `lax.scan`,
-keeps the [B, L, d] gradient of h and the summed gradient of params (the output layer's, not
-[B, L, V]), and its custom VJP scales them by the incoming cotangent. The result is the
+twice only to rebuild the residual of the student's gradient. `chunk_sum` instead computes
+each chunk's value and its gradient w.r.t. (params, h_c) with `jax.value_and_grad` inside one
+`lax.scan`, keeps the [B, L, d] gradient of h and the summed gradient of params (the output
+layer's, not [B, L, V]), and its custom VJP scales them by the incoming cotangent. The result is the
 gradient of the unchunked sum up to float32 summation order.
 """
 
@@ -81,9 +81,10 @@ def chunk_sum(fn: Callable, params: Any, h: jax.Array, per_position: Any, shared
 
   fn(params, h_c [B, chunk, ...], per_position_c, shared) -> scalar must give 0 (and a zero
   gradient) on padded positions, and may close over functions and constants but not over
-  traced arrays (pass those in `per_position` or `shared`). forward: one `lax.scan` over the chunks that also takes each
-  chunk's gradient w.r.t. (params, h_c); gradient: those, times the cotangent. `per_position`
-  and `shared` get zero cotangents (hold no differentiated value there: stop_gradient them).
+  traced arrays (pass those in `per_position` or `shared`).
+  forward: one `lax.scan` over the chunks that also takes each chunk's gradient w.r.t.
+  (params, h_c); gradient: those, times the cotangent. `per_position` and `shared` get zero
+  cotangents (hold no differentiated value there: stop_gradient them).
   """
   return _sum(fn, params, h, per_position, shared, chunk)
 

@@ -142,7 +142,8 @@ def test_chunked_losses_equal_unchunked_on_the_llada_decoder(setup, tie):
                              params))
   net, (student, fake, teacher) = functools.partial(nnx.merge, graphdef), nets
   chunked = config_lib.load_config(SPEC, overrides + ["model.loss_chunk=24"])
-  for fn, args in ((idlm.inverse_loss, (student, fake, teacher)), (idlm.fake_loss, (fake, student))):
+  for fn, args in ((idlm.inverse_loss, (student, fake, teacher)),
+                   (idlm.fake_loss, (fake, student))):
     out = []
     for c in (config, chunked):
       proc = idlm.parts(c, processes.get(c, vocab_size=tok.model_vocab_size, mask_id=tok.mask_id))

@@ -117,3 +117,45 @@ def bits(key: Key, shape, dtype=jnp.uint32, row_axis: int = 0):
   if isinstance(key, RowKey):
     return _per_row(lambda k, s: jax.random.bits(k, s, dtype), key, shape, row_axis)
   return jax.random.bits(key, shape, dtype)
+
+
+def position_keys(key: Key, shape) -> jax.Array:
+  """One typed PRNG key per position of a [rows, length] array: position p of row i gets
+  fold_in(fold_in(key, i), p), i the row's global index (a RowKey's `rows`, else 0..rows-1).
+  A draw made per position from them (`normal_at` of their key data) does not depend on which
+  rows or positions share its array: whole, per microbatch, or a chunk of positions at a
+  time (diffusion/chunks.py) give the same numbers."""
+  n_rows, length = shape
+  if isinstance(key, RowKey):
+    if key.size != n_rows:
+      raise ValueError(f"a RowKey of {key.size} rows cannot draw for {n_rows} rows")
+    base, rows = key.key, key.rows
+  else:
+    base, rows = _typed(key), jnp.arange(n_rows, dtype=jnp.int32)
+  positions = jnp.arange(length, dtype=jnp.int32)
+  row_keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(rows)
+  return jax.vmap(lambda k: jax.vmap(lambda p: jax.random.fold_in(k, p))(positions))(row_keys)
+
+
+def normal_at(key_data: jax.Array, n: int, impl, dtype=jnp.float32) -> jax.Array:
+  """[..., n] standard normals, the n entries at [...] drawn from the key whose data is
+  key_data[...] (uint32 [..., words]: `jax.random.key_data(position_keys(...))`, sliceable
+  like any array); impl: those keys' PRNG implementation (`jax.random.key_impl`)."""
+  lead = key_data.shape[:-1]
+  keys = jax.random.wrap_key_data(key_data.reshape(-1, key_data.shape[-1]), impl=impl)
+  draws = jax.vmap(lambda k: jax.random.normal(k, (n,), dtype))(keys)
+  return draws.reshape(*lead, n)
+
+
+def normal_per_position(key: Key, shape, dtype=jnp.float32) -> jax.Array:
+  """Standard normals [rows, length, n] drawn position by position (`position_keys`)."""
+  *rows_length, n = shape
+  keys = position_keys(key, rows_length)
+  return normal_at(jax.random.key_data(keys), n, jax.random.key_impl(keys), dtype)
+
+
+def _typed(key: jax.Array) -> jax.Array:
+  """A typed PRNG key (raw uint32 key data is wrapped with the default implementation)."""
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  return jax.random.wrap_key_data(key)

@@ -10,6 +10,9 @@ caller's per-position weights must be 0 there, which `split` guarantees for weig
   chunk_sum(fn, params, h, per_position, shared, chunk)
       sum over chunks of the scalar fn(params, h_c, per_position_c, shared), differentiable
       w.r.t. `params` and `h` with the gradient taken in the forward pass, chunk by chunk.
+  remat_chunk_map(fn, params, per_position, shared, chunk)
+      chunk_map of fn(params, per_position_c, shared), differentiable, each chunk recomputed
+      in the backward pass (for outputs whose cotangents come from later layers).
 
 Why the gradient is taken in the forward pass: a `jax.checkpoint`ed `lax.map` (what the MDLM
 teacher's chunked loss did before) recomputes each chunk's whole forward in the backward pass:
@@ -56,9 +59,23 @@ def chunk_map(fn: Callable, per_position: Any, shared: Any, chunk: int) -> Any:
   return jax.tree.map(lambda o: merge(o, length), out)
 
 
+def remat_chunk_map(fn: Callable, params: Any, per_position: Any, shared: Any,
+                    chunk: int) -> Any:
+  """`chunk_map` of fn(params, per_position_c, shared), differentiable w.r.t. `params` and
+  `per_position`: each chunk's forward is recomputed in the backward pass (`jax.checkpoint`),
+  so only the chunk inputs are kept, never a chunk's [B, chunk, V] intermediates. For maps
+  whose outputs' cotangents are known only after later layers ran (IDLM-Duo's soft inputs,
+  embedded by teacher and fake), where `chunk_sum` cannot take the gradient in the forward.
+  `shared` gets no gradient (stop_gradient it)."""
+  length = jax.tree.leaves(per_position)[0].shape[1]
+  body = jax.checkpoint(lambda pp: fn(params, pp, shared))
+  out = jax.lax.map(body, jax.tree.map(functools.partial(split, chunk=chunk), per_position))
+  return jax.tree.map(lambda o: merge(o, length), out)
+
+
 def _chunks_and_zero(fn, params, h, per_position, shared, chunk):
   """(the chunked scan inputs, a zero of fn's value type)."""
-  xs = (split(h, chunk), jax.tree.map(functools.partial(split, chunk=chunk), per_position))
+  xs = tuple(jax.tree.map(functools.partial(split, chunk=chunk), a) for a in (h, per_position))
   first = jax.tree.map(lambda a: a[0], xs)
   value = jax.eval_shape(fn, params, first[0], first[1], shared)
   return xs, jnp.zeros(value.shape, value.dtype)
@@ -79,6 +96,7 @@ def chunk_sum(fn: Callable, params: Any, h: jax.Array, per_position: Any, shared
               chunk: int) -> jax.Array:
   """sum_c fn(params, h_c, per_position_c, shared) over the position chunks c -> scalar.
 
+  h: an array [B, L, ...] or a pytree of them (several networks' features, all differentiated).
   fn(params, h_c [B, chunk, ...], per_position_c, shared) -> scalar must give 0 (and a zero
   gradient) on padded positions, and may close over functions and constants but not over
   traced arrays (pass those in `per_position` or `shared`).
@@ -90,7 +108,7 @@ def chunk_sum(fn: Callable, params: Any, h: jax.Array, per_position: Any, shared
 
 
 def _chunk_sum_fwd(fn, params, h, per_position, shared, chunk):
-  length = h.shape[1]
+  length = jax.tree.leaves(h)[0].shape[1]
   value_and_grad = jax.value_and_grad(fn, argnums=(0, 1))
 
   def body(carry, x):
@@ -101,14 +119,14 @@ def _chunk_sum_fwd(fn, params, h, per_position, shared, chunk):
   xs, zero = _chunks_and_zero(fn, params, h, per_position, shared, chunk)
   init = (zero, jax.tree.map(jnp.zeros_like, params))
   (total, d_params), d_h = jax.lax.scan(body, init, xs)
-  return total, (d_params, merge(d_h, length))
+  return total, (d_params, jax.tree.map(lambda d: merge(d, length), d_h))
 
 
 def _chunk_sum_bwd(fn, chunk, res, g):
   del fn, chunk
   d_params, d_h = res
   scale = lambda d: (g * d).astype(d.dtype)
-  return jax.tree.map(scale, d_params), scale(d_h), None, None  # None: a zero cotangent
+  return jax.tree.map(scale, d_params), jax.tree.map(scale, d_h), None, None  # None: zero
 
 
 chunk_sum.defvjp(_chunk_sum_fwd, _chunk_sum_bwd)

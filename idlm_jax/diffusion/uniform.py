@@ -81,11 +81,18 @@ def gamma_t(t: jax.Array, gamma_min: float, gamma_max: float) -> jax.Array:
 
 
 def gaussian_latent(key: jax.Array, x0: jax.Array, gamma: jax.Array, vocab_size: int):
-  """w_t = alpha~ onehot(x) + sigma~ eps [B, L, K], alpha~ = sqrt(sigmoid(-g)), sigma~ = sqrt(sigmoid(g))."""
+  """w_t = alpha~ onehot(x) + sigma~ eps [B, L, K], alpha~ = sqrt(sigmoid(-g)),
+  sigma~ = sqrt(sigmoid(g)); eps drawn position by position (rng.normal_per_position), so a
+  chunk of positions can draw its own slice (processes/chunked.py)."""
+  return latent_of(x0, gamma, rng.normal_per_position(key, (*x0.shape, vocab_size)))
+
+
+def latent_of(x0: jax.Array, gamma: jax.Array, eps: jax.Array) -> jax.Array:
+  """w_t = alpha~ onehot(x) + sigma~ eps for given noise eps [B, L, K] (float32)."""
   a = jnp.sqrt(jax.nn.sigmoid(-gamma))[:, None, None]
   s = jnp.sqrt(jax.nn.sigmoid(gamma))[:, None, None]
-  onehot = (jnp.arange(vocab_size) == x0[..., None]).astype(jnp.float32)
-  return a * onehot + s * rng.normal(key, (*x0.shape, vocab_size), jnp.float32)
+  onehot = (jnp.arange(eps.shape[-1]) == x0[..., None]).astype(jnp.float32)
+  return a * onehot + s * eps
 
 
 def relaxed_input(w: jax.Array, tau: float) -> jax.Array:

@@ -245,15 +245,32 @@ class DIT(nnx.Module):
     graphdef, params = nnx.split(self.output_layer)
     return (lambda p, h: nnx.merge(graphdef, p).project(h)), params
 
+  def embedding(self):
+    """(embed, params): `embed(params, x)` is the input embedding [B, L, d] float32 of ids or
+    probabilities x, a pure function of the embedding table, so that a soft [B, L, V] input
+    can be embedded a chunk of positions at a time (processes/chunked.py, IDLM-Duo)."""
+    graphdef, params = nnx.split(self.vocab_embed)
+    dtype = self.dtype
+    return (lambda p, x: nnx.merge(graphdef, p)(x, dtype)), params
+
   def features(self, x: jax.Array, sigma: jax.Array, *,
                dropout_key: Optional[jax.Array] = None) -> jax.Array:
     """The output projection's input [B, L, d] (compute dtype): every layer but the last
     Linear(d, V), for ids [B, L] (or probabilities [B, L, V]) and sigma [B]."""
     if x.ndim == 3 and x.shape[-1] != self.vocab_size:
       raise ValueError(f"probability input has {x.shape[-1]} classes, expected {self.vocab_size}")
+    return self.features_from_embedding(self.vocab_embed(x, self.dtype), sigma,
+                                        dropout_key=dropout_key)
+
+  def features_from_embedding(self, e: jax.Array, sigma: jax.Array, *,
+                              dropout_key: Optional[jax.Array] = None) -> jax.Array:
+    """`features` from the input embedding e [B, L, d] (what `embedding()` gives): the blocks
+    and the final layer's norm and modulation."""
+    if e.shape[-1] != self.hidden_size:
+      raise ValueError(f"embedding width {e.shape[-1]}, expected {self.hidden_size}")
     if not self.time_conditioning:
       sigma = jnp.zeros_like(sigma)  # MDLM: the network ignores t, adaLN sees c(0).
-    h = layers.constrain(self.vocab_embed(x, self.dtype))
+    h = layers.constrain(e)
     c = nnx.silu(self.sigma_map(sigma))
     rope = layers.rope_cos_sin(h.shape[1], self.head_dim, ROPE_BASE)
     keys = [None] * len(self.blocks)

@@ -131,8 +131,9 @@ def chunk_error(config) -> ConfigError:
   """model.loss_chunk > 0 where the chunked loss does not exist."""
   return ConfigError(f"config.model.loss_chunk: the chunked loss is implemented for MDLM "
                      f"teacher pretraining (objective='diffusion', diffusion.algo='mdlm') and "
-                     f"IDLM-MDLM / IDLM-SEDD (objective='idlm', diffusion.algo 'mdlm' or "
-                     f"'sedd', distill.relaxation='simplex', distill.train_draw='inverse_cdf'); "
+                     f"IDLM (objective='idlm') with diffusion.algo 'duo' or 'udlm', or 'mdlm' "
+                     f"or 'sedd' with distill.relaxation='simplex' and "
+                     f"distill.train_draw='inverse_cdf'; "
                      f"got objective={config.objective!r}, diffusion.algo="
                      f"{config.diffusion.algo!r}: set it to 0")
 

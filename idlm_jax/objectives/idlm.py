@@ -39,6 +39,7 @@ from flax import nnx
 from idlm_jax import fields as F
 from idlm_jax import rng
 from idlm_jax.diffusion.processes import PROCESSES, InverseParts, valid_weights
+from idlm_jax.diffusion.processes import chunked
 from idlm_jax.diffusion.processes.base import Renoised
 from idlm_jax.fields import ConfigError, Field
 from idlm_jax.models import dllm
@@ -131,14 +132,25 @@ def student_sample(proc: InverseParts, net, student_params, batch: dict, k_stude
   return G, clamp_prompt(proc.renoise(G, k_renoise), batch)
 
 
+def _net(model, batch: dict) -> chunked.Net:
+  return chunked.Net(features(model, batch), model)
+
+
 def chunked_student_sample(proc: InverseParts, student, batch: dict, k_student: jax.Array,
                            k_renoise: jax.Array, dropout_key=None):
   """`student_sample` over position chunks (proc.chunked): (st, head, r), the student's noised
   input and output features (processes.chunked.Student), its head, and the re-noised sample
-  (prompt clamped)."""
-  st = proc.chunked.student(features(student, batch), batch, k_student, dropout_key)
+  (prompt clamped; soft inputs: its draws, for `chunked_features`)."""
+  st = proc.chunked.student(_net(student, batch), batch, k_student, dropout_key)
   head = student.head()
   return st, head, clamp_prompt(proc.chunked.renoise(head, st, k_renoise), batch)
+
+
+def chunked_features(proc: InverseParts, head, st, r: Renoised, models, batch: dict,
+                     dropout_keys):
+  """(each of `models`' output features at the re-noised sample r, r with its tokens)."""
+  return proc.chunked.features(head, st, r, tuple(_net(m, batch) for m in models),
+                               dropout_keys)
 
 
 def fake_loss(proc: InverseParts, net, fake_params, student_params, batch: dict, key: jax.Array):
@@ -148,7 +160,7 @@ def fake_loss(proc: InverseParts, net, fake_params, student_params, batch: dict,
   if proc.chunked is not None:
     student, fake = net(jax.lax.stop_gradient(student_params)), net(fake_params)
     st, head, r = chunked_student_sample(proc, student, batch, k_s, k_r)
-    h_fake = features(fake, batch)(r.net_in, r.sigma, k_d)
+    (h_fake,), r = chunked_features(proc, head, st, r, (fake,), batch, (k_d,))
     return _mean(proc.chunked.fake_loss(head, st, fake.head(), h_fake, r, loss_weights(batch)),
                  batch)
   G, r = jax.tree.map(jax.lax.stop_gradient,
@@ -165,8 +177,8 @@ def inverse_loss(proc: InverseParts, net, student_params, fake_params, teacher_p
   if proc.chunked is not None:
     st, head, r = chunked_student_sample(proc, net(student_params), batch, k_s, k_r, k_d)
     teacher, fake = net(teacher_params), net(fake_params)
-    h_teacher = features(teacher, batch)(r.net_in, r.sigma)
-    h_fake = features(fake, batch)(r.net_in, r.sigma)
+    (h_teacher, h_fake), r = chunked_features(proc, head, st, r, (teacher, fake), batch,
+                                              (None, None))
     return _mean(proc.chunked.inverse_loss(head, st, teacher.head(), h_teacher, fake.head(),
                                            h_fake, r, loss_weights(batch)), batch)
   G, r = student_sample(proc, net, student_params, batch, k_s, k_r, k_d)
@@ -247,10 +259,11 @@ def validate(config) -> None:
   """IDLM-SEDD is absorbing (the paper's); the relaxation ablations are IDLM-MDLM's; prompted
   rows (data.source "reasoning") are clamped by IDLM-MDLM only; the chunked loss
   (model.loss_chunk) is IDLM-MDLM's and IDLM-SEDD's with the paper's relaxation and
-  inverse-CDF draws."""
+  inverse-CDF draws, and IDLM-Duo's (and UDLM's)."""
   d, f = config.distill, config.diffusion
-  if config.model.loss_chunk > 0 and (f.algo not in ("mdlm", "sedd") or d.relaxation != "simplex"
-                                      or d.train_draw != "inverse_cdf"):
+  if config.model.loss_chunk > 0 and (
+      f.algo not in ("mdlm", "sedd", "duo", "udlm") or d.relaxation != "simplex"
+      or (f.algo in ("mdlm", "sedd") and d.train_draw != "inverse_cdf")):
     raise chunk_error(config)
   if config.data.source == "reasoning" and f.algo != "mdlm":
     raise ConfigError(f"config.diffusion.algo: IDLM on prompted rows (data.source "

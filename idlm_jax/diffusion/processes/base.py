@@ -61,11 +61,15 @@ class ChunkedInverse(NamedTuple):
   output features h [B, L, d] and its `head` = (project, params) (DIT.head): logits =
   project(params, h).
 
-  student(features, batch, key, dropout_key) -> chunked.Student (x_t, sigma, h): the
-    student's noised input and output features; features(x, sigma, dropout_key) is the
-    network's `features`.
+  student(net, batch, key, dropout_key) -> chunked.Student (x_t, sigma, h): the student's
+    noised input and output features; net: a chunked.Net (the network's `features` and module).
   renoise(head, student, key) -> Renoised: the re-noised sample of the student's G, drawn one
-    chunk at a time (no gradient), equal to `InverseParts.renoise(G, key)`.
+    chunk at a time (no gradient), equal to `InverseParts.renoise(G, key)` (soft inputs:
+    its random draws only, finished by `features`).
+  features(head, student, r, nets, dropout_keys) -> (features of each of `nets` at r, r):
+    the teacher's and fake's output features [B, L, d] at the re-noised sample (soft inputs:
+    embedded chunk by chunk, differentiable back to the student's features; r gets its
+    tokens).
   fake_loss(student_head, student, fake_head, h_fake, r, weights) -> sum over positions of
     weights * `InverseParts.fake_loss`, differentiable w.r.t. the fake's head params and h_fake.
   inverse_loss(student_head, student, teacher_head, h_teacher, fake_head, h_fake, r, weights)
@@ -77,6 +81,7 @@ class ChunkedInverse(NamedTuple):
   renoise: Callable
   fake_loss: Callable
   inverse_loss: Callable
+  features: Callable
 
 
 def valid_weights(batch) -> jax.Array:

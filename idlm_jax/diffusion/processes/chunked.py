@@ -1,24 +1,33 @@
-"""IDLM's pieces over chunks of positions (model.loss_chunk > 0) for the families whose
-re-noised student sample is hard tokens: MDLM ("simplex") and absorbing SEDD.
+"""IDLM's pieces over chunks of positions (model.loss_chunk > 0): MDLM ("simplex") and absorbing
+SEDD, whose re-noised student sample is hard tokens (`hard_renoise`), and Duo/UDLM, whose
+teacher and fake read a soft [B, L, V] input (`soft_renoise`).
 
 Everything IDLM computes from a network's [B, L, V] output is position by position once the
 re-noised x_t2 is drawn, so a family gives two maps of one chunk's logits (`LogitMaps`) and
-its per-position losses (InverseParts.fake_loss / inverse_loss), and `hard_renoise` builds the
-ChunkedInverse from them:
-  - the draw of x_t2 ~ Cat(alpha G + (1 - alpha) e_mask) runs chunk by chunk from the random
-    words of the unchunked draw (categorical.inverse_cdf_words): the same tokens;
+its per-position losses (InverseParts.fake_loss / inverse_loss), and the builders below make
+the ChunkedInverse from them:
+  - hard: the draw of x_t2 ~ Cat(alpha G + (1 - alpha) e_mask) runs chunk by chunk from the
+    random words of the unchunked draw (categorical.inverse_cdf_words): the same tokens;
+  - soft (Duo): the Gaussian noise of the student's input and of the re-noised latent is drawn
+    position by position (rng.position_keys), so a chunk draws its own slice of the unchunked
+    noise. The soft inputs softmax(w / tau) are embedded chunk by chunk
+    (chunks.remat_chunk_map): only [B, L, d] embeddings are kept, and the backward pass
+    recomputes each chunk (the student's G, w, the softmax, one [c, V] x [V, d] product per
+    network), because the embeddings' cotangents come from the teacher's and fake's blocks;
   - the losses run through diffusion/chunks.chunk_sum, which takes each chunk's loss and its
     gradient w.r.t. the trained network's head parameters and output features in the forward
-    pass. The student's G is needed whole for the draw before teacher and fake can run, and
-    again in the loss: one more output projection of the student per loss (2 B L d V FLOPs).
+    pass (for Duo's pathwise gradient also w.r.t. the teacher's and fake's features). The
+    student's G is needed whole before teacher and fake can run, and again in the loss: one
+    more output projection of the student per loss (2 B L d V FLOPs).
 """
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from idlm_jax.diffusion import categorical, chunks, relax
+from idlm_jax import rng
+from idlm_jax.diffusion import categorical, chunks, relax, uniform
 from idlm_jax.diffusion.processes.base import ChunkedInverse, Renoised
 
 
@@ -34,8 +43,18 @@ class LogitMaps(NamedTuple):
   output: Callable
 
 
+class Net(NamedTuple):
+  """A network as the chunked pieces call it: features(x, sigma, dropout_key) -> h [B, L, d]
+  (with the batch's key padding mask where it has one), and the module, whose head() (and for
+  soft inputs embedding() and features_from_embedding()) they read (models.DIT)."""
+
+  features: Callable
+  module: Any
+
+
 class Student(NamedTuple):
-  """The student's noised input x_t [B, L], its time sigma [B] and output features h [B, L, d]."""
+  """The student's noised input x_t [B, L] (Duo: the clean x0 its latent is made of), its time
+  sigma [B] and output features h [B, L, d]."""
 
   x_t: jax.Array
   sigma: jax.Array
@@ -43,8 +62,65 @@ class Student(NamedTuple):
 
 
 def _chunk_r(r: Renoised, x2: jax.Array) -> Renoised:
-  """r restricted to a chunk's tokens (the [B] sigma and weight are the rows')."""
-  return Renoised(x2, x2, r.sigma, r.weight)
+  """r restricted to a chunk's tokens (sigma, weight and extra are per row: [B])."""
+  return r._replace(net_in=x2, tokens=x2)
+
+
+def _rows(r: Renoised) -> Renoised:
+  """r without its per-position arrays (what every chunk shares), no gradient."""
+  return jax.lax.stop_gradient(r._replace(net_in=(), tokens=()))
+
+
+def _hard_features(s_head, st, r: Renoised, nets, dropout_keys):
+  """Teacher's / fake's features of hard tokens: each network on r.net_in."""
+  del s_head, st
+  return tuple(n.features(r.net_in, r.sigma, k) for n, k in zip(nets, dropout_keys)), r
+
+
+def losses(maps: LogitMaps, fake_loss: Callable, inverse_loss: Callable, chunk: int,
+           pathwise: bool = False):
+  """(chunked_fake_loss, chunked_inverse_loss) of ChunkedInverse from a family's per-position
+  losses. pathwise: the inverse loss is differentiated also w.r.t. the teacher's and fake's
+  features (their input depends on the student's G: Duo), not only w.r.t. the student's."""
+
+  def chunked_fake_loss(s_head, st: Student, f_head, h_fake, r: Renoised, weights):
+    s_project, f_project = s_head[0], f_head[0]  # fn may close over functions, not arrays
+
+    def fn(f_params, h_f, pp, shared):
+      h_s, x_t, x2, w = pp
+      s_params, sigma_s, r_rows = shared
+      rc = _chunk_r(r_rows, x2)
+      G = maps.student(s_project(s_params, h_s), x_t, sigma_s)
+      return jnp.sum(w * fake_loss(maps.output(f_project(f_params, h_f), rc), rc, G))
+
+    pp = jax.lax.stop_gradient((st.h, st.x_t, r.tokens, weights))
+    shared = jax.lax.stop_gradient((s_head[1], st.sigma)) + (_rows(r),)
+    return chunks.chunk_sum(fn, f_head[1], h_fake, pp, shared, chunk)
+
+  def chunked_inverse_loss(s_head, st: Student, t_head, h_teacher, f_head, h_fake,
+                           r: Renoised, weights):
+    s_project, t_project, f_project = s_head[0], t_head[0], f_head[0]
+
+    def fn(s_params, h, pp, shared):
+      if pathwise:
+        (h_s, h_t, h_f), (x_t, x2, w) = h, pp
+      else:
+        h_s, (x_t, h_t, h_f, x2, w) = h, pp
+      t_params, f_params, sigma_s, r_rows = shared
+      rc = _chunk_r(r_rows, x2)
+      out_t = maps.output(t_project(t_params, h_t), rc)
+      out_f = maps.output(f_project(f_params, h_f), rc)
+      G = maps.student(s_project(s_params, h_s), x_t, sigma_s)
+      return jnp.sum(w * inverse_loss(out_t, out_f, rc, G))
+
+    if pathwise:
+      h, pp = (st.h, h_teacher, h_fake), (st.x_t, r.tokens, weights)
+    else:
+      h, pp = st.h, (st.x_t, h_teacher, h_fake, r.tokens, weights)
+    shared = jax.lax.stop_gradient((t_head[1], f_head[1], st.sigma)) + (_rows(r),)
+    return chunks.chunk_sum(fn, s_head[1], h, jax.lax.stop_gradient(pp), shared, chunk)
+
+  return chunked_fake_loss, chunked_inverse_loss
 
 
 def hard_renoise(maps: LogitMaps, fake_loss: Callable, inverse_loss: Callable,
@@ -54,9 +130,9 @@ def hard_renoise(maps: LogitMaps, fake_loss: Callable, inverse_loss: Callable,
   per-position InverseParts losses; student_input(batch, key) -> (x_t, sigma) and
   renoise_time(key, n) -> (k_x, alpha, sigma, weight): the draws of its unchunked pieces."""
 
-  def student(features, batch, key, dropout_key) -> Student:
+  def student(net: Net, batch, key, dropout_key) -> Student:
     x_t, sigma = student_input(batch, key)
-    return Student(x_t, sigma, features(x_t, sigma, dropout_key))
+    return Student(x_t, sigma, net.features(x_t, sigma, dropout_key))
 
   def renoise(head, st: Student, key) -> Renoised:
     project = head[0]
@@ -74,36 +150,70 @@ def hard_renoise(maps: LogitMaps, fake_loss: Callable, inverse_loss: Callable,
                           jax.lax.stop_gradient((head[1], st.sigma)), chunk)
     return Renoised(x2, x2, sigma, weight)
 
-  def chunked_fake_loss(s_head, st: Student, f_head, h_fake, r: Renoised, weights):
-    s_project, f_project = s_head[0], f_head[0]  # fn may close over functions, not arrays
+  return ChunkedInverse(student, renoise, *losses(maps, fake_loss, inverse_loss, chunk),
+                        features=_hard_features)
 
-    def fn(f_params, h_f, pp, shared):
-      h_s, x_t, x2, w = pp
-      s_params, sigma_s, r_rows = shared
-      rc = _chunk_r(r_rows, x2)
-      G = maps.student(s_project(s_params, h_s), x_t, sigma_s)
-      return jnp.sum(w * fake_loss(maps.output(f_project(f_params, h_f), rc), rc, G))
 
-    pp = jax.lax.stop_gradient((st.h, st.x_t, r.tokens, weights))
-    shared = jax.lax.stop_gradient((s_head[1], st.sigma, r._replace(net_in=(), tokens=())))
-    return chunks.chunk_sum(fn, f_head[1], h_fake, pp, shared, chunk)
+def soft_renoise(maps: LogitMaps, fake_loss: Callable, inverse_loss: Callable,
+                 student_input: Callable, renoise_time: Callable, tau: float, stop_path: bool,
+                 chunk: int) -> ChunkedInverse:
+  """ChunkedInverse of IDLM-Duo (processes/uniform.py), whose networks read soft inputs.
 
-  def chunked_inverse_loss(s_head, st: Student, t_head, h_teacher, f_head, h_fake,
-                           r: Renoised, weights):
-    s_project, t_project, f_project = s_head[0], t_head[0], f_head[0]
+  student_input(batch, key) -> (x0, gamma [B], sigma [B], k_w): the student's latent
+    w = alpha~(gamma) onehot(x0) + sigma~(gamma) eps, eps per position from k_w;
+  renoise_time(key, n) -> (k_xi, alpha_tilde [B], Renoised fields sigma, weight, extra): the
+    re-noised latent w2 = alpha~ G + sqrt(1 - alpha~^2) xi, xi per position from k_xi.
+  Both draws equal the unchunked pieces' (uniform.gaussian_latent, rng.normal_per_position).
+  The Renoised of `renoise` holds (the position keys of xi, alpha~) as net_in and no tokens
+  yet; `features` embeds softmax(w2 / tau) for teacher and fake and sets tokens = argmax w2.
+  """
 
-    def fn(s_params, h_s, pp, shared):
-      x_t, h_t, h_f, x2, w = pp
-      t_params, f_params, sigma_s, r_rows = shared
-      rc = _chunk_r(r_rows, x2)
-      out_t = maps.output(t_project(t_params, h_t), rc)
-      out_f = maps.output(f_project(f_params, h_f), rc)
-      G = maps.student(s_project(s_params, h_s), x_t, sigma_s)
-      return jnp.sum(w * inverse_loss(out_t, out_f, rc, G))
+  def student(net: Net, batch, key, dropout_key) -> Student:
+    x0, gamma, sigma, k_w = student_input(batch, key)
+    keys = rng.position_keys(k_w, x0.shape)
+    embed, e_params = net.module.embedding()
+    impl, vocab = jax.random.key_impl(keys), net.module.vocab_size
 
-    pp = jax.lax.stop_gradient((st.x_t, h_teacher, h_fake, r.tokens, weights))
-    shared = jax.lax.stop_gradient((t_head[1], f_head[1], st.sigma,
-                                    r._replace(net_in=(), tokens=())))
-    return chunks.chunk_sum(fn, s_head[1], st.h, pp, shared, chunk)
+    def fn(params, pp, gamma_s):
+      x0_c, keys_c = pp
+      eps = rng.normal_at(keys_c, vocab, impl)
+      return embed(params, uniform.relaxed_input(uniform.latent_of(x0_c, gamma_s, eps), tau))
 
-  return ChunkedInverse(student, renoise, chunked_fake_loss, chunked_inverse_loss)
+    e = chunks.remat_chunk_map(fn, e_params, (x0, jax.random.key_data(keys)),
+                               jax.lax.stop_gradient(gamma), chunk)
+    return Student(x0, sigma, net.module.features_from_embedding(e, sigma,
+                                                                 dropout_key=dropout_key))
+
+  def renoise(head, st: Student, key) -> Renoised:
+    del head
+    k_xi, alpha_tilde, sigma, weight, extra = renoise_time(key, st.x_t.shape[0])
+    keys = rng.position_keys(k_xi, st.x_t.shape)
+    return Renoised((keys, alpha_tilde), None, sigma, weight, extra)
+
+  def features(s_head, st: Student, r: Renoised, nets, dropout_keys):
+    keys, alpha_tilde = r.net_in
+    impl = jax.random.key_impl(keys)
+    project = s_head[0]
+    embeds = tuple(n.module.embedding() for n in nets)
+    fns = tuple(e[0] for e in embeds)
+
+    def fn(params, pp, shared):
+      s_params, e_params = params
+      h_s, x_t, keys_c = pp
+      sigma_s, alpha_t = shared
+      G = maps.student(project(s_params, h_s), x_t, sigma_s)
+      xi = rng.normal_at(keys_c, G.shape[-1], impl)
+      soft, z = relax.duo_soft_input(G, alpha_t, xi, tau, stop_path)
+      return tuple(f(p, soft) for f, p in zip(fns, e_params)), z
+
+    params = (s_head[1], tuple(e[1] for e in embeds))
+    pp = (st.h, jax.lax.stop_gradient(st.x_t), jax.random.key_data(keys))
+    es, z = chunks.remat_chunk_map(fn, params, pp,
+                                   jax.lax.stop_gradient((st.sigma, alpha_tilde)), chunk)
+    hs = tuple(n.module.features_from_embedding(e, r.sigma, dropout_key=k)
+               for n, e, k in zip(nets, es, dropout_keys))
+    return hs, r._replace(net_in=z, tokens=z)
+
+  return ChunkedInverse(student, renoise,
+                        *losses(maps, fake_loss, inverse_loss, chunk, pathwise=not stop_path),
+                        features=features)

@@ -11,6 +11,7 @@ from idlm_jax import fields as F
 from idlm_jax import rng
 from idlm_jax.diffusion import duo_integral, relax, uniform
 from idlm_jax.diffusion.processes.base import InverseParts, Process, Renoised, valid_weights
+from idlm_jax.diffusion.processes.chunked import LogitMaps, soft_renoise
 from idlm_jax.diffusion.schedules import get_schedule, sample_t, student_t
 from idlm_jax.fields import ConfigError, Field
 
@@ -51,8 +52,9 @@ class UDLM(Process):
   samplers = ("ancestral",)
 
   def __init__(self, schedule, *, vocab_size: int, mask_id: int = -1, antithetic: bool = True,
-               tau: float = 1e-3, transform_fn=None):
-    super().__init__(schedule, mask_id=mask_id, vocab_size=vocab_size, antithetic=antithetic)
+               tau: float = 1e-3, transform_fn=None, loss_chunk: int = 0):
+    super().__init__(schedule, mask_id=mask_id, vocab_size=vocab_size, antithetic=antithetic,
+                     loss_chunk=loss_chunk)
     self.tau = tau
     self._transform_fn = transform_fn  # () -> DuoTransform (IDLM's Gaussian relaxation)
 
@@ -61,7 +63,8 @@ class UDLM(Process):
     f = config.diffusion
     return cls(get_schedule(f.schedule, f.eps), vocab_size=vocab_size, mask_id=mask_id,
                antithetic=f.antithetic, tau=f.tau,
-               transform_fn=functools.partial(duo_transform, config, vocab_size))
+               transform_fn=functools.partial(duo_transform, config, vocab_size),
+               loss_chunk=config.model.loss_chunk)
 
   @functools.cached_property
   def transform(self) -> duo_integral.DuoTransform:
@@ -95,30 +98,39 @@ class UDLM(Process):
     """Through Duo's Gaussian latent (gamma_t linear, alpha_t = T(a~)): the student's x_theta
     of Gaussian-noised real data, a low-temperature softmax input to teacher and fake with the
     pathwise gradient (relax.duo_soft_input), the hard argmax token for the loss, and the
-    UDLM NELBO with soft x0 (uniform.nelbo_per_token_soft)."""
+    UDLM NELBO with soft x0 (uniform.nelbo_per_token_soft). Both Gaussian draws are made
+    position by position (rng.normal_per_position), so that loss_chunk > 0 draws the same
+    noise a chunk at a time (processes/chunked.soft_renoise)."""
     del unused
     transform, tau, eps, k = self.transform, self.tau, self.schedule.eps, self.vocab_size
 
-    def student(model, batch, key, dropout_key):
+    def student_input(batch, key):
       x0 = batch["input_ids"]
       k_t, k_w = rng.split(key)
       t = student_t(k_t, x0.shape[0], eps, student_grid)  # input times: schedules.student_t
-      w = uniform.gaussian_latent(k_w, x0, transform.gamma(t), k)
-      logits = model(uniform.relaxed_input(w, tau), -jnp.log(transform.alpha(t)),
-                     dropout_key=dropout_key)
+      return x0, transform.gamma(t), -jnp.log(transform.alpha(t)), k_w
+
+    def student(model, batch, key, dropout_key):
+      x0, gamma, sigma, k_w = student_input(batch, key)
+      w = uniform.gaussian_latent(k_w, x0, gamma, k)
+      logits = model(uniform.relaxed_input(w, tau), sigma, dropout_key=dropout_key)
       return relax.simplex(logits)  # "mean" parameterization: x_theta over all K states
 
-    def renoise(G, key):
+    def renoise_time(key, n):
       k_t, k_xi = rng.split(key)
-      t = sample_t(k_t, G.shape[0], eps, True)
+      t = sample_t(k_t, n, eps, True)
       alpha_tilde = jnp.sqrt(jax.nn.sigmoid(-transform.gamma(t)))
-      xi = rng.normal(k_xi, G.shape, jnp.float32)
-      soft, z = relax.duo_soft_input(G, alpha_tilde, xi, tau, stop_path)
       alpha = transform.alpha(t)
-      return Renoised(soft, z, -jnp.log(alpha), alpha, (alpha, transform.dalpha(t)))
+      return k_xi, alpha_tilde, -jnp.log(alpha), alpha, (alpha, transform.dalpha(t))
+
+    def renoise(G, key):
+      k_xi, alpha_tilde, sigma, weight, extra = renoise_time(key, G.shape[0])
+      xi = rng.normal_per_position(k_xi, G.shape)
+      soft, z = relax.duo_soft_input(G, alpha_tilde, xi, tau, stop_path)
+      return Renoised(soft, z, sigma, weight, extra)
 
     def output(model, r):
-      return jax.nn.log_softmax(model(r.net_in, r.sigma).astype(jnp.float32), axis=-1)
+      return output_of(model(r.net_in, r.sigma), r)
 
     def fake_loss(log_f, r, G):
       alpha, dalpha = r.extra
@@ -127,7 +139,23 @@ class UDLM(Process):
     def inverse_loss(log_teacher, log_fake, r, G):  # pathwise through both networks' inputs
       return fake_loss(log_teacher, r, G) - fake_loss(log_fake, r, G)
 
-    return InverseParts(student, renoise, output, fake_loss, inverse_loss)
+    chunked = None
+    if self.loss_chunk > 0:
+      chunked = soft_renoise(LogitMaps(_student_of, output_of), fake_loss, inverse_loss,
+                             student_input, renoise_time, tau, stop_path, self.loss_chunk)
+    return InverseParts(student, renoise, output, fake_loss, inverse_loss, chunked)
+
+
+def _student_of(logits, x_t, sigma):
+  """The student's x_theta ("mean" parameterization) of one chunk's logits."""
+  del x_t, sigma
+  return relax.simplex(logits)
+
+
+def output_of(logits, r):
+  """A network's log x_theta of its logits (what the UDLM NELBO reads), float32."""
+  del r
+  return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
 class Duo(UDLM):
@@ -146,7 +174,8 @@ class Duo(UDLM):
     proc = cls(get_schedule(f.schedule, f.eps), vocab_size=vocab_size, mask_id=mask_id,
                antithetic=f.antithetic, tau=f.tau,
                transform_fn=functools.partial(duo_transform, config, vocab_size),
-               curriculum=(f.curriculum_start, f.curriculum_end))
+               curriculum=(f.curriculum_start, f.curriculum_end),
+               loss_chunk=config.model.loss_chunk)
     proc.transform  # the table is needed by the training loss: build (or read) it now
     return proc
 

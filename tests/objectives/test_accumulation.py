@@ -57,6 +57,10 @@ CASES = {
     # the losses over chunks of 24 positions (L = 64: the last chunk padded)
     "idlm_chunked": (SYN, ["objective='idlm'", "model.dropout=0.1", "model.loss_chunk=24",
                            *TEACHER]),
+    "idlm_duo": (DUO, ["objective='idlm'", "model.dropout=0.1", *TEACHER]),
+    # IDLM-Duo over chunks: soft inputs embedded a chunk at a time, per-position Gaussian noise
+    "idlm_duo_chunked": (DUO, ["objective='idlm'", "model.dropout=0.1", "model.loss_chunk=24",
+                               *TEACHER]),
     "didi": ("configs/didi_synthetic.py:smoke", ["model.dropout=0.1", "distill.didi.group_size=2",
                                                  "distill.didi.disc_lr=1.0", *TEACHER]),
     # no dropout: the first rollout step runs on one row for all (shared_first), G = 4, and
@@ -191,12 +195,15 @@ def test_row_noise_does_not_depend_on_the_other_rows():
   whole, part = rng.all_rows(key, 4), rng.row_key(key, jnp.array([1, 3]), 4)
   for draw in (lambda k, n: rng.uniform(k, (n, 5)), lambda k, n: rng.normal(k, (n, 2, 3)),
                lambda k, n: rng.bits(k, (2, n, 3), row_axis=1)[:, :, 0].T,
+               lambda k, n: rng.normal_per_position(k, (n, 5, 3)),
                lambda k, n: rng.bernoulli(rng.fold_in(rng.split(k, 3)[2], 7), 0.5, (n, 9))):
     np.testing.assert_array_equal(np.asarray(draw(whole, 4))[np.array([1, 3])],
                                   np.asarray(draw(part, 2)))
   t = schedules.sample_t(whole, 4, 1e-3)
   np.testing.assert_allclose(schedules.sample_t(part, 2, 1e-3), t[np.array([1, 3])], rtol=0)
   np.testing.assert_allclose(t, schedules.sample_t(key, 4, 1e-3), rtol=0)  # = the plain key's
+  np.testing.assert_array_equal(rng.normal_per_position(key, (4, 5, 3)),
+                                rng.normal_per_position(whole, (4, 5, 3)))
 
 
 def test_split_keeps_every_microbatch_on_every_device():

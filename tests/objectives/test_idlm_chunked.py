@@ -1,7 +1,7 @@
-"""IDLM-MDLM and IDLM-SEDD over position chunks (model.loss_chunk > 0, processes/chunked.py,
-diffusion/chunks.py): the re-noised draw, both losses and their gradients equal the unchunked
-ones, so does a whole sharded train step (with and without gradient accumulation), and the
-compiled loss holds no [B, L, V] buffer."""
+"""IDLM-MDLM, IDLM-SEDD and IDLM-Duo over position chunks (model.loss_chunk > 0,
+processes/chunked.py, diffusion/chunks.py): the re-noised draw, both losses and their
+gradients equal the unchunked ones, so does a whole sharded train step (with and without
+gradient accumulation), and the compiled loss holds no [B, L, V] buffer."""
 
 import functools
 
@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from idlm_jax import config as config_lib
-from idlm_jax.diffusion import chunks, processes
+from idlm_jax.diffusion import chunks, duo_integral, processes, relax
 from idlm_jax.diffusion.schedules import get_schedule
 from idlm_jax.models import DIT
 from idlm_jax.objectives import idlm
@@ -53,11 +53,16 @@ def _prompted(batch, n=3):
     ("mdlm", "fake", 40, 0.0, False),  # chunk > L: one padded chunk
     ("sedd", "inverse", 5, 0.1, False),  # absorbing SEDD: log-scores, score entropies
     ("sedd", "fake", 5, 0.1, False),
+    # Duo: soft inputs embedded chunk by chunk, pathwise gradient through teacher and fake
+    ("duo", "inverse", 5, 0.1, False),
+    ("duo", "fake", 5, 0.1, False),
+    ("duo-stop_path", "inverse", 40, 0.0, False),  # the ablation: no pathwise gradient
 ])
 def test_chunked_losses_and_gradients_equal_unchunked(algo, loss, chunk, dropout, prompt,
                                                       tmp_path):
+  algo, _, flag = algo.partition("-")
   config, net, (teacher, fake, student), tok, batch = _setup(
-      tmp_path, [f"model.dropout={dropout}"], algo)
+      tmp_path, [f"model.dropout={dropout}"] + ([f"distill.{flag}=True"] if flag else []), algo)
   if prompt:
     batch = _prompted(batch)
   fn, args = {"inverse": (idlm.inverse_loss, (student, fake, teacher)),
@@ -94,6 +99,27 @@ def test_chunked_draw_of_x_t2_equals_unchunked(tmp_path):
   assert G.shape == (*batch["input_ids"].shape, tok.model_vocab_size)
 
 
+def test_chunked_duo_draws_and_network_inputs_equal_unchunked(tmp_path):
+  """IDLM-Duo: the student's latent and the re-noised latent drawn a chunk at a time are the
+  unchunked draws: the same argmax tokens, and the teacher's features of the soft input
+  embedded chunk by chunk equal its features of the whole soft input."""
+  config, net, (teacher, _, student), tok, batch = _setup(tmp_path, algo="duo")
+  proc, chunked = _parts(config, tok, 0), _parts(config, tok, 5)
+  k_s, k_r = jax.random.key(4), jax.random.key(5)
+  G, r = idlm.student_sample(proc, net, student, batch, k_s, k_r)
+  st, head, r_c = idlm.chunked_student_sample(chunked, net(student), batch, k_s, k_r)
+  np.testing.assert_allclose(np.asarray(relax.simplex(net(student).project(st.h))),
+                             np.asarray(G), rtol=1e-5, atol=1e-7)
+  (h_t,), r_c = idlm.chunked_features(chunked, head, st, r_c, (net(teacher),), batch, (None,))
+  np.testing.assert_array_equal(np.asarray(r_c.tokens), np.asarray(r.tokens))
+  for a, b in zip(r_c[2:], r[2:]):  # sigma, weight, (alpha, alpha')
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+  # rtol 1e-4: the soft input softmax(w / tau) at tau = 1e-3 amplifies float32 rounding
+  np.testing.assert_allclose(np.asarray(h_t), np.asarray(net(teacher).features(r.net_in, r.sigma)),
+                             rtol=1e-4, atol=1e-5)
+  assert r.net_in.shape == G.shape and not np.all(np.asarray(r.tokens) == np.asarray(batch["input_ids"]))
+
+
 def test_chunk_sum_gradient_is_scaled_by_the_cotangent():
   """d(c * chunk_sum)/d(params, h) = c * the gradient of the unchunked sum (finite float64)."""
   with jax.enable_x64(True):
@@ -116,24 +142,31 @@ def test_chunk_sum_gradient_is_scaled_by_the_cotangent():
 
 
 @pytest.mark.slow
-def test_chunked_step_equals_unchunked_step_sharded(tmp_path):
+@pytest.mark.parametrize("name", ["idlm", "idlm_duo"])
+def test_chunked_step_equals_unchunked_step_sharded(name, tmp_path):
   """One IDLM step (fake update, student update) on 8 devices: chunked = unchunked, and
   chunked with 2 microbatches too."""
-  ref = acc._build("idlm", 1, tmp_path)
+  ref = acc._build(name, 1, tmp_path)
   batches = [acc._batch(ref, seed) for seed in range(ref.objective.batches_per_step)]
   want = acc._step(ref, batches)
   for k in (1, 2):
-    got = acc._step(acc._build("idlm_chunked", k, tmp_path), batches)
-    acc._compare(want, got, f"idlm chunked k={k}", acc.RTOL)
+    got = acc._step(acc._build(f"{name}_chunked", k, tmp_path), batches)
+    acc._compare(want, got, f"{name} chunked k={k}", acc.RTOL)
 
 
-def _loss_temp_bytes(chunk: int, which: str, vocab=8192, length=256, b=4) -> int:
+def _loss_temp_bytes(chunk: int, which: str, algo="mdlm", vocab=8192, length=256, b=4) -> int:
   """XLA's planned temporary bytes of an IDLM loss + gradient + SGD step (params donated)."""
   model = DIT(vocab_size=vocab, hidden_size=32, n_blocks=1, n_heads=2, cond_dim=16,
               rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  proc = processes.MDLM(get_schedule("loglinear", 1e-3), mask_id=vocab - 1, vocab_size=vocab,
-                        loss_chunk=chunk).inverse_parts(draw="inverse_cdf")
+  schedule = get_schedule("loglinear", 1e-3)
+  if algo == "duo":
+    transform = lambda: duo_integral.DuoTransform.create(vocab, -3.55, -1.85, num_points=201)
+    proc = processes.UDLM(schedule, vocab_size=vocab, transform_fn=transform,
+                          loss_chunk=chunk).inverse_parts()
+  else:
+    proc = processes.MDLM(schedule, mask_id=vocab - 1, vocab_size=vocab,
+                          loss_chunk=chunk).inverse_parts(draw="inverse_cdf")
   fn = {"inverse": idlm.inverse_loss, "fake": idlm.fake_loss}[which]
   others = (params, params) if which == "inverse" else (params,)
   batch = {"input_ids": jnp.zeros((b, length), jnp.int32),
@@ -149,14 +182,19 @@ def _loss_temp_bytes(chunk: int, which: str, vocab=8192, length=256, b=4) -> int
   return compiled.memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize("which", ["inverse", "fake"])
-def test_chunked_idlm_loss_cuts_compiled_temp_memory(which):
+@pytest.mark.parametrize("which,algo,chunk", [("inverse", "mdlm", 32), ("fake", "mdlm", 32),
+                                              ("inverse", "duo", 16), ("fake", "duo", 16)])
+def test_chunked_idlm_loss_cuts_compiled_temp_memory(which, algo, chunk):
   """V=8192, L=256, B=4, d=32: one [B, L, V] float32 array is 32 MiB. Measured (jax 0.10.2,
-  CPU): 234 MiB unchunked for either loss, 39 (student) and 31 (fake) MiB at chunk 32."""
+  CPU): MDLM 234 MiB unchunked for either loss, 39 (student) and 31 (fake) MiB at chunk 32;
+  Duo 598 (student) and 291 (fake) MiB unchunked, 59 and 25 MiB at chunk 16. Duo's chunked
+  temporaries grow by ~17 (student) and ~7 (fake) [B, chunk, V] float32 arrays per chunk
+  size: the loss's and the soft inputs' intermediates of one chunk (its constant part, ~20
+  MiB, is mostly the three networks' [B, H, L, L] attention scores)."""
   logits_bytes = 4 * 256 * 8192 * 4
-  full, chunked = _loss_temp_bytes(0, which), _loss_temp_bytes(32, which)
+  full, chunked = _loss_temp_bytes(0, which, algo), _loss_temp_bytes(chunk, which, algo)
   assert full > 4 * logits_bytes, full
-  assert chunked < 1.5 * logits_bytes, chunked
+  assert chunked < (1.5 if algo == "mdlm" else 2.5) * logits_bytes, chunked
 
 
 def test_loss_chunk_config_validation_for_idlm():
@@ -164,9 +202,8 @@ def test_loss_chunk_config_validation_for_idlm():
   assert config_lib.load_config(spec, base).model.loss_chunk == 16
   assert config_lib.load_config("configs/idlm_sedd_owt.py:smoke", base).model.loss_chunk == 16
   for bad in (["distill.relaxation='gumbel'"], ["distill.train_draw='exact32'"]):
-    with pytest.raises(config_lib.ConfigError, match="model.loss_chunk.*IDLM-MDLM"):
+    with pytest.raises(config_lib.ConfigError, match="model.loss_chunk.*'mdlm'.*'sedd'"):
       config_lib.load_config(spec, base + bad)
-  with pytest.raises(config_lib.ConfigError, match="model.loss_chunk.*'duo'"):
-    config_lib.load_config("configs/idlm_duo_owt.py:smoke", base)
+  assert config_lib.load_config("configs/idlm_duo_owt.py:smoke", base).model.loss_chunk == 16
   with pytest.raises(config_lib.ConfigError, match="model.loss_chunk.*'didi'"):
     config_lib.load_config("configs/didi_mdlm_owt.py:smoke", base)

@@ -17,6 +17,7 @@ from idlm_jax.diffusion import processes, uniform
 from idlm_jax.diffusion.schedules import LogLinear
 from idlm_jax.objectives import dcd, progressive, sdtt
 from idlm_jax.objectives import state as objective_state
+from idlm_jax.rng import normal_per_position
 from idlm_jax.train import loop, state as state_lib
 
 SYN = "configs/synthetic_mdlm.py:smoke"  # 24 symbols: tiny vocabularies and Duo tables
@@ -139,7 +140,7 @@ def test_dcd_trajectory_is_the_argmax_of_one_shared_gaussian_draw():
   again = dcd.trajectory(key, x0, gamma(t), gamma(s), k)
   np.testing.assert_array_equal(z_t, again[0])
   np.testing.assert_array_equal(z_s, again[1])
-  eps = jax.random.normal(key, (b, length, k), jnp.float32)  # the one draw, by hand
+  eps = normal_per_position(key, (b, length, k))  # the one draw, by hand
   onehot = jax.nn.one_hot(x0, k)
   for z, g in ((z_t, gamma(t)), (z_s, gamma(s))):
     a, sd = jnp.sqrt(jax.nn.sigmoid(-g))[:, None, None], jnp.sqrt(jax.nn.sigmoid(g))[:, None, None]

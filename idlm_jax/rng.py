@@ -10,6 +10,10 @@ whole batch. `split`/`fold_in` of a RowKey act on the shared step key and keep t
 
 `shared(key)` is the key of draws that are one number for the whole batch (the antithetic
 offset u of diffusion.schedules.sample_t, whose row i then takes (u + i) / total).
+
+`position_keys` / `normal_per_position` go one step further for [rows, length, n] draws:
+position p of row i from fold_in(fold_in(key, i), p), for a plain key and a RowKey alike, so a
+chunk of positions can draw its own slice (IDLM-Duo's Gaussian noise, model.loss_chunk).
 """
 
 from typing import Union

@@ -58,7 +58,9 @@ FIELDS = {
         "(diffusion/chunks.py), so no full [B, L, V] float32 tensor is ever live; same loss "
         'and gradients. 0 = off. Objective "diffusion" with diffusion.algo "mdlm" (no extra '
         'FLOPs), or "idlm" with "mdlm" or absorbing "sedd" (distill.relaxation "simplex", '
-        'train_draw "inverse_cdf"; one more output projection of the student per loss).',
+        'train_draw "inverse_cdf"; one more output projection of the student per loss), or '
+        'with "duo"/"udlm" (soft inputs embedded a chunk at a time and recomputed in the '
+        'backward pass: ~11 more [B, L, d] x [d, V] products per step, ~1 teacher step).',
         check=F.non_negative_or_off("0: off")),
     "model.n_positions": Field(1024, 'model.name "gpt2": learned positions.', check=F.positive),
     "model.n_kv_heads": Field(0, 'model.name "llada": key/value heads (grouped-query '

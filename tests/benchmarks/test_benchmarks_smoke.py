@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks import dllm_r2, generation_speed, input_throughput, train_throughput
+from benchmarks import chunk_flops, dllm_r2, generation_speed, input_throughput, train_throughput
 
 # the MDLM OWT pipeline at its :smoke size, with the 2048-id demo vocabulary (fast on a CPU)
 CONFIG = ["--config=configs/mdlm_owt.py", "--set", "data.tokenizer=demo-bpe-2048"]
@@ -163,3 +163,13 @@ def test_step_flops_compiles_a_step():
   small = step_flops.step_flops("teacher", 32, 4, ["model.n_blocks=1"], "configs/mdlm_owt.py:smoke")
   large = step_flops.step_flops("teacher", 32, 8, ["model.n_blocks=1"], "configs/mdlm_owt.py:smoke")
   assert 0 < small < large
+
+
+def test_chunk_flops_smoke(tmp_path):
+  """The chunked IDLM-Duo student loss costs more FLOPs than the unchunked one (recomputed
+  soft inputs), counted over the whole loop (two chunk sizes), and the rows are written."""
+  (row,) = chunk_flops.main(["--V=256", "--L=8", "--B=1", "--d=16", "--algos=duo",
+                             "--losses=inverse", f"--out={tmp_path}"])
+  assert row["flops_chunked"] > row["flops_unchunked"] > 0 and row["extra_units"] > 1
+  (written,) = tmp_path.glob("chunk_flops_*.jsonl")
+  assert json.loads(written.read_text())["algo"] == "duo"

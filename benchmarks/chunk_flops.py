@@ -3,8 +3,8 @@
   python benchmarks/chunk_flops.py                              # -> stdout
   python benchmarks/chunk_flops.py --out=benchmarks/results     # + chunk_flops_cpu_<date>.jsonl
 
-For IDLM-MDLM and IDLM-Duo, the student loss and the fake loss (each with its gradient) are
-compiled unchunked and chunked on a 1-block DiT, and their FLOPs reported in units of one
+For IDLM-MDLM and IDLM-Duo, the student loss and the fake loss (each with its gradient and an
+SGD update) are compiled unchunked and chunked on a 1-block DiT, and their FLOPs reported in units of one
 [B, L, d] x [d, V] product (2 B L d V), the unit every vocabulary-sized matmul costs. XLA
 counts a loop's body once, and with one chunk it merges the duplicated work, so the chunked
 FLOPs come from two chunk sizes (L/2 and L/4: trip counts 2 and 4): counted = outside + c x
@@ -32,8 +32,9 @@ from idlm_jax.models import DIT  # noqa: E402
 from idlm_jax.objectives import idlm  # noqa: E402
 
 
-def loss_flops(algo: str, which: str, chunk: int, V: int, L: int, B: int, d: int) -> float:
-  """Compiled FLOPs of jax.grad of one IDLM loss ("inverse" or "fake") at loss_chunk=chunk."""
+def compile_loss_step(algo: str, which: str, chunk: int, V: int, L: int, B: int, d: int):
+  """The compiled IDLM loss ("inverse": the student's, or "fake") + gradient + SGD update of
+  the trained network's parameters (donated), on a 1-block DiT at loss_chunk=chunk."""
   model = DIT(vocab_size=V, hidden_size=d, n_blocks=1, n_heads=2, cond_dim=16,
               rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
@@ -45,14 +46,23 @@ def loss_flops(algo: str, which: str, chunk: int, V: int, L: int, B: int, d: int
   else:
     proc = processes.MDLM(schedule, mask_id=V - 1, vocab_size=V,
                           loss_chunk=chunk).inverse_parts(draw="inverse_cdf")
-  fn = {"inverse": idlm.inverse_loss, "fake": idlm.fake_loss}[which]
+  fn = functools.partial({"inverse": idlm.inverse_loss, "fake": idlm.fake_loss}[which], proc,
+                         functools.partial(nnx.merge, graphdef))
   others = (params, params) if which == "inverse" else (params,)
   batch = {"input_ids": jnp.zeros((B, L), jnp.int32),
            "attention_mask": jnp.ones((B, L), jnp.int32)}
-  net = functools.partial(nnx.merge, graphdef)
-  grad = jax.grad(lambda p, *rest: fn(proc, net, p, *rest)[0])
-  compiled = jax.jit(grad).lower(params, *others, batch, jax.random.key(0)).compile()
-  return float(compiled.cost_analysis()["flops"])
+
+  def step(p, *rest):
+    (value, _), g = jax.value_and_grad(fn, has_aux=True)(p, *rest)
+    return jax.tree.map(lambda a, da: a - 1e-3 * da, p, g), value
+
+  return jax.jit(step, donate_argnums=0).lower(params, *others, batch,
+                                               jax.random.key(0)).compile()
+
+
+def loss_flops(algo: str, which: str, chunk: int, V: int, L: int, B: int, d: int) -> float:
+  """XLA's FLOPs of `compile_loss_step` (a loop's body counted once)."""
+  return float(compile_loss_step(algo, which, chunk, V, L, B, d).cost_analysis()["flops"])
 
 
 def rows(V: int, L: int, B: int, d: int, algos=("mdlm", "duo"), losses=("inverse", "fake")):

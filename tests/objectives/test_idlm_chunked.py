@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from benchmarks import chunk_flops
 from idlm_jax import config as config_lib
-from idlm_jax.diffusion import chunks, duo_integral, processes, relax
+from idlm_jax.diffusion import chunks, processes, relax
 from idlm_jax.diffusion.schedules import get_schedule
 from idlm_jax.models import DIT
 from idlm_jax.objectives import idlm
@@ -156,29 +157,7 @@ def test_chunked_step_equals_unchunked_step_sharded(name, tmp_path):
 
 def _loss_temp_bytes(chunk: int, which: str, algo="mdlm", vocab=8192, length=256, b=4) -> int:
   """XLA's planned temporary bytes of an IDLM loss + gradient + SGD step (params donated)."""
-  model = DIT(vocab_size=vocab, hidden_size=32, n_blocks=1, n_heads=2, cond_dim=16,
-              rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model)
-  schedule = get_schedule("loglinear", 1e-3)
-  if algo == "duo":
-    transform = lambda: duo_integral.DuoTransform.create(vocab, -3.55, -1.85, num_points=201)
-    proc = processes.UDLM(schedule, vocab_size=vocab, transform_fn=transform,
-                          loss_chunk=chunk).inverse_parts()
-  else:
-    proc = processes.MDLM(schedule, mask_id=vocab - 1, vocab_size=vocab,
-                          loss_chunk=chunk).inverse_parts(draw="inverse_cdf")
-  fn = {"inverse": idlm.inverse_loss, "fake": idlm.fake_loss}[which]
-  others = (params, params) if which == "inverse" else (params,)
-  batch = {"input_ids": jnp.zeros((b, length), jnp.int32),
-           "attention_mask": jnp.ones((b, length), jnp.int32)}
-
-  def step(p, *rest):
-    (value, _), g = jax.value_and_grad(functools.partial(fn, proc, functools.partial(
-        nnx.merge, graphdef)), has_aux=True)(p, *rest)
-    return jax.tree.map(lambda a, d: a - 1e-3 * d, p, g), value
-
-  compiled = jax.jit(step, donate_argnums=0).lower(params, *others, batch,
-                                                   jax.random.key(0)).compile()
+  compiled = chunk_flops.compile_loss_step(algo, which, chunk, vocab, length, b, 32)
   return compiled.memory_analysis().temp_size_in_bytes
 
 

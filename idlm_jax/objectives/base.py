@@ -129,8 +129,9 @@ def fields() -> dict:
 
 def chunk_error(config) -> ConfigError:
   """model.loss_chunk > 0 where the chunked loss does not exist."""
-  return ConfigError(f"config.model.loss_chunk: the chunked loss is implemented for MDLM "
-                     f"teacher pretraining (objective='diffusion', diffusion.algo='mdlm') and "
+  return ConfigError(f"config.model.loss_chunk: the chunked loss is implemented for teacher "
+                     f"pretraining (objective='diffusion') with diffusion.algo 'mdlm', 'udlm' "
+                     f"or 'duo', and "
                      f"IDLM (objective='idlm') with diffusion.algo 'duo' or 'udlm', or 'mdlm' "
                      f"or 'sedd' with distill.relaxation='simplex' and "
                      f"distill.train_draw='inverse_cdf'; "

@@ -38,8 +38,8 @@ def make(ctx: Context) -> Objective:
 
 
 def validate(config) -> None:
-  """model.loss_chunk > 0 is implemented for the MDLM teacher loss only (of the teachers)."""
-  if config.model.loss_chunk > 0 and config.diffusion.algo != "mdlm":
+  """model.loss_chunk > 0 is implemented for the MDLM, UDLM and Duo teacher losses."""
+  if config.model.loss_chunk > 0 and config.diffusion.algo not in ("mdlm", "udlm", "duo"):
     raise chunk_error(config)
 
 

@@ -154,6 +154,24 @@ def hard_renoise(maps: LogitMaps, fake_loss: Callable, inverse_loss: Callable,
                         features=_hard_features)
 
 
+def embed_latent(module, x0: jax.Array, gamma: jax.Array, key, tau: float, chunk: int):
+  """(e, z_t): the network's input embedding [B, L, d] of softmax(w_t / tau) and the hard
+  z_t = argmax w_t [B, L], for Duo's latent w_t = alpha~ onehot(x0) + sigma~ eps
+  (uniform.gaussian_latent from `key`: the same noise), a chunk of positions at a time,
+  differentiable w.r.t. the embedding table (recomputed per chunk in the backward pass)."""
+  keys = rng.position_keys(key, x0.shape)
+  embed, params = module.embedding()
+  impl, vocab = jax.random.key_impl(keys), module.vocab_size
+
+  def fn(p, pp, gamma_s):
+    x0_c, keys_c = pp
+    w = uniform.latent_of(x0_c, gamma_s, rng.normal_at(keys_c, vocab, impl))
+    return embed(p, uniform.relaxed_input(w, tau)), jnp.argmax(w, axis=-1).astype(x0.dtype)
+
+  return chunks.remat_chunk_map(fn, params, (x0, jax.random.key_data(keys)),
+                                jax.lax.stop_gradient(gamma), chunk)
+
+
 def soft_renoise(maps: LogitMaps, fake_loss: Callable, inverse_loss: Callable,
                  student_input: Callable, renoise_time: Callable, tau: float, stop_path: bool,
                  chunk: int) -> ChunkedInverse:
@@ -170,17 +188,7 @@ def soft_renoise(maps: LogitMaps, fake_loss: Callable, inverse_loss: Callable,
 
   def student(net: Net, batch, key, dropout_key) -> Student:
     x0, gamma, sigma, k_w = student_input(batch, key)
-    keys = rng.position_keys(k_w, x0.shape)
-    embed, e_params = net.module.embedding()
-    impl, vocab = jax.random.key_impl(keys), net.module.vocab_size
-
-    def fn(params, pp, gamma_s):
-      x0_c, keys_c = pp
-      eps = rng.normal_at(keys_c, vocab, impl)
-      return embed(params, uniform.relaxed_input(uniform.latent_of(x0_c, gamma_s, eps), tau))
-
-    e = chunks.remat_chunk_map(fn, e_params, (x0, jax.random.key_data(keys)),
-                               jax.lax.stop_gradient(gamma), chunk)
+    e, _ = embed_latent(net.module, x0, gamma, k_w, tau, chunk)
     return Student(x0, sigma, net.module.features_from_embedding(e, sigma,
                                                                  dropout_key=dropout_key))
 

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 
 from idlm_jax import fields as F
 from idlm_jax import rng
-from idlm_jax.diffusion import duo_integral, relax, uniform
+from idlm_jax.diffusion import chunks, duo_integral, relax, uniform
 from idlm_jax.diffusion.processes.base import InverseParts, Process, Renoised, valid_weights
-from idlm_jax.diffusion.processes.chunked import LogitMaps, soft_renoise
+from idlm_jax.diffusion.processes.chunked import LogitMaps, embed_latent, soft_renoise
 from idlm_jax.diffusion.schedules import get_schedule, sample_t, student_t
 from idlm_jax.fields import ConfigError, Field
 
@@ -85,9 +85,27 @@ class UDLM(Process):
     t = sample_t(k_t, x0.shape[0], s.eps, self.antithetic)
     alpha, dalpha = s.alpha(t), s.dalpha(t)
     zt = uniform.q_xt(k_x, x0, alpha, model.vocab_size)
-    logits = model(zt, s.sigma(t), dropout_key=k_drop if train else None)
+    drop = k_drop if train else None
+    if self.loss_chunk > 0:
+      h = model.features(zt, s.sigma(t), dropout_key=drop)
+      return {"nelbo_sum": self.chunked_nelbo(model, h, zt, x0, valid, alpha, dalpha),
+              "tokens": valid.sum()}
+    logits = model(zt, s.sigma(t), dropout_key=drop)
     nelbo = uniform.nelbo_per_token(jax.nn.log_softmax(logits, -1), zt, x0, alpha, dalpha)
     return {"nelbo_sum": (nelbo * valid).sum(), "tokens": valid.sum()}
+
+  def chunked_nelbo(self, model, h, zt, x0, valid, alpha, dalpha) -> jax.Array:
+    """sum of valid * the UDLM NELBO integrand from the output features h [B, L, d], the
+    projection and log-softmax taken loss_chunk positions at a time (chunks.chunk_sum)."""
+    project, head = model.head()
+
+    def fn(params, h_c, pp, shared):
+      zt_c, x0_c, valid_c = pp
+      log_p = jax.nn.log_softmax(project(params, h_c), -1)
+      return jnp.sum(uniform.nelbo_per_token(log_p, zt_c, x0_c, *shared) * valid_c)
+
+    return chunks.chunk_sum(fn, head, h, jax.lax.stop_gradient((zt, x0, valid)),
+                            jax.lax.stop_gradient((alpha, dalpha)), self.loss_chunk)
 
   def log_probs_fn(self, model):
     s = self.schedule
@@ -199,11 +217,16 @@ class Duo(UDLM):
     valid = valid_weights(batch)
     k_t, k_w, k_drop = rng.split(key, 3)
     t = sample_t(k_t, x0.shape[0], self.schedule.eps, self.antithetic)
+    alpha, dalpha = transform.alpha(t), transform.dalpha(t)
+    drop = k_drop if train else None
+    if self.loss_chunk > 0:  # the soft input embedded a chunk at a time, then the NELBO
+      e, zt = embed_latent(model, x0, transform.gamma(t), k_w, self.tau, self.loss_chunk)
+      h = model.features_from_embedding(e, -jnp.log(alpha), dropout_key=drop)
+      return {"nelbo_sum": self.chunked_nelbo(model, h, zt, x0, valid, alpha, dalpha),
+              "tokens": valid.sum()}
     w = uniform.gaussian_latent(k_w, x0, transform.gamma(t), transform.vocab_size)
     zt = jnp.argmax(w, axis=-1).astype(x0.dtype)
-    alpha, dalpha = transform.alpha(t), transform.dalpha(t)
-    logits = model(uniform.relaxed_input(w, self.tau), -jnp.log(alpha),
-                   dropout_key=k_drop if train else None)
+    logits = model(uniform.relaxed_input(w, self.tau), -jnp.log(alpha), dropout_key=drop)
     nelbo = uniform.nelbo_per_token(jax.nn.log_softmax(logits, -1), zt, x0, alpha, dalpha)
     return {"nelbo_sum": (nelbo * valid).sum(), "tokens": valid.sum()}
 

@@ -1,10 +1,10 @@
-"""What the chunked IDLM losses (model.loss_chunk) cost in FLOPs, from XLA's cost analysis.
+"""What the chunked losses (model.loss_chunk) cost in FLOPs, from XLA's cost analysis.
 
   python benchmarks/chunk_flops.py                              # -> stdout
   python benchmarks/chunk_flops.py --out=benchmarks/results     # + chunk_flops_cpu_<date>.jsonl
 
-For IDLM-MDLM and IDLM-Duo, the student loss and the fake loss (each with its gradient and an
-SGD update) are compiled unchunked and chunked on a 1-block DiT, and their FLOPs reported in units of one
+For MDLM and Duo, the teacher loss and IDLM's student and fake losses (each with its gradient
+and an SGD update) are compiled unchunked and chunked on a 1-block DiT, and their FLOPs reported in units of one
 [B, L, d] x [d, V] product (2 B L d V), the unit every vocabulary-sized matmul costs. XLA
 counts a loop's body once, and with one chunk it merges the duplicated work, so the chunked
 FLOPs come from two chunk sizes (L/2 and L/4: trip counts 2 and 4): counted = outside + c x
@@ -33,22 +33,28 @@ from idlm_jax.objectives import idlm  # noqa: E402
 
 
 def compile_loss_step(algo: str, which: str, chunk: int, V: int, L: int, B: int, d: int):
-  """The compiled IDLM loss ("inverse": the student's, or "fake") + gradient + SGD update of
-  the trained network's parameters (donated), on a 1-block DiT at loss_chunk=chunk."""
+  """The compiled loss + gradient + SGD update of the trained network's parameters (donated),
+  on a 1-block DiT at loss_chunk=chunk: the teacher's ("teacher"; Duo: the curriculum) or an
+  IDLM loss ("inverse": the student's, or "fake")."""
   model = DIT(vocab_size=V, hidden_size=d, n_blocks=1, n_heads=2, cond_dim=16,
               rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   schedule = get_schedule("loglinear", 1e-3)
   if algo == "duo":
     transform = lambda: duo_integral.DuoTransform.create(V, -3.55, -1.85, num_points=201)
-    proc = processes.UDLM(schedule, vocab_size=V, transform_fn=transform,
-                          loss_chunk=chunk).inverse_parts()
+    process = processes.Duo(schedule, vocab_size=V, transform_fn=transform,
+                            curriculum=(0, 10), loss_chunk=chunk)
   else:
-    proc = processes.MDLM(schedule, mask_id=V - 1, vocab_size=V,
-                          loss_chunk=chunk).inverse_parts(draw="inverse_cdf")
-  fn = functools.partial({"inverse": idlm.inverse_loss, "fake": idlm.fake_loss}[which], proc,
-                         functools.partial(nnx.merge, graphdef))
-  others = (params, params) if which == "inverse" else (params,)
+    process = processes.MDLM(schedule, mask_id=V - 1, vocab_size=V, loss_chunk=chunk)
+  net = functools.partial(nnx.merge, graphdef)
+  if which == "teacher":  # the teacher loss (Duo: its curriculum, at step 0)
+    fn = lambda p, batch, key: (process.loss_sums(net(p), batch, key, train=True,
+                                                  step=jnp.asarray(0))["nelbo_sum"], None)
+  else:
+    proc = process.inverse_parts(draw="inverse_cdf")
+    fn = functools.partial({"inverse": idlm.inverse_loss, "fake": idlm.fake_loss}[which], proc,
+                           net)
+  others = {"inverse": (params, params), "fake": (params,), "teacher": ()}[which]
   batch = {"input_ids": jnp.zeros((B, L), jnp.int32),
            "attention_mask": jnp.ones((B, L), jnp.int32)}
 
@@ -65,7 +71,8 @@ def loss_flops(algo: str, which: str, chunk: int, V: int, L: int, B: int, d: int
   return float(compile_loss_step(algo, which, chunk, V, L, B, d).cost_analysis()["flops"])
 
 
-def rows(V: int, L: int, B: int, d: int, algos=("mdlm", "duo"), losses=("inverse", "fake")):
+def rows(V: int, L: int, B: int, d: int, algos=("mdlm", "duo"),
+         losses=("teacher", "inverse", "fake")):
   unit = 2.0 * B * L * d * V
   for algo in algos:
     for which in losses:
@@ -87,7 +94,7 @@ def main(argv=None):
   ap.add_argument("--B", type=int, default=2)
   ap.add_argument("--d", type=int, default=32)
   ap.add_argument("--algos", default="mdlm,duo")
-  ap.add_argument("--losses", default="inverse,fake")
+  ap.add_argument("--losses", default="teacher,inverse,fake")
   ap.add_argument("--out", default=None, help="a folder for chunk_flops_<backend>_<date>.jsonl")
   args = ap.parse_args(argv)
   out = []

@@ -84,6 +84,7 @@ def rows(V: int, L: int, B: int, d: int, algos=("mdlm", "duo"),
              "flops_unchunked": whole, "flops_chunked": chunked,
              "unchunked_units": whole / unit, "chunked_units": chunked / unit,
              "extra_units": (chunked - whole) / unit, "backend": jax.default_backend(),
+             "device": f"XLA:{jax.default_backend().upper()} cost analysis",
              "jax": jax.__version__}
 
 

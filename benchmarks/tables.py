@@ -424,11 +424,17 @@ def _demo_students(files) -> str:
 TABLES = {
     "config_fields": config_fields,
     "paper_plans": lambda: plans(["idlm_mdlm_owt_8x80gb", "idlm_mdlm_owt_chunk128_8x80gb",
-                                  "idlm_duo_owt_8x80gb",
+                                  "idlm_duo_owt_8x80gb", "idlm_duo_owt_chunk128_8x80gb",
                                   "didi_mdlm_owt_8x80gb",
                                   "duo_lm1b_8x80gb", "idlm_mdlm_owt_v5e16",
                                   "didi_mdlm_owt_v5e16", "duo_lm1b_v5e16"]),
     "authors_parity": lambda: authors_parity("authors_parity.json"),
+    # what the chunked losses (model.loss_chunk) cost: benchmarks/chunk_flops.py
+    "chunk_flops": lambda: speed_rows(
+        "chunk_flops_cpu_2026-12-07.jsonl",
+        ["algo", "loss", "unchunked_units", "chunked_units", "extra_units"],
+        {"unchunked_units": "unchunked (units of 2 B L d V)", "chunked_units": "chunked",
+         "extra_units": "extra"}),
     "llada8b_plans": lambda: llada_plans(
         ["llada8b_infer_L512_1x80gb_cpu", "llada8b_infer_L512_1x80gb_tpuv5p",
          "llada8b_infer_L512_v5e16", "llada8b_sft_L512_1x80gb_cpu",

@@ -4,8 +4,9 @@
   python benchmarks/chunk_flops.py --out=benchmarks/results     # + chunk_flops_cpu_<date>.jsonl
 
 For MDLM and Duo, the teacher loss and IDLM's student and fake losses (each with its gradient
-and an SGD update) are compiled unchunked and chunked on a 1-block DiT, and their FLOPs reported in units of one
-[B, L, d] x [d, V] product (2 B L d V), the unit every vocabulary-sized matmul costs. XLA
+and an SGD update) are compiled unchunked and chunked on a 1-block DiT, and their FLOPs
+reported in units of one [B, L, d] x [d, V] product (2 B L d V), the unit every
+vocabulary-sized matmul costs. XLA
 counts a loop's body once, and with one chunk it merges the duplicated work, so the chunked
 FLOPs come from two chunk sizes (L/2 and L/4: trip counts 2 and 4): counted = outside + c x
 per-position, hence true = counted(L/2) + per-position x L/2.

@@ -165,6 +165,7 @@ def test_step_flops_compiles_a_step():
   assert 0 < small < large
 
 
+@pytest.mark.slow
 def test_chunk_flops_smoke(tmp_path):
   """The chunked IDLM-Duo student loss costs more FLOPs than the unchunked one (recomputed
   soft inputs), counted over the whole loop (two chunk sizes), and the rows are written."""

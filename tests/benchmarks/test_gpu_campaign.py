@@ -142,6 +142,7 @@ def test_planned_microbatches_from_the_committed_plans():
   assert int(small["didi"]) >= 8 and int(small["idlm"]) >= 2
 
 
+@pytest.mark.slow
 def test_a_section_in_its_own_process_appends_to_the_same_files(tmp_path):
   """On a device each section runs in a fresh process (the driver never holds GPU memory);
   its rows land in the driver's JSONL, and the Markdown regenerates from the file."""

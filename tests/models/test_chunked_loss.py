@@ -1,7 +1,7 @@
 """Chunked MDLM cross-entropy (model.loss_chunk, issue #10): the output projection, log-softmax
 and SUBS loss taken a chunk of positions at a time (diffusion/chunks.chunk_sum) give the
-unchunked loss and gradients (and so do Duo's curriculum and UDLM losses), and a train step's compiled memory plan no longer holds the full
-[B, L, V] float32 logits."""
+unchunked loss and gradients (and so do Duo's curriculum and UDLM losses), and a train step's
+compiled memory plan no longer holds the full [B, L, V] float32 logits."""
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,19 @@ def test_features_and_project_compose_to_call():
                                 np.asarray(model(ids, sigma)))
 
 
+def _check_chunked_equals_full(loss, params, chunk):
+  """loss(params, chunk) and its gradient at `chunk` equal those at 0 (unchunked); returns
+  the unchunked gradient."""
+  v_full, g_full = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, 0)
+  v_chunk, g_chunk = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, chunk)
+  assert float(v_full) > 0
+  np.testing.assert_allclose(float(v_chunk), float(v_full), rtol=1e-6)
+  for (path, a), (_, b) in zip(nnx.to_flat_state(g_chunk), nnx.to_flat_state(g_full)):
+    np.testing.assert_allclose(np.asarray(a[...]), np.asarray(b[...]), rtol=1e-5, atol=1e-7,
+                               err_msg=str(path))
+  return g_full
+
+
 @pytest.mark.parametrize("chunk,dropout", [pytest.param(1, 0.0, marks=pytest.mark.slow),
                                            (4, 0.0), (5, 0.1), (12, 0.0), (16, 0.0)])
 def test_chunked_nelbo_and_grads_equal_unchunked(chunk, dropout):
@@ -53,16 +66,11 @@ def test_chunked_nelbo_and_grads_equal_unchunked(chunk, dropout):
   def loss(p, c):
     return _nelbo(nnx.merge(graphdef, p), batch, key, c)
 
-  v_full, g_full = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, 0)
-  v_chunk, g_chunk = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, chunk)
-  assert float(v_full) > 0
-  np.testing.assert_allclose(float(v_chunk), float(v_full), rtol=1e-6)
-  for (path, a), (_, b) in zip(nnx.to_flat_state(g_chunk), nnx.to_flat_state(g_full)):
-    np.testing.assert_allclose(np.asarray(a[...]), np.asarray(b[...]), rtol=1e-5, atol=1e-7,
-                               err_msg=str(path))
+  _check_chunked_equals_full(loss, params, chunk)
 
 
-@pytest.mark.parametrize("step,chunk,dropout", [(0, 5, 0.1), (20, 5, 0.1), (0, 16, 0.0)])
+@pytest.mark.parametrize("step,chunk,dropout", [(0, 5, 0.1),
+                                                pytest.param(20, 5, 0.1, marks=pytest.mark.slow)])
 def test_chunked_duo_nelbo_and_grads_equal_unchunked(step, chunk, dropout, tmp_path):
   """Duo's teacher loss over chunks: the curriculum (step 0: soft input softmax(w / tau)
   embedded a chunk at a time, the same Gaussian noise) and, after it (step 20), the plain
@@ -83,13 +91,7 @@ def test_chunked_duo_nelbo_and_grads_equal_unchunked(step, chunk, dropout, tmp_p
                           step=jnp.asarray(step))
     return sums["nelbo_sum"] / sums["tokens"]
 
-  v_full, g_full = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, 0)
-  v_chunk, g_chunk = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, chunk)
-  assert float(v_full) > 0
-  np.testing.assert_allclose(float(v_chunk), float(v_full), rtol=1e-6)
-  for (path, a), (_, b) in zip(nnx.to_flat_state(g_chunk), nnx.to_flat_state(g_full)):
-    np.testing.assert_allclose(np.asarray(a[...]), np.asarray(b[...]), rtol=1e-5, atol=1e-7,
-                               err_msg=str(path))
+  g_full = _check_chunked_equals_full(loss, params, chunk)
   embedding = g_full["vocab_embed"]["embedding"][...]
   assert float(jnp.max(jnp.abs(embedding))) > 0  # the soft input's path is covered
 
@@ -121,7 +123,7 @@ def _step_temp_bytes(chunk: int, vocab: int = 8192, L: int = 256, B: int = 4,
   return compiled.memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize("algo", ["mdlm", "duo"])
+@pytest.mark.parametrize("algo", ["mdlm", pytest.param("duo", marks=pytest.mark.slow)])
 def test_chunked_loss_cuts_compiled_temp_memory(algo):
   """V=8192, L=256, B=4, d=32: logits dominate (one [B, L, V] float32 array is 32 MiB).
   Measured (jax 0.10.2, CPU) at chunk 32: MDLM 74 -> 19 MiB; Duo (the curriculum's lax.cond

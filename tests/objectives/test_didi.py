@@ -152,13 +152,14 @@ def test_spectral_norm_power_iteration_converges_to_top_singular_value():
     assert not np.allclose(moved[name]["sn_u"], params[name]["sn_u"]) or name == "linear_2"
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.2])
-def test_discriminator_split_at_any_block_is_the_whole_forward(dropout):
+@pytest.mark.slow
+def test_discriminator_split_at_any_block_is_the_whole_forward():
   """logits_from(hidden(x, blocks=j), start=j) = the discriminator, bit for bit, at every j
-  (ids and probability inputs, eval and train mode: block i keeps its dropout draw), so the
-  DiDi reward may reuse the frozen blocks' output of the discriminator update."""
+  (ids and probability inputs, eval mode and train mode with dropout: block i keeps its
+  dropout draw), so the DiDi reward may reuse the frozen blocks' output of the discriminator
+  update."""
   model = disc_lib.Discriminator(vocab_size=11, hidden_size=16, n_blocks=3, n_heads=2,
-                                 cond_dim=8, dropout=dropout, time_conditioning=True,
+                                 cond_dim=8, dropout=0.2, time_conditioning=True,
                                  rngs=nnx.Rngs(params=0))
   rng = np.random.default_rng(3)
   graphdef, state = nnx.split(model)  # adaLN starts at zero (identity blocks): perturb it all
@@ -176,7 +177,7 @@ def test_discriminator_split_at_any_block_is_the_whole_forward(dropout):
             dropout_key=key))(x, key)
         np.testing.assert_array_equal(split, whole)
   train = model(ids, sigma, dropout_key=jax.random.key(4))
-  assert (dropout > 0) == bool(jnp.any(train != model(ids, sigma)))
+  assert bool(jnp.any(train != model(ids, sigma)))  # the keyed calls did drop out
 
 
 def test_discriminator_update_with_its_frozen_blocks_run_once():

@@ -153,12 +153,12 @@ def test_student_gradient_finite_at_extreme_logits(algo, factor, tmp_path):
   proc = idlm.parts(config, processes.get(config, vocab_size=tok.model_vocab_size,
                                                mask_id=tok.mask_id))
   net = functools.partial(nnx.merge, graphdef)
-  (loss, _), grads = jax.value_and_grad(functools.partial(idlm.inverse_loss, proc, net),
-                                        has_aux=True)(scale(student), scale(fake), scale(params),
-                                                      _batch(tok), jax.random.key(0))
-  (floss, _), fgrads = jax.value_and_grad(functools.partial(idlm.fake_loss, proc, net),
-                                          has_aux=True)(scale(fake), scale(student),
-                                                        _batch(tok), jax.random.key(0))
+  (loss, _), grads = jax.jit(jax.value_and_grad(functools.partial(
+      idlm.inverse_loss, proc, net), has_aux=True))(scale(student), scale(fake), scale(params),
+                                                    _batch(tok), jax.random.key(0))
+  (floss, _), fgrads = jax.jit(jax.value_and_grad(functools.partial(
+      idlm.fake_loss, proc, net), has_aux=True))(scale(fake), scale(student), _batch(tok),
+                                                 jax.random.key(0))
   for tree in (grads, fgrads):
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(tree))
   assert np.isfinite(float(loss)) and np.isfinite(float(floss))

@@ -47,17 +47,21 @@ def _prompted(batch, n=3):
   return {**batch, "prompt_mask": prompt}
 
 
+SLOW = pytest.mark.slow  # the fast subset (-m 'not slow') keeps one MDLM and one Duo case
+
+
 @pytest.mark.parametrize("algo,loss,chunk,dropout,prompt", [
     ("mdlm", "inverse", 5, 0.1, True),  # L = 12: the last chunk is padded
-    ("mdlm", "fake", 5, 0.1, True),
-    ("mdlm", "inverse", 12, 0.0, False),  # one chunk
-    ("mdlm", "fake", 40, 0.0, False),  # chunk > L: one padded chunk
-    ("sedd", "inverse", 5, 0.1, False),  # absorbing SEDD: log-scores, score entropies
-    ("sedd", "fake", 5, 0.1, False),
+    pytest.param("mdlm", "fake", 5, 0.1, True, marks=SLOW),
+    pytest.param("mdlm", "fake", 40, 0.0, False, marks=SLOW),  # chunk > L: one padded chunk
+    # absorbing SEDD: log-scores, score entropies
+    pytest.param("sedd", "inverse", 5, 0.1, False, marks=SLOW),
+    pytest.param("sedd", "fake", 5, 0.1, False, marks=SLOW),
     # Duo: soft inputs embedded chunk by chunk, pathwise gradient through teacher and fake
     ("duo", "inverse", 5, 0.1, False),
-    ("duo", "fake", 5, 0.1, False),
-    ("duo-stop_path", "inverse", 40, 0.0, False),  # the ablation: no pathwise gradient
+    pytest.param("duo", "fake", 5, 0.1, False, marks=SLOW),
+    # the ablation: no pathwise gradient
+    pytest.param("duo-stop_path", "inverse", 40, 0.0, False, marks=SLOW),
 ])
 def test_chunked_losses_and_gradients_equal_unchunked(algo, loss, chunk, dropout, prompt,
                                                       tmp_path):
@@ -116,9 +120,10 @@ def test_chunked_duo_draws_and_network_inputs_equal_unchunked(tmp_path):
   for a, b in zip(r_c[2:], r[2:]):  # sigma, weight, (alpha, alpha')
     jax.tree.map(np.testing.assert_array_equal, a, b)
   # rtol 1e-4: the soft input softmax(w / tau) at tau = 1e-3 amplifies float32 rounding
-  np.testing.assert_allclose(np.asarray(h_t), np.asarray(net(teacher).features(r.net_in, r.sigma)),
-                             rtol=1e-4, atol=1e-5)
-  assert r.net_in.shape == G.shape and not np.all(np.asarray(r.tokens) == np.asarray(batch["input_ids"]))
+  want = net(teacher).features(r.net_in, r.sigma)
+  np.testing.assert_allclose(np.asarray(h_t), np.asarray(want), rtol=1e-4, atol=1e-5)
+  assert r.net_in.shape == G.shape
+  assert not np.all(np.asarray(r.tokens) == np.asarray(batch["input_ids"]))
 
 
 def test_chunk_sum_gradient_is_scaled_by_the_cotangent():
@@ -161,8 +166,9 @@ def _loss_temp_bytes(chunk: int, which: str, algo="mdlm", vocab=8192, length=256
   return compiled.memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize("which,algo,chunk", [("inverse", "mdlm", 32), ("fake", "mdlm", 32),
-                                              ("inverse", "duo", 16), ("fake", "duo", 16)])
+@pytest.mark.parametrize("which,algo,chunk", [
+    ("inverse", "mdlm", 32), pytest.param("fake", "mdlm", 32, marks=SLOW),
+    pytest.param("inverse", "duo", 16, marks=SLOW), pytest.param("fake", "duo", 16, marks=SLOW)])
 def test_chunked_idlm_loss_cuts_compiled_temp_memory(which, algo, chunk):
   """V=8192, L=256, B=4, d=32: one [B, L, V] float32 array is 32 MiB. Measured (jax 0.10.2,
   CPU): MDLM 234 MiB unchunked for either loss, 39 (student) and 31 (fake) MiB at chunk 32;

@@ -125,6 +125,7 @@ def test_objectives_without_prompt_clamping_refuse_prompted_rows(objective):
                                                [f"objective='{objective}'"]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [False, True])
 def test_chunked_losses_equal_unchunked_on_the_llada_decoder(setup, tie):
   """model.loss_chunk on prompted LLaDA rows (key padding mask, clamped prompt): both losses
@@ -147,7 +148,7 @@ def test_chunked_losses_equal_unchunked_on_the_llada_decoder(setup, tie):
     out = []
     for c in (config, chunked):
       proc = idlm.parts(c, processes.get(c, vocab_size=tok.model_vocab_size, mask_id=tok.mask_id))
-      out.append(jax.value_and_grad(functools.partial(fn, proc, net), has_aux=True)(
+      out.append(jax.jit(jax.value_and_grad(functools.partial(fn, proc, net), has_aux=True))(
           *args, batch, jax.random.key(6)))
     (v0, _), g0 = out[0]
     (v1, _), g1 = out[1]

@@ -610,6 +610,11 @@ PAPER_PLANS = (
     ("idlm_duo_owt_chunk128_8x80gb", ["--config=configs/idlm_duo_owt.py",
                                       "--set=model.loss_chunk=128", "--devices=8",
                                       "--memory_gb=80", "--check"]),
+    # chunks of 32: a chunk's soft-input and loss temporaries (~17 [B, c, V] arrays in the
+    # student loss) a quarter of chunk 128's
+    ("idlm_duo_owt_chunk32_8x80gb", ["--config=configs/idlm_duo_owt.py",
+                                     "--set=model.loss_chunk=32", "--devices=8",
+                                     "--memory_gb=80", "--check"]),
     ("didi_mdlm_owt_8x80gb", ["--config=configs/didi_mdlm_owt.py", "--devices=8",
                               "--memory_gb=80", "--check"]),
     ("duo_lm1b_8x80gb", ["--config=configs/duo_lm1b.py", "--devices=8", "--memory_gb=80",

@@ -425,7 +425,7 @@ TABLES = {
     "config_fields": config_fields,
     "paper_plans": lambda: plans(["idlm_mdlm_owt_8x80gb", "idlm_mdlm_owt_chunk128_8x80gb",
                                   "idlm_duo_owt_8x80gb", "idlm_duo_owt_chunk128_8x80gb",
-                                  "didi_mdlm_owt_8x80gb",
+                                  "idlm_duo_owt_chunk32_8x80gb", "didi_mdlm_owt_8x80gb",
                                   "duo_lm1b_8x80gb", "idlm_mdlm_owt_v5e16",
                                   "didi_mdlm_owt_v5e16", "duo_lm1b_v5e16"]),
     "authors_parity": lambda: authors_parity("authors_parity.json"),

@@ -44,8 +44,8 @@ def test_features_and_project_compose_to_call():
 def _check_chunked_equals_full(loss, params, chunk):
   """loss(params, chunk) and its gradient at `chunk` equal those at 0 (unchunked); returns
   the unchunked gradient."""
-  v_full, g_full = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, 0)
-  v_chunk, g_chunk = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, chunk)
+  value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  (v_full, g_full), (v_chunk, g_chunk) = value_and_grad(params, 0), value_and_grad(params, chunk)
   assert float(v_full) > 0
   np.testing.assert_allclose(float(v_chunk), float(v_full), rtol=1e-6)
   for (path, a), (_, b) in zip(nnx.to_flat_state(g_chunk), nnx.to_flat_state(g_full)):

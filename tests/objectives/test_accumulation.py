@@ -1,8 +1,9 @@
 """Gradient accumulation (train.microbatches, objectives/accumulate.py): for every objective,
 one step with the batch split into k = 4 microbatches (pjit on 8 devices) or k = 2 (the pmap
 strategy, one objective per way of accumulating; the teacher step under pjit too) equals one
-step on the whole batch (k = 1) to float32 rounding; the batch must split over devices x microbatches (a one-line ConfigError);
-per-row noise (rng.RowKey) does not depend on which rows share a draw.
+step on the whole batch (k = 1) to float32 rounding; the batch must split over devices x
+microbatches (a one-line ConfigError); per-row noise (rng.RowKey) does not depend on which
+rows share a draw.
 
 Tolerance. The accumulated step sums the same per-row terms in another order (microbatch sums,
 then their sum), so its loss and gradients differ from k = 1 by float32 rounding of sums of

@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices before JAX initialises, the repo root on sys.path."""
 
+import importlib.metadata
 import os
 import pathlib
 import sys
@@ -11,9 +12,13 @@ import sys
 # alone) and ~20 s (XLA's defaults); same HLO, same semantics. A flag already in $XLA_FLAGS
 # wins (e.g. XLA_FLAGS=--xla_backend_optimization_level=3 to check that numerical tolerances
 # do not depend on it).
+# XLA aborts the process on a flag it does not know ("Unknown flag in XLA_FLAGS"), and
+# jaxlib 0.11.2's XLA no longer knows the emitter switch: it is set for jaxlib < 0.11 only.
 _XLA = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false",
-              "--xla_cpu_parallel_codegen_split_count=1"):
+_FLAGS = ["--xla_backend_optimization_level=0", "--xla_cpu_parallel_codegen_split_count=1"]
+if tuple(int(v) for v in importlib.metadata.version("jaxlib").split(".")[:2]) < (0, 11):
+  _FLAGS.append("--xla_cpu_use_fusion_emitters=false")
+for _flag in _FLAGS:
   if _flag.split("=")[0] not in _XLA:
     _XLA += " " + _flag
 os.environ["XLA_FLAGS"] = _XLA.strip()

@@ -38,7 +38,7 @@ class MetricWriter:
   def __init__(self, workdir, tensorboard: bool = True, mode: str = "train"):
     self.workdir = epath.Path(workdir)
     self.active = jax.process_index() == 0
-    self._tb = None
+    self._tb = self._tb_dir = None
     self._logged_at_resume: tuple[int, set] = (-1, set())
     # the training run's record is metrics.jsonl; other modes (eval, sample) keep their own
     name = "metrics.jsonl" if mode == "train" else f"metrics_{mode}.jsonl"
@@ -49,11 +49,17 @@ class MetricWriter:
       self._jsonl = _RemoteLog(jsonl) if checkpoint.is_url(jsonl) else jsonl.open("a")
       if tensorboard:
         logdir = self.workdir / "tensorboard"
-        if mode != "train":
-          logdir = logdir / mode
-        if checkpoint.is_url(logdir):
-          _epath_event_files(str(logdir).split("://")[0])
-        self._tb = SummaryWriter(str(logdir))
+        self._tb_dir = logdir if mode == "train" else logdir / mode
+
+  def _board(self):
+    """The TensorBoard writer, opened at the first record: a writer that never logged and was
+    not closed raises at interpreter exit on Python 3.12 (tensorboardX's atexit close starts
+    its queue's thread then), and a run that logs nothing leaves no empty event file."""
+    if self._tb is None and self._tb_dir is not None:
+      if checkpoint.is_url(self._tb_dir):
+        _epath_event_files(str(self._tb_dir).split("://")[0])
+      self._tb = SummaryWriter(str(self._tb_dir))
+    return self._tb
 
   def scalars(self, step: int, values: dict) -> None:
     if not self.active:
@@ -68,7 +74,7 @@ class MetricWriter:
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
     if not isinstance(self._jsonl, _RemoteLog):  # (that one syncs every REMOTE_SYNC_S)
       self._jsonl.flush()
-    if self._tb is not None:
+    if self._board() is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, int(step))
 
@@ -83,7 +89,7 @@ class MetricWriter:
     with out.with_suffix(".jsonl").open("w") as f:
       for i, text in enumerate(texts):
         f.write(json.dumps({"index": i, "text": text, **(extra or {})}) + "\n")
-    if self._tb is not None:
+    if self._board() is not None:
       self._tb.add_text(name, "\n\n---\n\n".join(texts[:8]), int(step))
     return out
 
@@ -127,6 +133,7 @@ class MetricWriter:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+      self._tb = self._tb_dir = None
 
 
 class _RemoteLog:

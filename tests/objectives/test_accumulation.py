@@ -22,6 +22,12 @@ reward standard deviation, so rounding in the rewards grows by 1/std: the discri
 perturbed by DISC_SCALE = 0.1 (std ~ 0.014; at the aux networks' 0.05 the rewards were nearly
 equal, std ~ 0.001, and the k = 4 policy-gradient loss moved by 5e-4 relative from rounding
 alone), enough to separate the rewards without saturating its logits.
+IDLM-Duo's student gradient runs pathwise through the relaxed student sample into the teacher
+and the fake, whose contributions nearly cancel (the inverse loss is their difference): at
+k = 4 its update differs by up to 2.2e-5 of the largest entry (vocab_embed and the output
+layer; jax 0.11.2, 1.1e-5 on 0.10.2) against 2.3e-6 or less for every other objective
+measured (idlm, diffusion_duo, dcd, and IDLM-Duo's fake), so its tolerance is
+RTOL_IDLM_DUO = 1e-4 (4.6x the largest).
 """
 
 import jax
@@ -38,6 +44,7 @@ from idlm_jax.train import loop, parallel
 
 RTOL = 2e-5
 RTOL_DIDI = 3e-4
+RTOL_IDLM_DUO = 1e-4
 DISC_SCALE = 0.1  # the discriminator's perturbation (see the module docstring)
 B = 32  # rows per step: a multiple of 8 devices x 4 microbatches
 
@@ -152,6 +159,11 @@ def _compare(ref, got, what, rtol):
         u1[net], u2[net], ref[0][net])
 
 
+def rtol_for(name):
+  return RTOL_DIDI if name.startswith("didi") else \
+      RTOL_IDLM_DUO if name.startswith("idlm_duo") else RTOL
+
+
 def _check(name, tmp_path, strategy, ks):
   runs = {k: _build(name, k, tmp_path, strategy) for k in (1, *ks)}
   batches = [_batch(runs[1], seed) for seed in range(runs[1].objective.batches_per_step)]
@@ -159,8 +171,7 @@ def _check(name, tmp_path, strategy, ks):
   assert all(np.isfinite(v) for v in ref[2].values())
   assert max(float(np.max(np.abs(x))) for x in jax.tree.leaves(_updates(ref)["model"])) > 1e-4
   for k in ks:
-    _compare(ref, _step(runs[k], batches), f"{name} {strategy} k={k}",
-             RTOL_DIDI if name.startswith("didi") else RTOL)
+    _compare(ref, _step(runs[k], batches), f"{name} {strategy} k={k}", rtol_for(name))
 
 
 # the chunked IDLM steps: test_idlm_chunked's sharded test compares them, whole and in 2

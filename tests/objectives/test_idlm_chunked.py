@@ -157,7 +157,7 @@ def test_chunked_step_equals_unchunked_step_sharded(name, tmp_path):
   want = acc._step(ref, batches)
   for k in (1, 2):
     got = acc._step(acc._build(f"{name}_chunked", k, tmp_path), batches)
-    acc._compare(want, got, f"{name} chunked k={k}", acc.RTOL)
+    acc._compare(want, got, f"{name} chunked k={k}", acc.rtol_for(name))
 
 
 def _loss_temp_bytes(chunk: int, which: str, algo="mdlm", vocab=8192, length=256, b=4) -> int:

@@ -382,6 +382,21 @@ def test_metrics_have_no_duplicate_steps_after_resume(trained, tmp_path, cache):
       [["train/grad_norm", "train/loss", "train/tokens"], ["val/nelbo"]]
 
 
+def test_tensorboard_file_opens_at_the_first_record(tmp_path):
+  """A writer that logs nothing leaves no event file, and one left unclosed exits cleanly
+  (tensorboardX's exit hook raised "can't create new thread at interpreter shutdown" on
+  Python 3.12 for a writer that never logged: the benchmarks' runs)."""
+  code = ("import sys; from idlm_jax.train import metrics; "
+          "w = metrics.MetricWriter(sys.argv[1]); sys.argv[2] == '1' and w.scalars(1, {'a': 1.0})")
+  for logs in ("0", "1"):
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / logs), logs], cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Exception ignored" not in out.stderr, out.stderr
+    events = list((tmp_path / logs).glob("tensorboard/events.out.tfevents.*"))
+    assert len(events) == int(logs)
+
+
 # ------------------------------------------------------------------ 7. evaluation modes
 
 

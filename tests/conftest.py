@@ -5,6 +5,10 @@ import os
 import pathlib
 import sys
 
+# The flags as the user gave them, for the subprocesses that run exactly as a user's job does
+# (tests/test_smoke_configs.py): the compile-time tuning below makes run time 2-3x slower.
+os.environ.setdefault("IDLM_JAX_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+
 # 8 fake CPU devices, and XLA:CPU code generation tuned for compile time: the tests' tiny
 # steps are compile-bound. Backend optimisation level 0 (fewer LLVM passes), the elemental IR
 # emitters instead of the MLIR fusion emitters, and one codegen partition (2 cores have
@@ -14,9 +18,6 @@ import sys
 # do not depend on it).
 # XLA aborts the process on a flag it does not know ("Unknown flag in XLA_FLAGS"), and
 # jaxlib 0.11.2's XLA no longer knows the emitter switch: it is set for jaxlib < 0.11 only.
-# The flags as the user gave them, for the subprocesses that run exactly as a user's job does
-# (tests/test_smoke_configs.py): the compile-time tuning below makes run time 2-3x slower.
-os.environ.setdefault("IDLM_JAX_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 _XLA = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 _FLAGS = ["--xla_backend_optimization_level=0", "--xla_cpu_parallel_codegen_split_count=1"]
 if tuple(int(v) for v in importlib.metadata.version("jaxlib").split(".")[:2]) < (0, 11):

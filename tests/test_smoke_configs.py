@@ -27,9 +27,7 @@ SMOKES = [path for path, variants, _ in config_lib.shipped_configs() if "smoke" 
 def user_env() -> dict:
   """The suite's environment with the user's XLA flags: one CPU device, XLA's default code
   generation (the persistent compilation cache stays: it changes compile time, not results)."""
-  env = dict(os.environ, XLA_FLAGS=os.environ["IDLM_JAX_USER_XLA_FLAGS"], JAX_PLATFORMS="cpu")
-  env.pop("PYTHONPATH", None)  # the installed package, as a user has it
-  return env
+  return dict(os.environ, XLA_FLAGS=os.environ["IDLM_JAX_USER_XLA_FLAGS"], JAX_PLATFORMS="cpu")
 
 
 @pytest.mark.smoke_configs

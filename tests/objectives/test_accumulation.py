@@ -1,9 +1,16 @@
 """Gradient accumulation (train.microbatches, objectives/accumulate.py): for every objective,
-one step with the batch split into k = 4 microbatches (pjit on 8 devices) or k = 2 (the pmap
-strategy, one objective per way of accumulating; the teacher step under pjit too) equals one
-step on the whole batch (k = 1) to float32 rounding; the batch must split over devices x
-microbatches (a one-line ConfigError); per-row noise (rng.RowKey) does not depend on which
-rows share a draw.
+one step with the batch split into k = 4 microbatches equals one step on the whole batch
+(k = 1) to float32 rounding; the batch must split over devices x microbatches (a one-line
+ConfigError); per-row noise (rng.RowKey) does not depend on which rows share a draw.
+
+Devices. One objective per way of accumulating (SHARDED: accumulate.mean_grad for diffusion,
+as ar, sdtt and dcd call it; IDLM's two updates; DiDi's phases; sum_grad for r2_finetune)
+runs on 8 devices, under pjit (k = 4; the teacher step k = 2 too) and under the pmap strategy
+(k = 2, against the pmap step on the whole batch: its devices fold their index into the key,
+so it draws other noise than pjit). The other objectives call the same functions and run on
+one device: a mesh of 8 adds about 60% to the XLA compile time of every step
+(SPMD partitioning; DiDi's k = 4 step: 8.3 s against 5.3 s on 2 cores), and compiling is
+most of this file's time.
 
 Tolerance. The accumulated step sums the same per-row terms in another order (microbatch sums,
 then their sum), so its loss and gradients differ from k = 1 by float32 rounding of sums of
@@ -84,14 +91,15 @@ CASES = {
 }
 
 
-def _build(name, k, work, strategy="pjit", batch=B):
+def _build(name, k, work, strategy="pjit", batch=B, devices=None):
   spec, extra = CASES[name]
   cfg = config_lib.load_config(spec, [
       f"train.microbatches={k}", f"train.global_batch_size={batch}", "optim.warmup_steps=0",
       "optim.lr=1.0", "optim.adam_eps=1.0", "optim.grad_clip=0.0", "optim.weight_decay=0.0",
       "log.tensorboard=False", f"data.cache_dir='{work.parent / 'cache'}'",
       f"parallel.strategy='{strategy}'", "ckpt.async_save=False", *extra])
-  return loop.build(cfg, work / f"{name}_{strategy}_{k}", datasets=False, teacher=False)
+  return loop.build(cfg, work / f"{name}_{strategy}_{k}", devices, datasets=False,
+                    teacher=False)
 
 
 def _perturb(tree, seed, scale=0.05):
@@ -164,8 +172,8 @@ def rtol_for(name):
       RTOL_IDLM_DUO if name.startswith("idlm_duo") else RTOL
 
 
-def _check(name, tmp_path, strategy, ks):
-  runs = {k: _build(name, k, tmp_path, strategy) for k in (1, *ks)}
+def _check(name, tmp_path, strategy, ks, devices=None):
+  runs = {k: _build(name, k, tmp_path, strategy, devices=devices) for k in (1, *ks)}
   batches = [_batch(runs[1], seed) for seed in range(runs[1].objective.batches_per_step)]
   ref = _step(runs[1], batches)
   assert all(np.isfinite(v) for v in ref[2].values())
@@ -177,17 +185,20 @@ def _check(name, tmp_path, strategy, ks):
 # the chunked IDLM steps: test_idlm_chunked's sharded test compares them, whole and in 2
 # microbatches, with the unchunked whole-batch step (which this test compares with 4)
 CHECKED_ELSEWHERE = ("idlm_chunked", "idlm_duo_chunked")
+# one objective per way of accumulating: accumulate.mean_grad (diffusion; ar, sdtt and dcd call
+# it the same way), IDLM's two updates, DiDi's phases, sum_grad (r2_finetune)
+SHARDED = ("diffusion", "idlm", "didi", "r2_finetune")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(CASES) - set(CHECKED_ELSEWHERE)))
 def test_every_objective_accumulated_equals_whole_batch_pjit(name, tmp_path):
-  _check(name, tmp_path, "pjit", (2, 4) if name == "diffusion" else (4,))  # k = 2: pmap too
+  _check(name, tmp_path, "pjit", (2, 4) if name == "diffusion" else (4,),
+         None if name in SHARDED else jax.devices()[:1])
 
 
-@pytest.mark.slow  # one objective per way of accumulating: accumulate.mean_grad (diffusion; ar,
-# sdtt and dcd call it the same way), IDLM's two updates, DiDi's phases, sum_grad (r2_finetune)
-@pytest.mark.parametrize("name", ["diffusion", "idlm", "didi", "r2_finetune"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHARDED)
 def test_objectives_accumulated_equal_whole_batch_pmap(name, tmp_path):
   _check(name, tmp_path, "pmap", (2,))
 

@@ -178,11 +178,6 @@ CORRUPTIONS = {"truncated_arrays": _truncate_arrays, "zeroed_files": _zero_files
 
 @pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes
 @pytest.mark.parametrize("damage", sorted(CORRUPTIONS))
-# a truncated array fails orbax's read: its other per-shard read coroutines are dropped
-# un-awaited, and a reader thread posts to the closed event loop ("Event loop is closed"); the
-# garbage collector finalises them, which pytest reports as unraisable exceptions (0 to ~460
-# per run, depending on when it collects). orbax's clean-up of a failed read, not the resume's
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_resume_skips_a_damaged_newest_checkpoint(trained, tmp_path, cache, damage, caplog):
   work = _copy(trained, tmp_path)
   CORRUPTIONS[damage](work / "checkpoints" / "12")

@@ -43,13 +43,20 @@ class MetricWriter:
     # the training run's record is metrics.jsonl; other modes (eval, sample) keep their own
     name = "metrics.jsonl" if mode == "train" else f"metrics_{mode}.jsonl"
     self.path = self.workdir / name
+    self._jsonl = None  # opened at the first record (see _log)
     if self.active:
       self.workdir.mkdir(parents=True, exist_ok=True)
-      jsonl = self.path
-      self._jsonl = _RemoteLog(jsonl) if checkpoint.is_url(jsonl) else jsonl.open("a")
       if tensorboard:
         logdir = self.workdir / "tensorboard"
         self._tb_dir = logdir if mode == "train" else logdir / mode
+
+  def _log(self):
+    """The JSONL log, opened for appending at the first record: a Run that is built and never
+    logs (inspected, evaluated, or refused at restore) holds no open file."""
+    if self._jsonl is None:
+      self._jsonl = _RemoteLog(self.path) if checkpoint.is_url(self.path) else \
+          self.path.open("a")
+    return self._jsonl
 
   def _board(self):
     """The TensorBoard writer, opened at the first record: a writer that never logged and was
@@ -71,9 +78,10 @@ class MetricWriter:
       if not values:
         return
       logged.update(values)
-    self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
-    if not isinstance(self._jsonl, _RemoteLog):  # (that one syncs every REMOTE_SYNC_S)
-      self._jsonl.flush()
+    log = self._log()
+    log.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+    if not isinstance(log, _RemoteLog):  # (that one syncs every REMOTE_SYNC_S)
+      log.flush()
     board = self._board()
     if board is not None:
       for k, v in values.items():
@@ -102,7 +110,9 @@ class MetricWriter:
     and not written again. Returns the number of lines dropped."""
     if not self.active:
       return 0
-    self._jsonl.flush()
+    if self._jsonl is not None:
+      self._jsonl.close()  # reopened (appending) at the next record
+      self._jsonl = None
     lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
     keep, logged = [], set()
     for line in lines:
@@ -118,21 +128,20 @@ class MetricWriter:
     self._logged_at_resume = (int(step), logged)
     dropped = len(lines) - len(keep)
     if dropped:
-      self._jsonl.close()
       self.path.write_text("".join(keep))
-      self._jsonl = _RemoteLog(self.path) if checkpoint.is_url(self.path) else \
-          self.path.open("a")
     return dropped
 
   def flush(self) -> None:
-    if self.active:
+    if self._jsonl is not None:
       self._jsonl.flush()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
     if self.active:
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
+        self._jsonl = None
       if self._tb is not None:
         self._tb.close()
       self._tb = self._tb_dir = None

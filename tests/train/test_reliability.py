@@ -97,6 +97,7 @@ def test_a_second_process_on_a_workdir_stops_naming_the_first(tmp_path, cache):
   finally:
     holder.kill()  # SIGKILL: the kernel drops its flock, its record stays in the file
     holder.wait()
+    holder.stdout.close()
   lock = workdir_lock.WorkdirLock(work)
   with _capture() as text:
     lock.acquire()  # a crashed holder's lock is stale: taken over, with a warning
@@ -195,6 +196,8 @@ def test_resume_skips_a_damaged_newest_checkpoint(trained, tmp_path, cache, dama
     assert out["final_step"] == 12 and run.ckpt.all_steps() == [6, 12]
     again = loop.build(_config(cache), work)
     assert loop.restore_latest(again) == 12
+    again.writer.close()
+  run.writer.close()
 
 
 def test_no_readable_checkpoint_names_each_cause(trained, tmp_path, cache):
@@ -206,6 +209,7 @@ def test_no_readable_checkpoint_names_each_cause(trained, tmp_path, cache):
                      match=r"no checkpoint in .*checkpoints restores \(step 12: .*; step 6: "
                            r"FileNotFoundError: .*\); move that folder away"):
     loop.restore_latest(run)
+  run.writer.close()
 
 
 # ------------------------------------------------------------------ 5. a changed model
@@ -221,6 +225,7 @@ def test_resume_with_a_changed_model_names_step_path_and_fields(trained, cache):
   assert "model.cond_dim: 32 in the checkpoint, 16 now" in message
   assert "model.hidden_size: 32 in the checkpoint, 64 now" in message
   assert "\n" not in message and isinstance(e.value, ConfigError)  # one line, exit status 2
+  run.writer.close()
 
 
 # ------------------------------------------------------------------ 4. SIGTERM / SIGINT
@@ -256,6 +261,7 @@ def test_signal_finishes_the_step_saves_and_resume_continues(tmp_path, cache, si
   run.writer.close()
   resumed = loop.build(cfg, tmp_path / "run")
   assert loop.train(resumed)["final_step"] == 8
+  resumed.writer.close()
   assert resumed.ckpt.latest_step() == 8
   assert _steps(tmp_path / "run") == [4, 8]
 
@@ -382,8 +388,9 @@ def test_metrics_have_no_duplicate_steps_after_resume(trained, tmp_path, cache):
       [["train/grad_norm", "train/loss", "train/tokens"], ["val/nelbo"]]
 
 
-def test_tensorboard_file_opens_at_the_first_record(tmp_path):
-  """A writer that logs nothing leaves no event file, and one left unclosed exits cleanly
+def test_log_files_open_at_the_first_record(tmp_path):
+  """A writer that logs nothing leaves no event file and no metrics.jsonl (a Run built to be
+  inspected or evaluated holds no open file), and one left unclosed exits cleanly
   (tensorboardX's exit hook raised "can't create new thread at interpreter shutdown" on
   Python 3.12 for a writer that never logged: the benchmarks' runs)."""
   code = ("import sys; from idlm_jax.train import metrics; "
@@ -395,6 +402,14 @@ def test_tensorboard_file_opens_at_the_first_record(tmp_path):
     assert out.returncode == 0 and "Exception ignored" not in out.stderr, out.stderr
     events = list((tmp_path / logs).glob("tensorboard/events.out.tfevents.*"))
     assert len(events) == int(logs)
+    assert (tmp_path / logs / "metrics.jsonl").exists() == (logs == "1")
+  # closed, then logging again: the file is opened again and appended to
+  writer = metrics.MetricWriter(tmp_path / "again", tensorboard=False)
+  writer.scalars(1, {"a": 1.0})
+  writer.close()
+  writer.scalars(2, {"a": 2.0})
+  writer.close()
+  assert _steps(tmp_path / "again") == [1, 2]
 
 
 # ------------------------------------------------------------------ 7. evaluation modes

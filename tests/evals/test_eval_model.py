@@ -5,6 +5,8 @@ user's text file, the output folder (no lock, no checkpoints), and the one-line 
 import json
 import math
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -174,7 +176,10 @@ def test_cli_scores_the_shipped_teacher_without_a_workdir(tmp_path):
   first = proc.stdout.splitlines()[0]
   assert first.startswith("results go to ")
   out = first.split()[3]
-  stored = json.loads(open(os.path.join(out, "results_eval.json")).read())
-  assert stored["model"] == "demo" and stored["val_tokens"] == 16 * 64
-  assert f"| PPL <= exp(NELBO) | {stored['val_ppl_bound']:.2f} |" in proc.stdout
-  assert not os.path.exists(os.path.join(out, "checkpoints"))
+  try:
+    stored = json.loads(pathlib.Path(out, "results_eval.json").read_text())
+    assert stored["model"] == "demo" and stored["val_tokens"] == 16 * 64
+    assert f"| PPL <= exp(NELBO) | {stored['val_ppl_bound']:.2f} |" in proc.stdout
+    assert not os.path.exists(os.path.join(out, "checkpoints"))
+  finally:
+    shutil.rmtree(out)  # the temporary folder the CLI made (under $TMPDIR, not tmp_path)

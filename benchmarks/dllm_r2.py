@@ -84,6 +84,7 @@ def rows(config_spec: str, weights: str, variants, num_problems: int, label: str
     print(json.dumps({k: row[k] for k in ("model", "variant", "accuracy", "stderr", "nfe",
                                           "tokens_per_s")}), flush=True)
     out.append(row)
+  run.close()
   run.ckpt.close()
   return out
 

@@ -92,8 +92,7 @@ def export_evaluator(config, workdir: str, out: str, command: str) -> dict:
                   f"{config.data.seq_len}, validation = hash split of passages",
           "use_ema": bool(config.eval.use_ema)}
   (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-  run.ckpt.wait()
-  run.writer.close()
+  run.close()
   return card
 
 

@@ -150,12 +150,6 @@ def _restore(run: loop.Run) -> int:
   return step
 
 
-def _finish(run: loop.Run) -> None:
-  if run.ckpt is not None:
-    run.ckpt.wait()
-  run.writer.close()
-
-
 @dataclasses.dataclass
 class StoredRun:
   """What mode "train" returns on a finished workdir: the stored summary, nothing built."""
@@ -254,7 +248,7 @@ def train(config, workdir, devices=None):
         run.results["report"] = distill_report.run_report(run, step, show=False)
       _show(write_summary(run, step), run.workdir)
   finally:
-    _finish(run)
+    run.close()
   return run
 
 
@@ -275,7 +269,7 @@ def evaluate_mode(config, workdir, devices=None) -> loop.Run:
     run.results["val"] = validate_now(run, step)
     _show(write_summary(run, step), run.workdir)
   finally:
-    _finish(run)
+    run.close()
   return run
 
 
@@ -289,7 +283,7 @@ def sample(config, workdir, devices=None) -> loop.Run:
       run.results["samples"] = sample_now(run, step)
     write_summary(run, step)
   finally:
-    _finish(run)
+    run.close()
   return run
 
 
@@ -305,7 +299,7 @@ def eval_samplers(config, workdir, devices=None) -> loop.Run:
     else:
       run.results["eval_samplers"] = evaluate.run_eval(run, step)
   finally:
-    _finish(run)
+    run.close()
   return run
 
 

@@ -84,6 +84,22 @@ class Run:
   results: dict = dataclasses.field(default_factory=dict)
   model_step: Optional[int] = None  # the training step of the eval.model loaded (else None)
 
+  def close(self) -> None:
+    """Wait for a pending asynchronous checkpoint save (CheckpointSaveError if it failed) and
+    close the metric files; a later record opens them again. `with loop.build(...) as run:`
+    closes at the end of the block."""
+    try:
+      if self.ckpt is not None:
+        self.ckpt.wait()
+    finally:
+      self.writer.close()
+
+  def __enter__(self) -> "Run":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
 
 class Hook(Protocol):
   """Something `train` runs between steps (validation, samples, the distillation monitor,

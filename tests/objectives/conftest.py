@@ -15,8 +15,8 @@ def teacher_dir(tmp_path_factory):
   work = tmp_path_factory.mktemp("teacher")
   cfg = config_lib.load_config("configs/demo_teacher.py:smoke", [
       "train.steps=2", f"data.cache_dir='{work / 'cache'}'", "ckpt.async_save=False"])
-  run = loop.build(cfg, work, devices=jax.devices()[:1])
-  loop.train(run)
+  with loop.build(cfg, work, devices=jax.devices()[:1]) as run:
+    loop.train(run)
   return work
 
 
@@ -34,3 +34,5 @@ def check_sharded_resume(one, make_eight, aux: str, stop: int, total: int) -> No
                (one.state.aux[aux].opt_state, resumed.state.aux[aux].opt_state)):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6), a, b)
   assert int(resumed.state.step) == total and int(resumed.state.aux[aux].step) == total
+  eight.close()
+  resumed.close()

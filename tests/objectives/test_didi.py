@@ -329,6 +329,7 @@ def test_step_is_pure_sharded_equal_and_resumes_exactly(teacher_dir, tmp_path):
   loop.train(one)  # 2 steps from the untouched state and data position
   check_sharded_resume(one, lambda: _didi_run(teacher_dir, tmp_path / "eight", jax.devices()),
                        "disc", stop=1, total=2)
+  one.close()
 
 
 def test_step_traces_with_block_remat(teacher_dir, tmp_path):

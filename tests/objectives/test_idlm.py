@@ -187,6 +187,7 @@ def test_state_starts_as_copies_of_the_teacher(teacher_dir, tmp_path):
                                               run.state.params, teacher)))
   assert all(not x.is_deleted() for x in jax.tree.leaves(teacher))
   assert int(run.state.aux["fake"].step) == 1
+  run.close()
 
 
 @pytest.mark.slow
@@ -195,6 +196,7 @@ def test_sharded_step_equals_single_device_and_resume_is_exact(teacher_dir, tmp_
   loop.train(one)
   check_sharded_resume(one, lambda: _idlm_run(teacher_dir, tmp_path / "eight", jax.devices()),
                        "fake", stop=2, total=4)
+  one.close()
 
 
 def test_teacher_mismatch_and_missing_teacher_are_clear_errors(teacher_dir, tmp_path):

@@ -98,6 +98,7 @@ def test_trainer_trains_llada_on_reasoning(tmp_path):
   run.state, first = run.p_train_step(run.state, None, next(run.train_iter))  # donates
   first = jax.device_get(first)
   out = loop.train(run)
+  run.close()
   last = [float(m["loss"]) for _, m in out["history"][-10:]]
   assert np.isfinite(first["loss"]) and np.isfinite(last).all()
   assert np.mean(last) < float(first["loss"])

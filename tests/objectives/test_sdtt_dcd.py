@@ -218,6 +218,7 @@ def _train_through_one_round(run):
   teacher = run.state.aux[progressive.ROUND_TEACHER]
   assert int(teacher.step) == 1 and int(run.state.step) == 4
   _assert_equal(teacher.params, student_at_boundary)
+  run.close()
 
 
 @pytest.mark.slow  # the fast subset (-m 'not slow') stays under 3 minutes

@@ -159,6 +159,7 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
   for step, loss in second[0]["losses"].items():
     np.testing.assert_allclose(loss, ref_losses[step], rtol=1e-4, err_msg=f"step {step}")
   assert second[0]["data_state"] == ref_run.train_iter.get_state()
+  ref_run.close()
 
 
 @pytest.mark.parametrize("flags,env,expected", [

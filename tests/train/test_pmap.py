@@ -141,8 +141,8 @@ def test_teacher_pjit_equals_pmap_and_shardings_follow_the_rules(tmp_path, cache
 def teacher_dir(tmp_path_factory, cache):
   """A 2-step smoke MDLM teacher (as in tests/objectives/test_idlm.py)."""
   work = tmp_path_factory.mktemp("teacher")
-  run = _build(TEACHER, work, cache, "pjit", ["train.steps=2"])
-  loop.train(run)
+  with _build(TEACHER, work, cache, "pjit", ["train.steps=2"]) as run:
+    loop.train(run)
   return work
 
 
@@ -186,6 +186,9 @@ def test_ar_distinct_rows_per_device_and_checkpoints_restore_under_either(tmp_pa
                  other.state, src.state)
     leaves = jax.tree.leaves(other.state.params)
     assert any(not x.sharding.is_fully_replicated for x in leaves) == (strategy == "pjit")
+    other.close()
+  pjit_run.close()
+  pmap_run.close()
 
 
 # ------------------------------------------------------------------ the gradient all-reduce

@@ -19,6 +19,7 @@ def test_trace_of_the_configured_steps_lands_in_the_workdir(tmp_path):
   cfg = _config(tmp_path, "log.profile_start=2", "log.profile_steps=1")
   run = loop.build(cfg, tmp_path / "run", devices=jax.devices()[:1])
   loop.train(run)
+  run.close()
   traces = list((tmp_path / "run" / "profile").rglob("*.xplane.pb"))
   assert len(traces) == 1 and traces[0].stat().st_size > 0
 

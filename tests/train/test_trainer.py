@@ -35,6 +35,8 @@ def test_sharded_step_equals_single_device(tmp_path):
                       devices=jax.devices()[:1])
   loop.train(single)
   _assert_trees_close(_params(sharded), _params(single), rtol=2e-5, atol=2e-6)
+  sharded.close()
+  single.close()
 
 
 @pytest.mark.slow
@@ -54,6 +56,8 @@ def test_resume_is_exact(tmp_path):
                       rtol=0, atol=0)
   losses = lambda h: [m["loss"] for s, m in h if s > 3]
   np.testing.assert_array_equal(losses(out["history"]), losses(ref["history"]))
+  for run in (full, interrupted, resumed):
+    run.close()
 
 
 def test_nan_stops_with_step_and_metric(tmp_path):

@@ -86,8 +86,8 @@ class Run:
 
   def close(self) -> None:
     """Wait for a pending asynchronous checkpoint save (CheckpointSaveError if it failed) and
-    close the metric files; a later record opens them again. `with loop.build(...) as run:`
-    closes at the end of the block."""
+    close the metric files (a later record opens metrics.jsonl again, appending; TensorBoard
+    stays closed). `with loop.build(...) as run:` closes at the end of the block."""
     try:
       if self.ckpt is not None:
         self.ckpt.wait()

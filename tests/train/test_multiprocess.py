@@ -50,7 +50,7 @@ run.train_iter.set_state(position)
 probe = {"host": np.full((run.train_iter.local_batch_size, 1), me, np.int32)}
 probe = parallel.to_host(parallel.global_batch(probe, run.mesh))["host"][:, 0]
 out = loop.train(run, until=until)
-run.writer.close()
+run.close()
 total = jax.jit(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(p)),
                 out_shardings=parallel.replicated(run.mesh))(run.state.params)
 report = {"process": [me, jax.process_count()], "devices": [jax.local_device_count(),

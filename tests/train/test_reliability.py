@@ -43,7 +43,7 @@ def trained(tmp_path_factory, cache):
   work = tmp_path_factory.mktemp("trained")
   run = loop.build(_config(cache), work)
   loop.train(run)
-  run.writer.close()
+  run.close()
   assert run.ckpt.all_steps() == [6, 12]
   return work
 
@@ -196,8 +196,8 @@ def test_resume_skips_a_damaged_newest_checkpoint(trained, tmp_path, cache, dama
     assert out["final_step"] == 12 and run.ckpt.all_steps() == [6, 12]
     again = loop.build(_config(cache), work)
     assert loop.restore_latest(again) == 12
-    again.writer.close()
-  run.writer.close()
+    again.close()
+  run.close()
 
 
 def test_no_readable_checkpoint_names_each_cause(trained, tmp_path, cache):
@@ -209,7 +209,7 @@ def test_no_readable_checkpoint_names_each_cause(trained, tmp_path, cache):
                      match=r"no checkpoint in .*checkpoints restores \(step 12: .*; step 6: "
                            r"FileNotFoundError: .*\); move that folder away"):
     loop.restore_latest(run)
-  run.writer.close()
+  run.close()
 
 
 # ------------------------------------------------------------------ 5. a changed model
@@ -225,7 +225,7 @@ def test_resume_with_a_changed_model_names_step_path_and_fields(trained, cache):
   assert "model.cond_dim: 32 in the checkpoint, 16 now" in message
   assert "model.hidden_size: 32 in the checkpoint, 64 now" in message
   assert "\n" not in message and isinstance(e.value, ConfigError)  # one line, exit status 2
-  run.writer.close()
+  run.close()
 
 
 # ------------------------------------------------------------------ 4. SIGTERM / SIGINT
@@ -258,10 +258,10 @@ def test_signal_finishes_the_step_saves_and_resume_continues(tmp_path, cache, si
   assert f"{name}: stopped after step 4, saved its checkpoint to" in caplog.text
   assert run.ckpt.all_steps() == [4]
   assert signal.getsignal(signum) is before  # handlers restored
-  run.writer.close()
+  run.close()
   resumed = loop.build(cfg, tmp_path / "run")
   assert loop.train(resumed)["final_step"] == 8
-  resumed.writer.close()
+  resumed.close()
   assert resumed.ckpt.latest_step() == 8
   assert _steps(tmp_path / "run") == [4, 8]
 
@@ -373,7 +373,7 @@ def test_metrics_have_no_duplicate_steps_after_resume(trained, tmp_path, cache):
     f.write('{"step": 13, "train/lo')  # and cut in the middle of a line
   run = loop.build(_config(cache), work)
   out = loop.train(run)
-  run.writer.close()
+  run.close()
   assert out["final_step"] == 12
   assert _steps(work) == [4, 8, 12]  # 8 and 12 written once, by the resumed run
   # a finished run evaluated again at its checkpoint step writes no second line for a metric
